@@ -1,0 +1,257 @@
+"""The agent's flight record, crash dumps and running-line watcher."""
+
+from __future__ import annotations
+
+import atexit
+import faulthandler
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from types import FrameType
+from typing import IO, Any
+
+from .layout import CELLS, DUMPS, ENV_DUMP_SIGNAL, ENV_SESSION, FATAL, STATE, StateFile
+
+# While a cell runs the watcher looks at the main thread this often. A tick costs a
+# few microseconds; 20 ms keeps the recorded line fresh for all but the fastest deaths
+# (those are caught by the supervisor's dump signal instead).
+WATCH_INTERVAL = 0.02
+# How far up from the innermost frame a tick looks for the cell's frame before it
+# falls back to the one it found earlier (deep recursion).
+SHALLOW_WALK = 64
+DEEP_WALK = 5_000_000
+
+
+class Agent:
+    def __init__(self, shell: Any, session_dir: str, dump_signal: int | None) -> None:
+        self.shell = shell
+        self.session_dir = session_dir
+        self.dump_signal = dump_signal
+        self.main_ident = threading.main_thread().ident or 0
+        self._cells = os.open(
+            os.path.join(session_dir, CELLS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+        )
+        self._state = StateFile(os.path.join(session_dir, STATE), writable=True)
+        self._dumps: IO[bytes] = open(os.path.join(session_dir, DUMPS), "ab")  # noqa: SIM115
+        self._fatal: IO[bytes] = open(os.path.join(session_dir, FATAL), "ab")  # noqa: SIM115
+        self._seq = 0
+        self._cell: dict[str, Any] | None = None
+        self._running = threading.Event()
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._cell_frame: FrameType | None = None
+        self._run_code_name = "run_code"
+        self._watcher = threading.Thread(target=self._watch, name="kernel-doctor", daemon=True)
+
+    @classmethod
+    def start(cls, shell: Any) -> Agent:
+        session_dir = os.environ.get(ENV_SESSION)
+        if not session_dir:
+            # Loaded by hand into an unsupervised kernel: keep a private record so the
+            # magics and dumps still work, but nobody will read it after a death.
+            session_dir = tempfile.mkdtemp(prefix="kernel-doctor-")
+        sig_text = os.environ.get(ENV_DUMP_SIGNAL, "")
+        dump_signal = int(sig_text) if sig_text.isdigit() else None
+        agent = cls(shell, session_dir, dump_signal)
+        agent._install()
+        return agent
+
+    # -- set-up ------------------------------------------------------------------
+
+    def _install(self) -> None:
+        faulthandler.enable(file=self._fatal, all_threads=True)
+        if self.dump_signal is not None:
+            faulthandler.register(self.dump_signal, file=self._dumps, all_threads=True)
+        self.shell.events.register("pre_run_cell", self.pre_run_cell)
+        self.shell.events.register("post_run_cell", self.post_run_cell)
+        atexit.register(self._at_exit)
+        self._watcher.start()
+        with self._lock:
+            self._write_state(busy=False)
+        # The supervisor checks SigCgt before it sends a dump signal; this record
+        # says the handler is in place and which thread is the main one.
+        self._append({"event": "ready", "t": time.time(), "pid": os.getpid()})
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._running.set()
+        self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
+        self.shell.events.unregister("post_run_cell", self.post_run_cell)
+        if self.dump_signal is not None:
+            faulthandler.unregister(self.dump_signal)
+        faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=True)
+        atexit.unregister(self._at_exit)
+        self._watcher.join(timeout=1)
+        os.close(self._cells)
+        self._dumps.close()
+        self._fatal.close()
+        self._state.close()
+
+    # -- IPython hooks: the per-cell hot path ------------------------------------
+
+    def pre_run_cell(self, info: Any) -> None:
+        if not info.store_history:
+            return  # frontends' housekeeping requests are not cells
+        self._seq += 1
+        count = getattr(self.shell, "execution_count", None)
+        cell = {
+            "event": "start",
+            "seq": self._seq,
+            "t": time.time(),
+            "execution_count": count,
+            "cell_id": getattr(info, "cell_id", None),
+            "source": info.raw_cell,
+        }
+        self._append(cell)
+        with self._lock:
+            self._cell = cell
+            self._cell_frame = None
+            self._write_state(busy=True)
+        self._running.set()
+
+    def post_run_cell(self, result: Any) -> None:
+        info = getattr(result, "info", None)
+        if info is not None and not info.store_history:
+            return
+        cell = self._cell
+        if cell is None:
+            return
+        self._running.clear()
+        with self._lock:
+            self._cell = None
+            self._cell_frame = None
+            self._write_state(busy=False)
+        record: dict[str, Any] = {"event": "end", "seq": cell["seq"], "t": time.time()}
+        filename = self._cell_filename(cell)
+        if filename:
+            record["file"] = filename
+        error = result.error_in_exec or result.error_before_exec
+        if error is not None:
+            record["error"] = _describe_error(error, filename)
+        self._append(record)
+
+    # -- records -----------------------------------------------------------------
+
+    def _append(self, record: dict[str, Any]) -> None:
+        try:
+            os.write(self._cells, json.dumps(record).encode() + b"\n")
+        except OSError:
+            pass  # a full disk must not break the user's cell
+
+    def _write_state(self, *, busy: bool, **extra: Any) -> None:
+        # Callers hold self._lock: the watcher thread writes the same record.
+        cell = self._cell
+        self._state.write(
+            {
+                "pid": os.getpid(),
+                "main_thread": self.main_ident,
+                "dump_signal": self.dump_signal,
+                "busy": busy,
+                "seq": cell["seq"] if cell else None,
+                "t": time.time(),
+                **extra,
+            }
+        )
+
+    def _cell_filename(self, cell: dict[str, Any]) -> str | None:
+        # IPython's compile cache maps each cell's code file name to its execution
+        # count; the newest entry is this cell's unless an earlier cell had the same
+        # source (then the names are shared and the entry keeps its place).
+        names: dict[str, int] = getattr(self.shell.compile, "_filename_map", {})
+        if names:
+            last = next(reversed(names))
+            if names[last] == cell["execution_count"]:
+                return last
+        get_name = getattr(self.shell.compile, "get_code_name", None)
+        if get_name is None:
+            return None
+        try:
+            return str(get_name(cell["source"], cell["source"], cell["execution_count"]))
+        except Exception:
+            return None
+
+    def _at_exit(self) -> None:
+        # Runs on a normal interpreter exit (shutdown_request) and not on os._exit
+        # or a signal, which is how the supervisor tells them apart.
+        self._append({"event": "exit", "t": time.time()})
+
+    # -- the watcher thread ------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stopping:
+            self._running.wait()
+            while self._running.is_set() and not self._stopping:
+                try:
+                    self._tick()
+                except Exception:
+                    pass  # the watcher must never disturb the kernel
+                time.sleep(WATCH_INTERVAL)
+
+    def _tick(self) -> None:
+        frame = sys._current_frames().get(self.main_ident)
+        cell = self._cell
+        if frame is None or cell is None:
+            return
+        cell_frame = self._find_cell_frame(frame, SHALLOW_WALK)
+        with self._lock:
+            if cell is not self._cell:
+                return  # the cell ended while we looked
+            if cell_frame is None:
+                cell_frame = self._cell_frame or self._find_cell_frame(frame, DEEP_WALK)
+            self._cell_frame = cell_frame
+            if cell_frame is None:
+                return
+            code = frame.f_code
+            self._write_state(
+                busy=True,
+                file=cell_frame.f_code.co_filename,
+                line=cell_frame.f_lineno,
+                frame=[code.co_filename, frame.f_lineno, code.co_name],
+            )
+
+    def _find_cell_frame(self, frame: FrameType, limit: int) -> FrameType | None:
+        # The cell's top-level statement runs in a '<module>' frame called straight
+        # from InteractiveShell.run_code; IPython compiles each statement separately
+        # but they all carry the cell's file name and line numbers.
+        current: FrameType | None = frame
+        while current is not None and limit > 0:
+            back = current.f_back
+            if (
+                back is not None
+                and current.f_code.co_name == "<module>"
+                and back.f_code.co_name == self._run_code_name
+            ):
+                return current
+            current = back
+            limit -= 1
+        return None
+
+
+def _describe_error(error: BaseException, filename: str | None) -> dict[str, Any]:
+    line = None
+    stack = []
+    tb = error.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        stack.append([code.co_filename, tb.tb_lineno, code.co_name])
+        if filename and code.co_filename == filename and code.co_name == "<module>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    if line is None:
+        lineno = getattr(error, "lineno", None)  # SyntaxError before execution
+        line = lineno if isinstance(lineno, int) else None
+    return {
+        "type": type(error).__name__,
+        "message": str(error)[:2000],
+        "line": line,
+        "stack": stack[-50:],
+    }
+
+
+def dump_signal_default() -> int:
+    """The real-time signal the supervisor uses to ask for a stack dump."""
+    return int(signal.SIGRTMIN) + 6

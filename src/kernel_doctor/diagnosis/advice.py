@@ -1,0 +1,72 @@
+"""What a user can do about each cause."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..evidence import Evidence, Frame
+from ..sizes import format_size
+
+
+def _native_module(stack: Sequence[Frame], stderr: str) -> str | None:
+    for frame in reversed(stack):
+        if "site-packages/" in frame.file:
+            return frame.file.split("site-packages/", 1)[1].split("/", 1)[0]
+    return None
+
+
+def advise(cause: str, ev: Evidence, stack: Sequence[Frame]) -> list[str]:
+    mem = ev.memory
+    limit = mem.limit
+    if cause == "out_of_memory":
+        tips = [
+            "Process the data in chunks (e.g. pandas.read_csv(chunksize=…), "
+            "itertools.islice, dask), use smaller dtypes, and `del` large objects you no "
+            "longer need.",
+        ]
+        if limit is not None and limit.kind != "system":
+            tips.append(
+                f"Or raise the limit: {format_size(limit.limit_bytes)} is set by {limit.source} "
+                "(e.g. the container's or the JupyterHub spawner's mem_limit)."
+            )
+        from .causes import oom_share
+
+        share = oom_share(ev)
+        if share is not None and share < 0.7:
+            tips.append(
+                "Other processes under the same limit held most of the memory: shut down "
+                "kernels you no longer use."
+            )
+        return tips
+    if cause == "stack_overflow":
+        return [
+            "Recursion through C code (map, repr, pickle, …) overflowed the C stack; the "
+            "recursion limit does not protect it. Rewrite the recursion as a loop, or lower "
+            "sys.setrecursionlimit so Python raises RecursionError first.",
+        ]
+    if cause == "native_crash":
+        module = _native_module(stack, ev.stderr_tail)
+        where = f" ({module})" if module else ""
+        return [
+            f"This is a bug in a native extension{where}, not in your Python code: update it, "
+            "and if it persists report it with the stack and stderr below.",
+            "Re-running the same cell will most likely crash again; save your work first.",
+        ]
+    if cause == "exit":
+        return [
+            "Something in the cell ended the process (os._exit, a library calling exit()). "
+            "Raise an exception instead if you meant to stop the cell.",
+        ]
+    if cause == "killed":
+        return [
+            "Another process, a person, or a job scheduler sent the signal. Check the "
+            "scheduler's or container runtime's logs (e.g. `kubectl describe pod`, "
+            "`journalctl`) for who stopped the kernel.",
+        ]
+    if cause == "startup_failure":
+        return [
+            "The kernel's environment is broken: fix the error above in the environment the "
+            "kernelspec starts (e.g. `python -m pip install ipykernel` with that Python), then "
+            "restart the kernel.",
+        ]
+    return ["Look at the evidence and stderr below; report it to kernel-doctor if it is unclear."]

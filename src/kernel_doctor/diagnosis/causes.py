@@ -1,0 +1,267 @@
+"""Decide the cause of a kernel's end from the evidence."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from dataclasses import dataclass
+
+from ..evidence import CellRun, Evidence, Frame, StackDump
+from ..probe.procfs import signal_name
+from ..sizes import format_size
+from .advice import advise
+from .stacks import cell_line, pick_thread, runaway_recursion
+
+CAUSES = (
+    "out_of_memory",
+    "native_crash",
+    "stack_overflow",
+    "exit",
+    "killed",
+    "startup_failure",
+    "unknown",
+)
+CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
+# A kernel without the agent counts as started once it has lived this long.
+BLIND_STARTUP = 10.0
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    cause: str
+    summary: str
+    evidence: tuple[str, ...]
+    advice: tuple[str, ...]
+    cell: CellRun | None = None
+    line: int | None = None
+    stack: tuple[Frame, ...] = ()  # innermost last
+
+
+def diagnose(ev: Evidence) -> Diagnosis | None:
+    """The diagnosis of a kernel's end, or None when nothing died (a requested
+    shutdown, a clean exit)."""
+    if _not_a_death(ev):
+        return None
+    cause, facts = _cause(ev)
+    cell = _running_cell(ev)
+    line, stack, where = _locate(ev, cell)
+    facts = facts + where + _memory_facts(ev, cell)
+    summary = _summary(cause, ev, cell, line)
+    return Diagnosis(
+        cause=cause,
+        summary=summary,
+        evidence=tuple(facts),
+        advice=tuple(advise(cause, ev, stack)),
+        cell=cell,
+        line=line,
+        stack=stack,
+    )
+
+
+def _not_a_death(ev: Evidence) -> bool:
+    if ev.supervisor_lost:
+        # Rebuilt from leftovers: only an OOM kill (a whole-container one that took
+        # the supervisor too) counts; otherwise the group was killed on purpose
+        # (jupyter_client's restart and shutdown send SIGKILL to the group).
+        return not _oom_counted(ev)
+    if ev.requested is not None and (
+        ev.exit_code is not None
+        or ev.signal in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL)
+    ):
+        return True
+    return ev.exit_code == 0 and (ev.clean_exit or not ev.agent_ready)
+
+
+def _oom_counted(ev: Evidence) -> bool:
+    before, after = ev.memory.oom_kills_before, ev.memory.oom_kills_after
+    if before is not None and after is not None and after > before:
+        return True
+    return any("out of memory" in line.lower() for line in ev.kernel_log)
+
+
+def _started(ev: Evidence) -> bool:
+    if ev.agent_ready or ev.cells:
+        return True
+    agent_expected = any("ipykernel" in part for part in ev.kernel_argv[:4])
+    return not agent_expected and ev.ended - ev.started > BLIND_STARTUP
+
+
+def _cause(ev: Evidence) -> tuple[str, list[str]]:
+    facts: list[str] = []
+    if ev.signal is not None:
+        facts.append(f"the kernel (pid {ev.pid}) was ended by {signal_name(ev.signal)}")
+    elif ev.exit_code is not None:
+        facts.append(f"the kernel (pid {ev.pid}) exited with code {ev.exit_code}")
+    if ev.supervisor_lost:
+        facts.append("the supervisor was killed along with the kernel; rebuilt from its records")
+    oom = _oom_counted(ev)
+    before, after = ev.memory.oom_kills_before, ev.memory.oom_kills_after
+    if before is not None and after is not None and after > before:
+        facts.append(f"the OOM kill counter of the limit's scope went from {before} to {after}")
+    facts.extend(f"kernel log: {line}" for line in ev.kernel_log)
+
+    if ev.signal == signal.SIGKILL or (ev.supervisor_lost and oom):
+        if oom:
+            return "out_of_memory", facts
+        facts.append("the OOM kill counter did not change, so this SIGKILL came from outside")
+        return "killed", facts
+    if ev.signal in CRASH_SIGNALS:
+        if ev.fatal:
+            facts.append(f"faulthandler: Fatal Python error: {ev.fatal[0].fatal}")
+        dump = pick_thread(ev.fatal, ev.main_thread)
+        recursion = runaway_recursion(dump) if dump else None
+        if recursion is not None and ev.signal in (signal.SIGSEGV, signal.SIGBUS):
+            function, count = recursion
+            facts.append(
+                f"{count} of the {len(dump.frames) if dump else 0} innermost frames are "
+                f"{function}(): runaway recursion through C code"
+            )
+            return "stack_overflow", facts
+        if not _started(ev):
+            return "startup_failure", facts
+        return "native_crash", facts
+    if ev.signal is not None:
+        if ev.signal == signal.SIGINT:
+            facts.append("the kernel does not handle SIGINT, so an interrupt ended it")
+        return "killed", facts
+    if ev.exit_code is not None:
+        if not _started(ev):
+            last = _last_error_line(ev.stderr_tail)
+            if last:
+                facts.append(f"its stderr ends with: {last}")
+            return "startup_failure", facts
+        if ev.exit_code == 0:
+            facts.append("it exited without a shutdown request (os._exit(0) or similar)")
+        return "exit", facts
+    return "unknown", facts
+
+
+def _running_cell(ev: Evidence) -> CellRun | None:
+    cell = ev.running_cell
+    if cell is None:
+        return None
+    file = ev.state.get("file") if ev.state.get("seq") == cell.seq else None
+    if isinstance(file, str) and cell.file is None:
+        cell = dataclasses.replace(cell, file=file)
+    return cell
+
+
+def _locate(ev: Evidence, cell: CellRun | None) -> tuple[int | None, tuple[Frame, ...], list[str]]:
+    """(line in the running cell, stack innermost last, facts) from the freshest
+    evidence that names the cell: the crash dump, the agent's line, the last dump."""
+    if cell is None:
+        return None, (), []
+    main = ev.main_thread
+    earlier = ev.cells[:-1]
+    crash = pick_thread(ev.fatal, main)
+    if crash is not None:
+        outer_first = list(reversed(crash.frames))
+        line = cell_line(outer_first, cell, earlier)
+        if line is not None:
+            return line, crash.frames, []
+    state_line = ev.state.get("line") if ev.state.get("seq") == cell.seq else None
+    state_t = float(ev.state.get("t") or 0.0)
+    best_dump: StackDump | None = None
+    for threads in ev.dumps:
+        dump = pick_thread(threads, main)
+        if dump is not None and cell_line(list(reversed(dump.frames)), cell, earlier):
+            best_dump = dump
+    if isinstance(state_line, int):
+        frame = ev.state.get("frame")
+        stack: tuple[Frame, ...] = (Frame(cell.file or "<cell>", state_line, "<module>"),)
+        if isinstance(frame, list) and len(frame) == 3 and (frame[0], frame[1]) != (
+            cell.file,
+            state_line,
+        ):
+            stack = (*stack, Frame(str(frame[0]), int(frame[1]), str(frame[2])))
+        if best_dump is not None and crash is None:
+            dump_line = cell_line(list(reversed(best_dump.frames)), cell, earlier)
+            if dump_line == state_line:
+                return state_line, best_dump.frames, []
+        facts = []
+        if crash is not None and crash.truncated:
+            facts.append("the crash dump holds only the 100 innermost frames; the cell's line "
+                         "comes from the agent's record of the running line")
+        return state_line, stack if crash is None else crash.frames, facts
+    if best_dump is not None:
+        line = cell_line(list(reversed(best_dump.frames)), cell, earlier)
+        return line, best_dump.frames, ["line from the last stack dump taken before the end"]
+    return None, crash.frames if crash else (), []
+
+
+def _memory_facts(ev: Evidence, cell: CellRun | None) -> list[str]:
+    mem = ev.memory
+    facts = []
+    if mem.limit is not None:
+        facts.append(
+            f"peak memory counted against the limit: {format_size(mem.peak_bytes)} of "
+            f"{format_size(mem.limit.limit_bytes)} ({mem.limit.source})"
+        )
+    if mem.kernel_peak_bytes:
+        facts.append(f"the kernel's processes peaked at {format_size(mem.kernel_peak_bytes)} RSS")
+    if cell is not None and mem.timeline:
+        start = cell.started - ev.started
+        before = [c for t, c in mem.timeline if t <= start]
+        during = [c for t, c in mem.timeline if t > start]
+        if before and during:
+            facts.append(
+                f"while the cell ran, memory grew from {format_size(before[-1])} to "
+                f"{format_size(max(during))}"
+            )
+    for name, value in mem.rlimits.items():
+        facts.append(f"{name} is {format_size(value)} (virtual memory: context only)")
+    return facts
+
+
+def oom_share(ev: Evidence) -> float | None:
+    """The kernel's share of what the limit counted at its peak."""
+    mem = ev.memory
+    if not mem.peak_bytes or not mem.kernel_peak_bytes:
+        return None
+    return min(1.0, mem.kernel_peak_bytes / mem.peak_bytes)
+
+
+def where_text(cell: CellRun | None, line: int | None) -> str:
+    if cell is None:
+        return ""
+    label = f"cell [{cell.execution_count}]" if cell.execution_count else "the running cell"
+    return f" in {label}" + (f", line {line}" if line else "")
+
+
+def _summary(cause: str, ev: Evidence, cell: CellRun | None, line: int | None) -> str:
+    where = where_text(cell, line)
+    mem = ev.memory
+    if cause == "out_of_memory":
+        if mem.limit is None:
+            return f"Out of memory{where}: the OOM killer ended the kernel."
+        share = oom_share(ev)
+        used = f"{format_size(mem.peak_bytes)} of the {format_size(mem.limit.limit_bytes)}"
+        what = "limit" if mem.limit.kind != "system" else "RAM + swap"
+        if share is not None and share < 0.7:
+            return (
+                f"Out of memory{where}: everything under the {what} reached {used}, while this "
+                f"kernel held {format_size(mem.kernel_peak_bytes)}."
+            )
+        return f"Out of memory{where}: the kernel grew to {used} {what}."
+    if cause == "stack_overflow":
+        return f"Stack overflow{where}: runaway recursion through C code crashed the kernel."
+    if cause == "native_crash":
+        name = signal_name(ev.signal) if ev.signal else "a fatal signal"
+        return f"Native crash ({name}){where}: code outside Python crashed the kernel."
+    if cause == "exit":
+        return f"The kernel exited by itself with code {ev.exit_code}{where}."
+    if cause == "killed":
+        name = signal_name(ev.signal) if ev.signal else "a signal"
+        return f"The kernel was killed by {name} from outside{where}; it was not out of memory."
+    if cause == "startup_failure":
+        last = _last_error_line(ev.stderr_tail)
+        return "The kernel failed to start" + (f": {last}" if last else ".")
+    return f"The kernel ended for an unknown reason{where}."
+
+
+def _last_error_line(text: str) -> str | None:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line and not line.startswith(("File ", "^", "~")):
+            return line[:300]
+    return None

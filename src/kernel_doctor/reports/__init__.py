@@ -1,0 +1,1 @@
+"""Reports: the stable JSON contract, where reports are stored, how they look."""

@@ -1,0 +1,75 @@
+"""Writing reports: atomically, mode 0600, under the Jupyter runtime dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+from ..diagnosis import Diagnosis
+from ..evidence import Evidence
+from .model import death_report
+
+REPORT_FILE = "report.json"
+
+
+def reports_dir() -> str:
+    from ..supervisor.session import REPORTS, runtime_dir
+
+    return os.path.join(runtime_dir(), REPORTS)
+
+
+def write_json(path: str, document: dict[str, Any]) -> None:
+    """Write ``document`` to ``path`` atomically with mode 0600."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".report-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(document, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def publish(ev: Evidence, dx: Diagnosis, session_dir: str, extra_path: str | None) -> str | None:
+    """Store the report and tell stderr. Returns the stored path (None if unwritable)."""
+    report_id = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(ev.ended))}-{ev.pid}"
+    document = death_report(ev, dx, report_id)
+    stored: str | None = None
+    problems = []
+    for path in (os.path.join(session_dir, REPORT_FILE), extra_path):
+        if path:
+            try:
+                write_json(path, document)
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror or exc}")
+    try:
+        stored = os.path.join(reports_dir(), f"{report_id}.json")
+        write_json(stored, document)
+    except OSError as exc:
+        problems.append(f"{stored or 'the runtime dir'}: {exc.strerror or exc}")
+        stored = None
+    lines = [f"kernel-doctor: {dx.summary}"]
+    lines += [f"kernel-doctor:   {fact}" for fact in dx.evidence[:6]]
+    lines += [f"kernel-doctor: advice: {tip}" for tip in dx.advice[:2]]
+    if stored:
+        lines.append(f"kernel-doctor: full report: kernel-doctor show {report_id}")
+    for problem in problems:
+        lines.append(f"kernel-doctor: warning: could not write the report to {problem}")
+    try:
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+    return stored

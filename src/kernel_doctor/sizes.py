@@ -1,0 +1,55 @@
+"""Memory sizes as Docker and systemd read them, and as people like to see them."""
+
+from __future__ import annotations
+
+import re
+
+from ._errors import UsageError
+
+# Docker and systemd read K/M/G/T as binary units; we accept the explicit forms too.
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text`` ('512M', '1.5G', '2GiB', '1073741824'); UsageError if unreadable."""
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise UsageError(
+            f"cannot read {text!r} as a memory size: use a number with an optional unit, "
+            "e.g. 512M, 1.5G or 2GiB"
+        )
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise UsageError(f"memory size {text!r} must be more than zero")
+    return value
+
+
+def format_size(num_bytes: int | None) -> str:
+    """'1.5 GiB', '300 MiB', '12 KiB', '800 B'; 'unknown' for None."""
+    if num_bytes is None:
+        return "unknown"
+    value = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

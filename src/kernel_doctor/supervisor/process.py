@@ -1,0 +1,279 @@
+"""Start the kernel, watch it, and turn its end into a diagnosis."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ..agent.layout import ENV_DUMP_SIGNAL, ENV_SESSION, STATE, STDERR
+from ..probe import procfs
+from ..probe.base import MemorySource
+from .signals import FORWARDED, Forwarder, die_with_parent, load_libc
+from .tee import StderrTee
+
+AGENT_BOOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "agent", "_boot")
+AGENT_MODULE = "kernel_doctor_boot"
+# Signals whose arrival means the kernel's end was asked for, not suffered.
+ENDING = {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+
+
+class SupervisionUnavailable(Exception):
+    """Supervision cannot start here; the kernel runs plain instead."""
+
+
+def dump_signal() -> int:
+    return int(signal.SIGRTMIN) + 6
+
+
+def is_ipykernel(argv: list[str]) -> bool:
+    return any("ipykernel" in part for part in argv[:4])
+
+
+class Supervisor:
+    def __init__(self, kernel_argv: list[str], options: dict[str, str]) -> None:
+        from .session import Session
+
+        self.kernel_argv = kernel_argv
+        self.options = options
+        self.cgroup = options.get("cgroup")
+        try:
+            self.session = (
+                Session(options["session"]) if "session" in options else Session.create()
+            )
+        except OSError as exc:
+            raise SupervisionUnavailable(
+                f"cannot write evidence ({exc.strerror or exc}: {exc.filename or ''})"
+            ) from exc
+        self.agent = is_ipykernel(kernel_argv)
+        self.dump_signal = dump_signal() if self.agent else None
+        self.requested: str | None = None
+        self.started_epoch = time.time()
+        self.started = time.monotonic()
+        self.original_ppid = os.getppid()
+
+    # -- start -------------------------------------------------------------------
+
+    def _kernel_command(self) -> tuple[list[str], dict[str, str]]:
+        argv = list(self.kernel_argv)
+        env = dict(os.environ)
+        env[ENV_SESSION] = self.session.directory
+        if env.get("JPY_PARENT_PID"):
+            # ipykernel exits when its parent changes; its parent is now us.
+            env["JPY_PARENT_PID"] = str(os.getpid())
+        if self.agent and self.dump_signal is not None:
+            env[ENV_DUMP_SIGNAL] = str(self.dump_signal)
+            path = env.get("PYTHONPATH")
+            env["PYTHONPATH"] = AGENT_BOOT + (os.pathsep + path if path else "")
+            argv.append(f"--IPKernelApp.extra_extensions={AGENT_MODULE}")
+        return argv, env
+
+    def _child_setup(self) -> None:
+        # Runs in the kernel's process between fork and exec.
+        die_with_parent()
+        if os.getppid() != self.supervisor_pid:
+            os._exit(1)  # we died before the line above took effect
+        procfs.raise_oom_score()
+        if self.cgroup:
+            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        argv, env = self._kernel_command()
+        read_fd, write_fd = os.pipe()
+        self.supervisor_pid = os.getpid()
+        load_libc()
+        try:
+            process = subprocess.Popen(
+                argv, env=env, stderr=write_fd, close_fds=False, preexec_fn=self._child_setup
+            )
+        finally:
+            os.close(write_fd)
+        self.tee = StderrTee(read_fd, 2, os.path.join(self.session.directory, STDERR))
+        self.tee.start()
+        return process
+
+    # -- run ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        # The sentinel is forked before any handler or thread exists in this process.
+        self.forwarder = Forwarder()
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in (*FORWARDED, signal.SIGCHLD):
+            signal.signal(sig, lambda *_: None)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        try:
+            self.process = self._spawn()
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.forwarder.close()
+            self.session.remove()
+            sys.stderr.write(f"kernel-doctor: cannot start the kernel: {exc}\n")
+            return 127
+        pid = self.process.pid
+        status = None
+        try:
+            self._after_spawn(pid)
+            status = self._loop(pid, wake_r)
+        except Exception as exc:  # supervision failed: the kernel must not notice
+            sys.stderr.write(f"kernel-doctor: supervision stopped ({type(exc).__name__}: {exc})\n")
+        if status is None:
+            status = self._wait_plain(pid)
+        return self._finish(status)
+
+    def _after_spawn(self, pid: int) -> None:
+        from ..probe.limits import find_memory_source
+        from ..probe.system import address_space_limits
+        from .recovery import recover_stale_sessions
+        from .sampler import Sampler
+
+        source: MemorySource = find_memory_source(pid)
+        self.source = source
+        self.oom_before = source.oom_kills()
+        self.session.write_meta(
+            {
+                "supervisor_pid": os.getpid(),
+                "kernel_pid": pid,
+                "kernel_argv": self.kernel_argv,
+                "started": self.started_epoch,
+                "connection_file": connection_file(self.kernel_argv),
+                "agent": self.agent,
+                "limit": {
+                    "limit_bytes": source.limit.limit_bytes,
+                    "kind": source.limit.kind,
+                    "source": source.limit.source,
+                    "path": source.limit.path,
+                },
+                "oom_kills_before": self.oom_before,
+                "rlimits": address_space_limits(),
+            }
+        )
+        self.sampler = Sampler(source, self.session, pid, self.started, self.dump_signal)
+        marks = [int(source.limit.limit_bytes * m) for m in (0.5, 0.75, 0.9, 0.95)]
+        self.watch = source.watch(marks) if source.limit.kind != "system" else None
+        self.sampler.sample()
+        recover_stale_sessions(os.path.dirname(self.session.directory), self.session.directory)
+
+    def _loop(self, pid: int, wake_r: int) -> int:
+        poller = select.poll()
+        poller.register(wake_r, select.POLLIN)
+        if self.watch is not None:
+            poller.register(self.watch.fd, self.watch.events)
+        state_path = os.path.join(self.session.directory, STATE)
+        while True:
+            timeout = max(0.0, self.sampler.next_due - time.monotonic())
+            for fd, _ in poller.poll(timeout * 1000):
+                if fd == wake_r:
+                    self._on_signals(os.read(wake_r, 512), pid)
+                elif self.watch is not None and fd == self.watch.fd:
+                    self.source.drain()
+                    self.sampler.next_due = 0
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if time.monotonic() >= self.sampler.next_due:
+                if self.sampler.state is None and self.agent:
+                    self.sampler.attach_state(state_path)
+                self.sampler.sample()
+                if os.getppid() != self.original_ppid and self.requested is None:
+                    # The launcher is gone; ipykernel would exit by itself now.
+                    self.requested = "launcher exited"
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+
+    def _on_signals(self, data: bytes, pid: int) -> None:
+        for sig in data:
+            if sig == signal.SIGCHLD:
+                continue
+            group = self.forwarder.was_group_wide(sig)
+            if sig in ENDING and self.requested is None:
+                self.requested = procfs.signal_name(sig)
+            self.session.event("signal", signal=procfs.signal_name(sig), group=group)
+            if not group:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+
+    def _wait_plain(self, pid: int) -> int:
+        while True:
+            try:
+                return os.waitpid(pid, 0)[1]
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return 0
+
+    # -- end ---------------------------------------------------------------------
+
+    def _finish(self, status: int) -> int:
+        signal.set_wakeup_fd(-1)
+        self.forwarder.close()
+        tee = getattr(self, "tee", None)
+        if tee is not None:
+            tee.drain(0.2)
+            tee.save()
+        try:
+            self._diagnose(status)
+        except Exception as exc:
+            sys.stderr.write(f"kernel-doctor: could not diagnose ({type(exc).__name__}: {exc})\n")
+        return exit_like(status)
+
+    def _diagnose(self, status: int) -> None:
+        from .collect import collect
+
+        source = getattr(self, "source", None)
+        if source is not None:
+            source.close()
+        evidence = collect(
+            self.session.directory,
+            status=status,
+            ended=time.time(),
+            requested=self.requested,
+            stderr_tail=tee.tail() if (tee := getattr(self, "tee", None)) else "",
+            source=source,
+            sampler=getattr(self, "sampler", None),
+        )
+        from ..diagnosis import diagnose
+        from ..reports.store import publish
+
+        diagnosis = diagnose(evidence)
+        keep = "session" in self.options
+        if diagnosis is None:
+            if not keep:
+                self.session.remove()
+            return
+        publish(evidence, diagnosis, self.session.directory, self.options.get("report"))
+        if not keep:
+            self.session.remove()
+
+
+def connection_file(argv: list[str]) -> str | None:
+    for i, part in enumerate(argv):
+        if part in ("-f", "--f", "--existing") and i + 1 < len(argv):
+            return argv[i + 1]
+        if part.startswith(("-f=", "--f=")):
+            return part.split("=", 1)[1]
+    return None
+
+
+def exit_like(status: int) -> Any:
+    """End this process the way the kernel ended: same code, or same signal."""
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        import resource
+
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dump of ours
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+            os.kill(os.getpid(), sig)
+        return 128 + sig
+    return 1

@@ -1,0 +1,114 @@
+"""Memory sampling: fast while a cell runs, slow while the kernel idles."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..agent.layout import StateFile
+from ..probe import procfs
+from ..probe.base import MemorySource
+from .session import Session
+
+BUSY_INTERVAL = 0.02  # a cell is running (the agent says so)
+IDLE_INTERVAL = 1.0  # the kernel waits for the user, however full memory is
+BLIND_INTERVAL = 0.25  # no agent (non-Python kernels): we cannot tell busy from idle
+# Fractions of the limit at which the agent is asked for a stack dump, so that the
+# allocating line is on disk before the OOM killer's SIGKILL. A mark re-arms once
+# usage falls this far below it.
+MARKS = (0.5, 0.75, 0.9, 0.95)
+REARM = 0.1
+# The children of the kernel are listed this often (in samples); the kernel's own
+# RSS is read every time.
+TREE_EVERY = 10
+
+
+class Sampler:
+    def __init__(
+        self,
+        source: MemorySource,
+        session: Session,
+        kernel_pid: int,
+        started: float,
+        dump_signal: int | None,
+    ) -> None:
+        self.source = source
+        self.session = session
+        self.kernel_pid = kernel_pid
+        self.started = started  # time.monotonic() at the kernel's start
+        self.dump_signal = dump_signal
+        self.state: StateFile | None = None
+        self.last_state: dict[str, object] = {}
+        self.peak_counted = 0
+        self.peak_kernel = 0
+        self.last_kernel = 0
+        self._children_rss = 0
+        self._count = 0
+        self._armed = [True] * len(MARKS)
+        self._handler_seen = False
+        self.next_due = 0.0
+
+    def attach_state(self, path: str) -> None:
+        if self.state is None and os.path.exists(path):
+            try:
+                self.state = StateFile(path, writable=False)
+            except (OSError, ValueError):
+                self.state = None
+
+    def interval(self) -> float:
+        if self.state is None:
+            return BLIND_INTERVAL
+        return BUSY_INTERVAL if self.last_state.get("busy") else IDLE_INTERVAL
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        if self.state is not None:
+            state = self.state.read()
+            if state is not None:
+                self.last_state = state
+        counted = self.source.counted()
+        own = procfs.rss_bytes(self.kernel_pid)
+        if self._count % TREE_EVERY == 0:
+            children = procfs.tree(self.kernel_pid)[1:]
+            self._children_rss = sum(procfs.rss_bytes(p) or 0 for p in children)
+        self._count += 1
+        kernel = (own or 0) + self._children_rss
+        if own is not None:
+            self.last_kernel = kernel
+            self.peak_kernel = max(self.peak_kernel, kernel)
+        if counted is not None:
+            self.peak_counted = max(self.peak_counted, counted)
+            self.session.sample(now - self.started, counted, kernel)
+            self._check_marks(counted)
+        self.next_due = now + self.interval()
+
+    def _check_marks(self, counted: int) -> None:
+        fraction = counted / max(1, self.source.limit.limit_bytes)
+        for i, mark in enumerate(MARKS):
+            if self._armed[i] and fraction >= mark:
+                self._armed[i] = False
+                self.request_dump(f"{mark:.0%} of the limit")
+            elif not self._armed[i] and fraction < mark - REARM:
+                self._armed[i] = True
+
+    def request_dump(self, why: str) -> bool:
+        """Ask the agent for a stack dump, if its handler is in place.
+
+        An uncaught real-time signal would kill the kernel, so SigCgt is checked
+        first (once it is seen, the handler stays: the agent never removes it)."""
+        if self.dump_signal is None:
+            return False
+        if not self._handler_seen:
+            self._handler_seen = procfs.catches(self.kernel_pid, self.dump_signal)
+            if not self._handler_seen:
+                return False
+        try:
+            size = os.path.getsize(os.path.join(self.session.directory, "dumps.txt"))
+        except OSError:
+            size = 0
+        try:
+            os.kill(self.kernel_pid, self.dump_signal)
+        except ProcessLookupError:
+            return False
+        self.session.event("dump", why=why, offset=size, signal=procfs.signal_name(self.dump_signal))
+        return True

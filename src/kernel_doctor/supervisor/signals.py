@@ -1,0 +1,112 @@
+"""Forward signals to the kernel exactly once, whoever sent them and how.
+
+See the process model in ``kernel_doctor.supervisor``: the sentinel, a forked copy
+of the supervisor in the same process group, receives only group-wide signals; a
+signal the supervisor gets that the sentinel does not get too was sent to the
+supervisor alone and must be forwarded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import time
+
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+# How long a signal may take to reach the sentinel after reaching us. killpg()
+# queues the signal to every member before it returns, so the sentinel's copy is
+# normally there already; the window covers scheduling delays on a busy machine.
+GROUP_WINDOW = 0.1
+PR_SET_PDEATHSIG = 1
+
+_libc: ctypes.CDLL | None = None
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """PR_SET_PDEATHSIG for the calling process (used between fork and exec)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def load_libc() -> None:
+    """Load libc before forking, so the child's pre-exec code only calls it."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Forwarder:
+    """Decides, for each signal the supervisor takes, whether the kernel needs a copy."""
+
+    def __init__(self) -> None:
+        read_fd, write_fd = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the sentinel
+            try:
+                os.close(read_fd)
+                die_with_parent()
+                if os.getppid() != parent:
+                    os._exit(0)
+                signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+                for sig in FORWARDED:
+                    signal.signal(sig, signal.SIG_DFL)
+                while True:
+                    taken = signal.sigwait(FORWARDED)
+                    os.write(write_fd, bytes([int(taken)]))
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self.sentinel_pid = pid
+        self.fd = read_fd
+        self._group: dict[int, float] = {}  # signal -> when the sentinel saw it
+
+    def _read_sentinel(self) -> None:
+        try:
+            data = os.read(self.fd, 256)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        now = time.monotonic()
+        for sig in data:
+            self._group[sig] = now
+
+    def was_group_wide(self, sig: int) -> bool:
+        """True if the sentinel saw ``sig`` too (waiting up to GROUP_WINDOW for it)."""
+        deadline = time.monotonic() + GROUP_WINDOW
+        while True:
+            self._read_sentinel()
+            seen = self._group.pop(sig, None)
+            if seen is not None and time.monotonic() - seen < 5:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                select.select([self.fd], [], [], remaining)
+            except InterruptedError:
+                continue
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        try:
+            os.kill(self.sentinel_pid, signal.SIGKILL)
+            os.waitpid(self.sentinel_pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
