@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,9 +72,11 @@ def run_notebook(
     current: int | None = None
     outcome, code = "ok", ExitCode.OK
     first_error: int | None = None
+    kc = None
     try:
         with client.setup_kernel():
             assert client.kc is not None
+            kc = client.kc
             info = client.wait_for_reply(client.kc.kernel_info())
             if info is not None:
                 client.nb.metadata["language_info"] = info["content"]["language_info"]
@@ -104,10 +108,24 @@ def run_notebook(
         outcome, code = "kernel_died", ExitCode.KERNEL_DIED
         _wait_for_supervisor(km)
         report = _death_report(nb, current, index_of_count, session_dir)
+    except RuntimeError as exc:
+        # nbclient's "Kernel died before replying to kernel_info": a start-up failure.
+        outcome, code = "kernel_died", ExitCode.KERNEL_DIED
+        current = None
+        _wait_for_supervisor(km)
+        report = _death_report(nb, None, index_of_count, session_dir)
+        if report.get("cause") == "unknown":
+            report["summary"] = f"The kernel did not start: {exc}"
     except CellTimeoutError:
         outcome, code = "timeout", ExitCode.TIMEOUT
         report = _timeout_report(nb, current, timeout, session_dir)
     finally:
+        # nbclient leaves the sockets of a dead kernel's channels unclosed; collect
+        # them now, quietly, rather than warn at some later garbage collection.
+        del kc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
         if cgroup is not None:
             cgroup.remove()
     _add_memory(report, session_dir)
@@ -159,11 +177,11 @@ def _death_report(
             index_of_count[running_count] = index
     for frame in report.get("stack", []):
         frame["cell_index"] = index_of_count.get(frame.get("execution_count") or -1)
-    if index is not None and report.get("summary"):
+    if index is not None and running_count is not None and report.get("summary"):
         # The supervisor names cells by execution count; here we know the position too.
         report["summary"] = report["summary"].replace(
-            f"cell [{running_count}]", f"cell {index} [{running_count}]"
-        ) if running_count is not None else report["summary"]
+            f"cell [{running_count}]", f"cell {index} (In [{running_count}])"
+        )
     return report
 
 

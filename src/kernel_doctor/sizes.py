@@ -46,10 +46,12 @@ def format_size(num_bytes: int | None) -> str:
     if num_bytes is None:
         return "unknown"
     value = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        # Compare the rounded figure, so 1023.96 MiB reads "1.0 GiB", not "1024 MiB".
+        shown = round(value, 1) if value < 10 else round(value)
+        if unit == "B" and abs(value) < 1024:
+            return f"{int(value)} B"
+        if abs(shown) < 1024:
+            return f"{shown:.1f} {unit}" if value < 10 else f"{shown:.0f} {unit}"
         value /= 1024
-    raise AssertionError("unreachable")
+    return f"{value:.1f} TiB" if value < 10 else f"{value:.0f} TiB"

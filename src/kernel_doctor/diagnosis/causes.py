@@ -153,12 +153,16 @@ def _locate(ev: Evidence, cell: CellRun | None) -> tuple[int | None, tuple[Frame
         return None, (), []
     main = ev.main_thread
     earlier = ev.cells[:-1]
+    # The thread that crashed names the line when it ran the cell's code (a crash in
+    # a background thread started by the cell); else the main thread, where cells run.
+    crashed = next((d for d in ev.fatal if d.current), None)
+    for crash in (crashed, pick_thread(ev.fatal, main)):
+        if crash is not None:
+            outer_first = list(reversed(crash.frames))
+            line = cell_line(outer_first, cell, earlier, truncated=crash.truncated)
+            if line is not None:
+                return line, crash.frames, []
     crash = pick_thread(ev.fatal, main)
-    if crash is not None:
-        outer_first = list(reversed(crash.frames))
-        line = cell_line(outer_first, cell, earlier)
-        if line is not None:
-            return line, crash.frames, []
     state_line = ev.state.get("line") if ev.state.get("seq") == cell.seq else None
     state_t = float(ev.state.get("t") or 0.0)
     best_dump: StackDump | None = None

@@ -72,15 +72,24 @@ def is_cell_file(path: str) -> bool:
 
 
 def cell_line(
-    frames: Sequence[Frame], running: CellRun | None, earlier: Sequence[CellRun]
+    frames: Sequence[Frame],
+    running: CellRun | None,
+    earlier: Sequence[CellRun],
+    *,
+    truncated: bool = False,
 ) -> int | None:
-    """The running cell's line in ``frames`` (its outermost frame), if it is there."""
+    """The running cell's line in ``frames`` (outermost first), if it is there.
+
+    In a truncated dump (faulthandler keeps the 100 innermost frames) the outermost
+    frame of the cell's file may be a function the cell defined, deep in a
+    recursion, not the cell's own statement: only a '<module>' frame counts then."""
     earlier_files = {c.file for c in earlier if c.file and c is not running}
-    for frame in frames:  # outermost first
+    for frame in frames:
         if running is not None and running.file:
-            if frame.file == running.file:
-                return frame.line
-        elif is_cell_file(frame.file) and frame.file not in earlier_files:
+            ours = frame.file == running.file
+        else:
+            ours = is_cell_file(frame.file) and frame.file not in earlier_files
+        if ours and (not truncated or frame.function == "<module>"):
             return frame.line
     return None
 

@@ -1,0 +1,116 @@
+"""Shared test set-up: a private Jupyter runtime dir, one parent memory cgroup per
+session, notebooks made on the fly, and process clean-up that runs even on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from kernel_doctor.probe.create import ENV_PARENT, default_parent
+
+PY311 = sys.version_info[:2] == (3, 11)
+
+# Reports and sessions of the tests go to a private runtime dir, never the user's.
+_RUNTIME = tempfile.mkdtemp(prefix="kd-tests-runtime-")
+os.environ["JUPYTER_RUNTIME_DIR"] = _RUNTIME
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_RUNTIME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cgroup_parent() -> Iterator[str]:
+    """One parent memory cgroup for the whole test session; per-test cgroups (made
+    by ``run --memory-limit``) go inside it. Skips where none can be made."""
+    found = default_parent()
+    if found is None:
+        pytest.skip("no memory cgroup controller is mounted here")
+    version, parent = found
+    path = os.path.join(parent, f"kd-tests-{os.getpid()}")
+    try:
+        os.mkdir(path)
+        if version == 2:
+            with open(os.path.join(parent, "cgroup.subtree_control"), "w") as f:
+                f.write("+memory")
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup under {parent}: {exc.strerror}")
+    old = os.environ.get(ENV_PARENT)
+    os.environ[ENV_PARENT] = path
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop(ENV_PARENT, None)
+        else:
+            os.environ[ENV_PARENT] = old
+        remove_cgroup_tree(path)
+
+
+def remove_cgroup_tree(path: str) -> None:
+    """Kill what our tests left in ``path`` (only processes in our own cgroups) and
+    remove it, children first."""
+    for child in sorted((p for p in Path(path).glob("*/") if p.is_dir()), reverse=True):
+        remove_cgroup_tree(str(child))
+    procs = Path(path, "cgroup.procs")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            pids = [int(p) for p in procs.read_text().split()]
+        except OSError:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def make_notebook(directory: Path, cells: list[str], name: str = "nb.ipynb",
+                  kernel: str = "python3", markdown_first: bool = False) -> Path:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    nb.cells = ([new_markdown_cell("# heading")] if markdown_first else []) + [
+        new_code_cell(source) for source in cells
+    ]
+    path = directory / name
+    nbformat.write(nb, str(path))
+    return path
+
+
+def run_cli(args: list[str], report: Path | None = None) -> tuple[int, dict[str, Any] | None]:
+    from kernel_doctor.commands import main
+
+    argv = list(args)
+    if report is not None:
+        argv += ["--report-json", str(report)]
+    code = main(argv)
+    document = json.loads(report.read_text()) if report is not None and report.exists() else None
+    return code, document
+
+
+@pytest.fixture
+def notebook(tmp_path: Path) -> Any:
+    def make(cells: list[str], **kwargs: Any) -> Path:
+        return make_notebook(tmp_path, cells, **kwargs)
+
+    return make

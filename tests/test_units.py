@@ -1,0 +1,610 @@
+"""Pure functions: sizes, faulthandler parsing, the diagnosis, downsampling, the state file.
+
+The faulthandler dumps are real: small Python subprocesses dump their stacks (or
+crash) into files, so the parser is checked against what CPython really writes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernel_doctor._errors import UsageError
+from kernel_doctor.agent.layout import STATE, STATE_SIZE, StateFile, read_state
+from kernel_doctor.diagnosis import diagnose
+from kernel_doctor.diagnosis.stacks import (
+    cell_line,
+    is_cell_file,
+    parse_faulthandler,
+    pick_thread,
+    runaway_recursion,
+)
+from kernel_doctor.evidence import CellRun, Evidence, Frame, MemoryEvidence, StackDump
+from kernel_doctor.probe.base import MemoryLimit
+from kernel_doctor.sizes import format_size, parse_size
+from kernel_doctor.supervisor.collect import downsample
+
+KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
+PROPERTY = settings(max_examples=200, deadline=None, database=None)
+
+# --------------------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("512M", 512 * MiB),
+        ("512m", 512 * MiB),
+        ("1.5G", int(1.5 * GiB)),
+        ("2GiB", 2 * GiB),
+        ("2gib", 2 * GiB),
+        ("1073741824", GiB),
+        ("1 g", GiB),
+        ("  3 MB  ", 3 * MiB),
+        ("10k", 10 * KiB),
+        ("1T", TiB),
+        ("100b", 100),
+        (".5G", GiB // 2),
+        ("1", 1),
+    ],
+)
+def test_parse_size_reads_docker_style_sizes(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "abc", "-1G", "1.5X", "0", "0G", "0.0001K", "1..5G", "G", "1 G B", "1e9"]
+)
+def test_parse_size_rejects_unreadable_sizes(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_size(text)
+
+
+def test_parse_size_error_messages_are_exact() -> None:
+    with pytest.raises(UsageError) as unreadable:
+        parse_size("abc")
+    assert str(unreadable.value) == (
+        "cannot read 'abc' as a memory size: use a number with an optional unit, "
+        "e.g. 512M, 1.5G or 2GiB"
+    )
+    assert unreadable.value.exit_code == 2
+    with pytest.raises(UsageError) as zero:
+        parse_size("0")
+    assert str(zero.value) == "memory size '0' must be more than zero"
+
+
+_MULTIPLIERS = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kb": KiB,
+    "kib": KiB,
+    "m": MiB,
+    "mb": MiB,
+    "mib": MiB,
+    "g": GiB,
+    "gb": GiB,
+    "gib": GiB,
+    "t": TiB,
+    "tb": TiB,
+    "tib": TiB,
+}
+
+
+@PROPERTY
+@given(
+    n=st.integers(min_value=1, max_value=10**6),
+    unit=st.sampled_from(sorted(_MULTIPLIERS)),
+    upper=st.booleans(),
+    space=st.booleans(),
+)
+def test_parse_size_property(n: int, unit: str, upper: bool, space: bool) -> None:
+    written = unit.upper() if upper else unit
+    text = f"{n}{' ' if space else ''}{written}"
+    assert parse_size(text) == n * _MULTIPLIERS[unit]
+
+
+@pytest.mark.parametrize(
+    ("num", "expected"),
+    [
+        (None, "unknown"),
+        (0, "0 B"),
+        (800, "800 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (12 * KiB, "12 KiB"),
+        (300 * MiB, "300 MiB"),
+        (int(1.5 * GiB), "1.5 GiB"),
+        (int(1023.96 * MiB), "1.0 GiB"),
+        (2 * TiB, "2.0 TiB"),
+        (2000 * TiB, "2000 TiB"),
+    ],
+)
+def test_format_size(num: int | None, expected: str) -> None:
+    assert format_size(num) == expected
+
+
+@PROPERTY
+@given(st.integers(min_value=0, max_value=2**62))
+def test_format_size_never_raises(num: int) -> None:
+    text = format_size(num)
+    number, unit = text.split(" ")
+    assert unit in ("B", "KiB", "MiB", "GiB", "TiB")
+    float(number)  # a number, whatever its rounding
+    if unit != "TiB":
+        assert float(number) < 1024
+
+
+# ------------------------------------------------------------- faulthandler dumps
+
+
+def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _line_of(source: str, marker: str) -> int:
+    for number, text in enumerate(source.splitlines(), 1):
+        if marker in text:
+            return number
+    raise AssertionError(marker)
+
+
+@dataclass
+class Dump:
+    text: str
+    source: str
+    script: Path
+    returncode: int
+    idents: list[int]
+
+
+_THREADS = textwrap.dedent(
+    """\
+    import faulthandler, sys, threading
+    release, started = threading.Event(), threading.Event()
+    def worker_wait():
+        started.set()
+        release.wait()  # WORKER
+    worker = threading.Thread(target=worker_wait)
+    worker.start()
+    started.wait()
+    def inner(f):
+        faulthandler.dump_traceback(file=f, all_threads=True)  # INNER
+    def outer(f):
+        inner(f)  # OUTER
+    with open(sys.argv[1], "w") as f:
+        outer(f)  # MODULE
+    print(threading.get_ident(), worker.ident)
+    release.set()
+    worker.join()
+    """
+)
+
+_DEEP = textwrap.dedent(
+    """\
+    import faulthandler, sys
+    def recurse(f, n):
+        if n == 0:
+            faulthandler.dump_traceback(file=f, all_threads=True)  # BOTTOM
+            return
+        recurse(f, n - 1)  # RECURSE
+    with open(sys.argv[1], "w") as f:
+        recurse(f, 150)
+    """
+)
+
+# The crash scripts run from a path shaped like ipykernel's cell files, so the
+# diagnosis finds the "cell" in their stacks as it would in a kernel.
+_SEGV_RECURSION = textwrap.dedent(
+    """\
+    import ctypes, faulthandler, resource, sys, threading
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    f = open(sys.argv[1], "w")
+    faulthandler.enable(file=f)
+    print(threading.get_ident(), flush=True)
+    def recurse(n):
+        if n == 0:
+            ctypes.string_at(0)
+        recurse(n - 1)  # RECURSE
+    recurse(150)  # MODULE
+    """
+)
+
+_ABORT = textwrap.dedent(
+    """\
+    import faulthandler, os, resource, sys, threading
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    f = open(sys.argv[1], "w")
+    faulthandler.enable(file=f)
+    print(threading.get_ident(), flush=True)
+    def crash():
+        os.abort()  # ABORT
+    crash()  # MODULE
+    """
+)
+
+
+def _dump(directory: Path, name: str, source: str) -> Dump:
+    script = directory / name
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(source)
+    out = script.with_suffix(".txt")
+    proc = _run(script, str(out))
+    idents = [int(x) for x in proc.stdout.split()]
+    return Dump(out.read_text(), source, script, proc.returncode, idents)
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dump]:
+    base = tmp_path_factory.mktemp("faulthandler")
+    cells = base / "ipykernel_4242"
+    return {
+        "threads": _dump(base, "threads.py", _THREADS),
+        "deep": _dump(base, "deep.py", _DEEP),
+        "segv": _dump(cells, "1111.py", _SEGV_RECURSION),
+        "abort": _dump(cells, "2222.py", _ABORT),
+    }
+
+
+def _hex(ident: int) -> str:
+    return f"0x{ident:016x}"
+
+
+def test_parse_all_threads_dump(dumps: dict[str, Dump]) -> None:
+    d = dumps["threads"]
+    assert d.returncode == 0
+    main_ident, worker_ident = d.idents
+    threads = parse_faulthandler(d.text)
+    assert len(threads) == 2
+    by_id = {int(t.thread, 16): t for t in threads}
+    assert set(by_id) == {main_ident, worker_ident}
+
+    main, worker = by_id[main_ident], by_id[worker_ident]
+    assert main.current and not worker.current
+    assert main.fatal is None and worker.fatal is None
+    assert not main.truncated and not worker.truncated
+    script = str(d.script)
+    # Innermost last: <module> -> outer -> inner.
+    assert main.frames == (
+        Frame(script, _line_of(d.source, "# MODULE"), "<module>"),
+        Frame(script, _line_of(d.source, "# OUTER"), "outer"),
+        Frame(script, _line_of(d.source, "# INNER"), "inner"),
+    )
+    # The worker's stack runs from threading's bootstrap down into Event.wait.
+    assert worker.frames[0].function == "_bootstrap"
+    assert worker.frames[-1].function == "wait"
+    assert Frame(script, _line_of(d.source, "# WORKER"), "worker_wait") in worker.frames
+    assert runaway_recursion(main) is None
+
+    # The main thread is found by the agent's ident, else the current thread.
+    assert pick_thread(threads, _hex(worker_ident)) is worker
+    assert pick_thread(threads, _hex(main_ident)) is main
+    assert pick_thread(threads, None) is main
+    assert pick_thread([], None) is None
+
+
+def test_parse_deep_dump_is_truncated(dumps: dict[str, Dump]) -> None:
+    d = dumps["deep"]
+    assert d.returncode == 0
+    assert "\n  ...\n" in d.text or d.text.endswith("  ...\n")
+    (thread,) = parse_faulthandler(d.text)
+    assert thread.current and thread.truncated and thread.fatal is None
+    assert len(thread.frames) == 100  # faulthandler keeps the 100 innermost frames
+    assert thread.frames[-1] == Frame(str(d.script), _line_of(d.source, "# BOTTOM"), "recurse")
+    assert all(f.function == "recurse" for f in thread.frames)
+    assert all(f.line == _line_of(d.source, "# RECURSE") for f in thread.frames[:-1])
+    assert runaway_recursion(thread) == ("recurse", 100)
+
+
+def test_parse_crash_dump(dumps: dict[str, Dump]) -> None:
+    d = dumps["segv"]
+    assert d.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in d.text
+    (thread,) = parse_faulthandler(d.text)
+    assert thread.fatal == "Segmentation fault"
+    assert thread.current and thread.truncated
+    assert int(thread.thread, 16) == d.idents[0]
+    assert len(thread.frames) == 100
+    assert thread.frames[-1].function == "string_at"  # innermost last
+    assert thread.frames[0] == Frame(str(d.script), _line_of(d.source, "# RECURSE"), "recurse")
+    assert runaway_recursion(thread) == ("recurse", 99)
+
+    a = dumps["abort"]
+    assert a.returncode == -signal.SIGABRT
+    (aborted,) = parse_faulthandler(a.text)
+    assert aborted.fatal == "Aborted"
+    assert not aborted.truncated and aborted.current
+    assert [f.function for f in aborted.frames] == ["<module>", "crash"]
+    assert runaway_recursion(aborted) is None
+
+
+def test_parse_faulthandler_edge_cases() -> None:
+    assert parse_faulthandler("") == []
+    assert parse_faulthandler("garbage\n  File \"x.py\", line 1 in f\n") == []
+    # A dump of one thread without all_threads names no thread.
+    (one,) = parse_faulthandler(
+        "Stack (most recent call first):\n"
+        '  File "a.py", line 3 in g\n'
+        '  File "a.py", line 9 in <module>\n'
+    )
+    assert one.thread == "0x0" and one.current
+    assert one.frames == (Frame("a.py", 9, "<module>"), Frame("a.py", 3, "g"))
+    # Two dumps appended one after another in one file.
+    text = (
+        "Current thread 0x00000000000000aa (most recent call first):\n"
+        '  File "a.py", line 1 in f\n'
+        "Current thread 0x00000000000000aa (most recent call first):\n"
+        '  File "a.py", line 2 in f\n'
+    )
+    first, second = parse_faulthandler(text)
+    assert first.frames[0].line == 1 and second.frames[0].line == 2
+
+
+def test_cell_files_and_cell_line() -> None:
+    assert is_cell_file("/tmp/ipykernel_123/456789.py")
+    assert is_cell_file("<ipython-input-3-0123abcd>")
+    assert not is_cell_file("/usr/lib/python3/site-packages/numpy/core.py")
+    old = CellRun(1, 1, None, "", 0.0, ended=1.0, file="/tmp/ipykernel_1/1.py")
+    running = CellRun(2, 2, None, "", 2.0)
+    frames = [
+        Frame("/tmp/ipykernel_1/1.py", 4, "<module>"),  # a function an earlier cell defined
+        Frame("/tmp/ipykernel_1/2.py", 7, "<module>"),
+        Frame("/tmp/ipykernel_1/2.py", 3, "helper"),
+    ]
+    assert cell_line(frames, running, [old]) == 7
+    assert cell_line(frames, running, []) == 4
+    named = CellRun(2, 2, None, "", 2.0, file="/tmp/ipykernel_1/2.py")
+    assert cell_line(frames[2:], named, [old]) == 3
+    assert cell_line(frames[2:], named, [old], truncated=True) is None
+
+
+# -------------------------------------------------------------------- diagnose
+
+
+LIMIT = MemoryLimit(2 * GiB, "cgroup-v2", "cgroup v2 memory.max of /sys/fs/cgroup/kd", "/kd")
+KERNEL_ARGV = ("/usr/bin/python3", "-m", "ipykernel_launcher", "-f", "/tmp/kernel-1.json")
+
+
+def _evidence(**changes: Any) -> Evidence:
+    memory = changes.pop("memory", None) or MemoryEvidence(
+        limit=LIMIT, peak_bytes=2 * GiB - MiB, kernel_peak_bytes=2 * GiB - 10 * MiB
+    )
+    fields: dict[str, Any] = {
+        "kernel_argv": KERNEL_ARGV,
+        "pid": 4321,
+        "started": 1000.0,
+        "ended": 1100.0,
+        "exit_code": None,
+        "signal": None,
+        "requested": None,
+        "agent_ready": True,
+        "clean_exit": False,
+        "memory": memory,
+    }
+    fields.update(changes)
+    return Evidence(**fields)
+
+
+def _running(count: int = 7, seq: int = 3, file: str | None = None) -> CellRun:
+    return CellRun(seq, count, "abc", "x = [0] * 10**10", 1050.0, file=file)
+
+
+def test_sigkill_with_oom_kill_is_out_of_memory() -> None:
+    memory = MemoryEvidence(
+        limit=LIMIT,
+        timeline=((10.0, 100 * MiB), (60.0, GiB), (90.0, 2 * GiB - MiB)),
+        peak_bytes=2 * GiB - MiB,
+        kernel_peak_bytes=2 * GiB - 10 * MiB,
+        oom_kills_before=0,
+        oom_kills_after=1,
+    )
+    cell = _running()
+    ev = _evidence(
+        signal=signal.SIGKILL,
+        memory=memory,
+        cells=(cell,),
+        state={"seq": cell.seq, "line": 4},
+    )
+    d = diagnose(ev)
+    assert d is not None
+    assert d.cause == "out_of_memory"
+    assert "cell [7], line 4" in d.summary
+    assert d.summary.startswith("Out of memory in cell [7], line 4:")
+    assert "2.0 GiB" in d.summary
+    assert d.cell == cell and d.line == 4
+    assert any("went from 0 to 1" in fact for fact in d.evidence)
+    assert any("memory grew from 100 MiB to 2.0 GiB" in fact for fact in d.evidence)
+    assert any("raise the limit" in tip for tip in d.advice)
+
+
+def test_sigkill_without_oom_kill_is_killed() -> None:
+    memory = MemoryEvidence(limit=LIMIT, oom_kills_before=2, oom_kills_after=2)
+    ev = _evidence(signal=signal.SIGKILL, memory=memory)
+    d = diagnose(ev)
+    assert d is not None
+    assert d.cause == "killed"
+    assert "SIGKILL" in d.summary and "not out of memory" in d.summary
+    assert any("did not change" in fact for fact in d.evidence)
+    assert d.cell is None and d.line is None
+
+
+def test_segfault_in_deep_recursion_is_stack_overflow(dumps: dict[str, Dump]) -> None:
+    d = dumps["segv"]
+    threads = tuple(parse_faulthandler(d.text))
+    cell = _running(count=12)
+    ev = _evidence(
+        signal=signal.SIGSEGV,
+        fatal=threads,
+        cells=(cell,),
+        # The truncated dump lacks the cell's own statement: the agent's line counts.
+        state={"seq": cell.seq, "line": _line_of(d.source, "# MODULE"), "main_thread": d.idents[0]},
+    )
+    diagnosis = diagnose(ev)
+    assert diagnosis is not None
+    assert diagnosis.cause == "stack_overflow"
+    line = _line_of(d.source, "# MODULE")
+    assert diagnosis.line == line
+    assert f"cell [12], line {line}" in diagnosis.summary
+    assert diagnosis.summary.startswith("Stack overflow")
+    assert diagnosis.stack == threads[0].frames
+    assert any("99 of the 100 innermost frames are recurse()" in f for f in diagnosis.evidence)
+    assert any("Segmentation fault" in f for f in diagnosis.evidence)
+    assert any("only the 100 innermost frames" in f for f in diagnosis.evidence)
+
+
+def test_sigabrt_is_native_crash_at_the_cells_line(dumps: dict[str, Dump]) -> None:
+    a = dumps["abort"]
+    threads = tuple(parse_faulthandler(a.text))
+    cell = _running(count=4)
+    ev = _evidence(
+        signal=signal.SIGABRT,
+        fatal=threads,
+        cells=(cell,),
+        state={"main_thread": a.idents[0]},
+    )
+    d = diagnose(ev)
+    assert d is not None
+    assert d.cause == "native_crash"
+    line = _line_of(a.source, "# MODULE")
+    assert d.line == line
+    assert d.summary == (
+        f"Native crash (SIGABRT) in cell [4], line {line}: code outside Python crashed "
+        "the kernel."
+    )
+    assert d.stack[-1].function == "crash"
+    assert any("Fatal Python error: Aborted" in fact for fact in d.evidence)
+
+
+def test_exit_code_after_start_is_exit() -> None:
+    cell = _running(count=2)
+    ev = _evidence(exit_code=3, cells=(cell,), state={"seq": cell.seq, "line": 5})
+    d = diagnose(ev)
+    assert d is not None
+    assert d.cause == "exit"
+    assert d.summary == "The kernel exited by itself with code 3 in cell [2], line 5."
+
+
+def test_exit_before_start_is_startup_failure(tmp_path: Path) -> None:
+    # A real traceback, as the kernel's stderr would end.
+    proc = subprocess.run(
+        [sys.executable, "-c", "import kernel_doctor_no_such_module_kd"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    ev = _evidence(
+        exit_code=1, agent_ready=False, ended=1000.5, stderr_tail="noise\n" + proc.stderr
+    )
+    d = diagnose(ev)
+    assert d is not None
+    assert d.cause == "startup_failure"
+    error = "ModuleNotFoundError: No module named 'kernel_doctor_no_such_module_kd'"
+    assert d.summary == f"The kernel failed to start: {error}"
+    assert any(error in fact for fact in d.evidence)
+
+
+def test_ends_that_are_not_deaths() -> None:
+    assert diagnose(_evidence(requested="SIGTERM", signal=signal.SIGTERM)) is None
+    assert diagnose(_evidence(requested="SIGTERM", exit_code=0)) is None
+    assert diagnose(_evidence(exit_code=0, clean_exit=True)) is None
+    lost = MemoryEvidence(limit=LIMIT, oom_kills_before=1, oom_kills_after=1)
+    assert diagnose(_evidence(signal=signal.SIGKILL, memory=lost, supervisor_lost=True)) is None
+    assert diagnose(_evidence(exit_code=None, memory=lost, supervisor_lost=True)) is None
+
+
+def test_supervisor_lost_with_oom_kill_is_out_of_memory() -> None:
+    memory = MemoryEvidence(limit=LIMIT, oom_kills_before=1, oom_kills_after=2)
+    d = diagnose(_evidence(memory=memory, supervisor_lost=True))
+    assert d is not None and d.cause == "out_of_memory"
+    assert any("supervisor was killed" in fact for fact in d.evidence)
+
+
+# ------------------------------------------------------------------ downsample
+
+
+def test_downsample_short_series_is_kept() -> None:
+    points = [(0.12345, 1), (1.0, 5)]
+    assert downsample(points, 10) == ((0.123, 1), (1.0, 5))
+
+
+def test_downsample_keeps_the_peak_and_the_end() -> None:
+    points = [(i * 0.1, i % 97) for i in range(10_000)]
+    points[4321] = (432.1, 10**9)
+    out = downsample(points, 500)
+    assert len(out) <= 500
+    assert max(c for _, c in out) == 10**9
+    assert out[-1] == (round(points[-1][0], 3), points[-1][1])
+    assert [t for t, _ in out] == sorted(t for t, _ in out)
+
+
+@PROPERTY
+@given(
+    counts=st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=400),
+    limit=st.integers(min_value=2, max_value=60),
+)
+def test_downsample_property(counts: list[int], limit: int) -> None:
+    points = [(i * 0.25, c) for i, c in enumerate(counts)]
+    out = downsample(points, limit)
+    assert len(out) <= limit
+    assert max(c for _, c in out) == max(counts)
+    assert out[-1][1] == counts[-1]
+    assert {c for _, c in out} <= set(counts)
+
+
+# ------------------------------------------------------------------- StateFile
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    path = str(tmp_path / STATE)
+    writer = StateFile(path, writable=True)
+    try:
+        assert os.path.getsize(path) == STATE_SIZE
+        reader = StateFile(path, writable=False)
+        try:
+            assert reader.read() is None  # nothing written yet
+            writer.write({"seq": 1, "busy": True, "line": 3, "frame": ["f.py", 3, "g"]})
+            assert reader.read() == {"seq": 1, "busy": True, "line": 3, "frame": ["f.py", 3, "g"]}
+            writer.write({"seq": 2, "busy": False})
+            assert reader.read() == {"seq": 2, "busy": False}
+            writer.write({"blob": "x" * STATE_SIZE})
+            assert reader.read() == {"truncated": True}
+        finally:
+            reader.close()
+        writer.write({"seq": 9, "line": 1})
+    finally:
+        writer.close()
+    assert read_state(str(tmp_path)) == {"seq": 9, "line": 1}
+
+
+def test_read_state_without_a_state_file(tmp_path: Path) -> None:
+    assert read_state(str(tmp_path)) is None
+    assert read_state(str(tmp_path / "missing")) is None
+    (tmp_path / STATE).write_bytes(b"")  # made but never sized by the agent
+    assert read_state(str(tmp_path)) is None
+    with pytest.raises(FileNotFoundError):
+        StateFile(str(tmp_path / "nope" / STATE), writable=False)
+
+
+def test_state_file_reader_rejects_foreign_data(tmp_path: Path) -> None:
+    (tmp_path / STATE).write_bytes(b"JUNK" + b"\0" * (STATE_SIZE - 4))
+    assert read_state(str(tmp_path)) is None
