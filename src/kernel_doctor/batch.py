@@ -40,7 +40,19 @@ class BatchResult:
     progress: list[str] = field(default_factory=list)
 
 
-def run_notebook(
+def run_notebook(nb: Any, **kwargs: Any) -> BatchResult:
+    """Execute ``nb`` (see ``_execute`` for the arguments)."""
+    try:
+        return _execute(nb, **kwargs)
+    finally:
+        # nbclient leaves the sockets of a finished kernel's channels unclosed; collect
+        # them now, quietly, rather than warn at some later garbage collection.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+
+
+def _execute(
     nb: Any,
     *,
     kernel_name: str,
@@ -72,11 +84,9 @@ def run_notebook(
     current: int | None = None
     outcome, code = "ok", ExitCode.OK
     first_error: int | None = None
-    kc = None
     try:
         with client.setup_kernel():
             assert client.kc is not None
-            kc = client.kc
             info = client.wait_for_reply(client.kc.kernel_info())
             if info is not None:
                 client.nb.metadata["language_info"] = info["content"]["language_info"]
@@ -120,12 +130,6 @@ def run_notebook(
         outcome, code = "timeout", ExitCode.TIMEOUT
         report = _timeout_report(nb, current, timeout, session_dir)
     finally:
-        # nbclient leaves the sockets of a dead kernel's channels unclosed; collect
-        # them now, quietly, rather than warn at some later garbage collection.
-        del kc
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
         if cgroup is not None:
             cgroup.remove()
     _add_memory(report, session_dir)

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     # Check every input before anything starts, so bad input costs nothing.
     nb = _read_notebook(args.notebook)
     timeout = _timeout(args.timeout)
-    limit = parse_size(args.memory_limit) if args.memory_limit else None
+    limit = parse_size(args.memory_limit) if args.memory_limit is not None else None
     if args.output and not args.inplace:
         try:
             same = os.path.samefile(args.output, args.notebook)

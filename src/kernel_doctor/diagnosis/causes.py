@@ -118,7 +118,7 @@ def _cause(ev: Evidence) -> tuple[str, list[str]]:
             )
             return "stack_overflow", facts
         if not _started(ev):
-            return "startup_failure", facts
+            facts.append("it crashed while starting, before it was ready")
         return "native_crash", facts
     if ev.signal is not None:
         if ev.signal == signal.SIGINT:

@@ -1,0 +1,82 @@
+"""The agent inside a real (in-process) IPython shell."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernel_doctor.agent.layout import ENV_SESSION, read_cells, read_state
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from IPython.core.interactiveshell import InteractiveShell
+    from ipykernel.compiler import XCachingCompiler
+
+    monkeypatch.setenv(ENV_SESSION, str(tmp_path))
+    # ipykernel's compiler: cell files named by a hash of the source, as in kernels.
+    ip = InteractiveShell.instance(compiler_class=XCachingCompiler)
+    ip.run_line_magic("load_ext", "kernel_doctor")
+    try:
+        yield ip
+    finally:
+        ip.run_line_magic("unload_ext", "kernel_doctor")
+        InteractiveShell.clear_instance()
+
+
+def test_flight_record(shell: Any, tmp_path: Path) -> None:
+    shell.run_cell("x = 1", store_history=True)
+    shell.run_cell("y = 2", store_history=False)  # housekeeping: not a cell
+    shell.run_cell("def g():\n    return 1 / 0\n\ng()", store_history=True)
+    records = read_cells(str(tmp_path))
+    kinds = [(r["event"], r.get("seq")) for r in records]
+    assert kinds == [("ready", None), ("start", 1), ("end", 1), ("start", 2), ("end", 2)]
+    assert records[1]["source"] == "x = 1"
+    error = records[4]["error"]
+    assert error["type"] == "ZeroDivisionError"
+    assert error["line"] == 4
+    assert records[2]["file"] in shell.compile._filename_map
+    state = read_state(str(tmp_path))
+    assert state is not None and state["busy"] is False
+
+
+def test_identical_sources_share_a_file(shell: Any, tmp_path: Path) -> None:
+    shell.run_cell("z = 3", store_history=True)
+    shell.run_cell("w = 4", store_history=True)
+    shell.run_cell("z = 3", store_history=True)
+    ends = [r for r in read_cells(str(tmp_path)) if r["event"] == "end"]
+    assert ends[0]["file"] == ends[2]["file"] != ends[1]["file"]
+
+
+def test_running_line_is_recorded(shell: Any, tmp_path: Path) -> None:
+    cell = (
+        "import time\n"
+        "from kernel_doctor.agent.layout import read_state\n"
+        f"time.sleep(0.2); seen = read_state({str(tmp_path)!r})\n"
+    )
+    shell.run_cell(cell, store_history=True)
+    seen = shell.user_ns["seen"]
+    assert seen["busy"] is True
+    assert seen["line"] == 3
+    assert seen["frame"][2] == "<module>"
+
+
+def test_running_line_in_deep_recursion(shell: Any, tmp_path: Path) -> None:
+    cell = (
+        "import sys, time\n"
+        "from kernel_doctor.agent.layout import read_state\n"
+        "def down(n):\n"
+        "    if n == 0:\n"
+        "        time.sleep(0.2)\n"
+        f"        return read_state({str(tmp_path)!r})\n"
+        "    return down(n - 1)\n"
+        "sys.setrecursionlimit(20000)\n"
+        "seen = down(5000)\n"
+    )
+    shell.run_cell(cell, store_history=True)
+    seen = shell.user_ns["seen"]
+    assert seen["line"] == 9  # the cell's own line, 5000 frames up
+    assert seen["frame"][1:] == [5, "down"]

@@ -1,0 +1,183 @@
+"""The supervisor on its own: fail-open, kernels without the agent, stderr, and
+deaths that took the supervisor along."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SUPERVISE = [sys.executable, "-m", "kernel_doctor.supervise"]
+
+
+def env_with(runtime: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime))
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting")
+
+
+def test_unwritable_runtime_dir_runs_the_kernel_plain(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    done = subprocess.run(
+        [*SUPERVISE, "--", sys.executable, "-c", "print('kernel ran')"],
+        env=env_with(blocker), capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 0
+    assert done.stdout == "kernel ran\n"
+    warning = done.stderr.strip().splitlines()
+    assert len(warning) == 1
+    assert warning[0].startswith("kernel-doctor: cannot write evidence")
+    assert warning[0].endswith("starting the kernel unsupervised")
+
+
+def test_disabled_runs_plain_without_a_word(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*SUPERVISE, "--", sys.executable, "-c", "import os; print(os.getppid())"],
+        env=env_with(tmp_path, KERNEL_DOCTOR_DISABLE="1"), capture_output=True, text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 and done.stderr == ""
+    assert not (tmp_path / "kernel-doctor").exists()
+
+
+def test_broken_install_runs_the_kernel_plain(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['kernel_doctor.supervisor.process'] = None\n"
+        "from kernel_doctor.supervise import main\n"
+        f"sys.exit(main(['--', {sys.executable!r}, '-c', 'print(42)']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env_with(tmp_path),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    assert done.stdout == "42\n"
+    assert "cannot load the supervisor" in done.stderr
+    assert "starting the kernel unsupervised" in done.stderr
+
+
+def test_bad_supervisor_arguments(tmp_path: Path) -> None:
+    done = subprocess.run([*SUPERVISE, "--bogus", "x"], env=env_with(tmp_path),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.startswith("kernel-doctor: no '--' before the kernel's command line")
+
+
+def test_kernel_without_agent_crash(tmp_path: Path) -> None:
+    session = tmp_path / "session"
+    kernel = ["sh", "-c", "echo 'about to crash' >&2; sleep 0.5; kill -SEGV $$"]
+    done = subprocess.run([*SUPERVISE, "--session", str(session), "--", *kernel],
+                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    assert done.returncode == -signal.SIGSEGV
+    assert "about to crash" in done.stderr  # stderr passes through
+    report = json.loads((session / "report.json").read_text())
+    assert report["cause"] == "native_crash"
+    assert report["signal"] == "SIGSEGV"
+    assert report["cell"] is None
+    assert "about to crash" in report["stderr_tail"]
+    assert report["memory"]["limit_bytes"] and report["memory"]["timeline"]
+    assert "Native crash (SIGSEGV)" in done.stderr  # the diagnosis reaches stderr too
+
+
+def test_kernel_without_agent_failing_at_start(tmp_path: Path) -> None:
+    session = tmp_path / "session"
+    kernel = ["sh", "-c", "echo 'ImportError: no module named kernelish' >&2; exit 4"]
+    done = subprocess.run([*SUPERVISE, "--session", str(session), "--", *kernel],
+                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 4
+    report = json.loads((session / "report.json").read_text())
+    assert report["cause"] == "startup_failure"
+    assert "ImportError: no module named kernelish" in report["summary"]
+
+
+def test_clean_exit_leaves_nothing(tmp_path: Path) -> None:
+    done = subprocess.run([*SUPERVISE, "--", sys.executable, "-c", "pass"],
+                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stderr == ""
+    root = tmp_path / "kernel-doctor"
+    assert list((root / "sessions").iterdir()) == []
+    assert not (root / "reports").exists() or list((root / "reports").iterdir()) == []
+
+
+def test_death_that_took_the_supervisor_is_reported_at_next_start(
+    tmp_path: Path, cgroup_parent: str
+) -> None:
+    cgroup = Path(cgroup_parent, f"recovery-{os.getpid()}")
+    cgroup.mkdir()
+    (cgroup / "memory.limit_in_bytes").write_text(str(200 * 1024**2))
+    sessions = tmp_path / "kernel-doctor" / "sessions"
+    kernel = [sys.executable, "-c", "import time; time.sleep(1); b = bytearray(400 * 1024**2)"]
+    sup = subprocess.Popen([*SUPERVISE, "--cgroup", str(cgroup), "--", *kernel],
+                           env=env_with(tmp_path), stderr=subprocess.DEVNULL)
+    try:
+        meta = wait_for(lambda: next(sessions.glob("*/meta.json"), None))
+        kernel_pid = json.loads(meta.read_text())["kernel_pid"]
+        # The supervisor freezes, then the kernel dies of memory, then the supervisor
+        # is killed before it could look: as in a whole-container OOM kill.
+        os.kill(sup.pid, signal.SIGSTOP)
+
+        def kernel_dead() -> bool:
+            try:
+                return Path(f"/proc/{kernel_pid}/stat").read_text().split()[2] in "ZX"
+            except OSError:
+                return True
+
+        wait_for(kernel_dead)
+        os.kill(sup.pid, signal.SIGKILL)
+    finally:
+        sup.kill()
+        sup.wait()
+    done = subprocess.run([*SUPERVISE, "--", sys.executable, "-c", "pass"],
+                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    reports = list((tmp_path / "kernel-doctor" / "reports").glob("*.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert report["cause"] == "out_of_memory"
+    assert any("supervisor was killed" in fact for fact in report["evidence"])
+    assert list(sessions.iterdir()) == []  # the leftover session is consumed
+    wait_for(lambda: not (cgroup / "cgroup.procs").read_text().strip())
+    cgroup.rmdir()
+
+
+def test_stale_session_of_a_requested_kill_is_dropped_silently(tmp_path: Path) -> None:
+    sessions = tmp_path / "kernel-doctor" / "sessions"
+    sup = subprocess.Popen([*SUPERVISE, "--", sys.executable, "-c", "import time; time.sleep(60)"],
+                           env=env_with(tmp_path), start_new_session=True)
+    try:
+        wait_for(lambda: next(sessions.glob("*/meta.json"), None))
+        os.killpg(sup.pid, signal.SIGKILL)  # what jupyter_client's restart does
+        sup.wait()
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    done = subprocess.run([*SUPERVISE, "--", sys.executable, "-c", "pass"],
+                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stderr == ""
+    assert list(sessions.iterdir()) == []
+    assert not (tmp_path / "kernel-doctor" / "reports").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+def test_kernel_gets_a_higher_oom_score(tmp_path: Path) -> None:
+    code = "print(open('/proc/self/oom_score_adj').read().strip())"
+    done = subprocess.run([*SUPERVISE, "--", sys.executable, "-c", code],
+                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    own = int(Path("/proc/self/oom_score_adj").read_text())
+    assert int(done.stdout) == min(1000, own + 500)
