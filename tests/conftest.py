@@ -3,6 +3,7 @@ session, notebooks made on the fly, and process clean-up that runs even on failu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -72,10 +73,8 @@ def remove_cgroup_tree(path: str) -> None:
         except OSError:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         try:
             os.rmdir(path)
             return
@@ -85,8 +84,13 @@ def remove_cgroup_tree(path: str) -> None:
             time.sleep(0.05)
 
 
-def make_notebook(directory: Path, cells: list[str], name: str = "nb.ipynb",
-                  kernel: str = "python3", markdown_first: bool = False) -> Path:
+def make_notebook(
+    directory: Path,
+    cells: list[str],
+    name: str = "nb.ipynb",
+    kernel: str = "python3",
+    markdown_first: bool = False,
+) -> Path:
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
     nb.cells = ([new_markdown_cell("# heading")] if markdown_first else []) + [

@@ -13,8 +13,8 @@ from kernel_doctor.agent.layout import ENV_SESSION, read_cells, read_state
 
 @pytest.fixture
 def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from IPython.core.interactiveshell import InteractiveShell
     from ipykernel.compiler import XCachingCompiler
+    from IPython.core.interactiveshell import InteractiveShell
 
     monkeypatch.setenv(ENV_SESSION, str(tmp_path))
     # ipykernel's compiler: cell files named by a hash of the source, as in kernels.

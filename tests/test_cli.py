@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import run_cli
 
 
@@ -35,8 +36,10 @@ def test_missing_notebook(tmp_path: Path, capsys: Any) -> None:
         ("{not json", "is not valid JSON"),
         ('{"a": 1}', "is JSON but not a Jupyter notebook"),
         ('{"cells": [], "metadata": {}, "nbformat": 9, "nbformat_minor": 0}', "has nbformat 9"),
-        ('{"cells": [{"cell_type": "code"}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}',
-         "is not a valid notebook"),
+        (
+            '{"cells": [{"cell_type": "code"}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}',
+            "is not a valid notebook",
+        ),
     ],
 )
 def test_bad_notebook(tmp_path: Path, capsys: Any, content: str, message: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import nbformat
 import pytest
+
 from conftest import PY311, run_cli
 
 LIMIT = "300M"
@@ -71,7 +72,9 @@ def test_oom_gradual_growth(notebook: Any, tmp_path: Path, cgroup_parent: str) -
 def test_oom_inside_function_defined_in_another_cell(
     notebook: Any, tmp_path: Path, cgroup_parent: str
 ) -> None:
-    define = "def grow():\n    out = []\n    while True:\n        out.append(bytearray(10 * 1024**2))\n"
+    define = (
+        "def grow():\n    out = []\n    while True:\n        out.append(bytearray(10 * 1024**2))\n"
+    )
     path = notebook([define, "import time\ntime.sleep(0.1)\ngrow()"], markdown_first=True)
     code, report = run(path, tmp_path, "--memory-limit", LIMIT)
     assert code == 3
@@ -173,17 +176,19 @@ def test_sigkill_from_outside_is_not_oom(notebook: Any, tmp_path: Path) -> None:
     assert any("did not change" in fact for fact in report["evidence"])
 
 
-def test_startup_failure(
-    notebook: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_startup_failure(notebook: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "ipykernel_launcher.py").write_text("import module_that_does_not_exist_kd\n")
     spec = tmp_path / "jupyter" / "kernels" / "broken"
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    spec_json = {"argv": argv, "display_name": "Broken", "language": "python",
-                 "env": {"PYTHONPATH": str(broken)}}
+    spec_json = {
+        "argv": argv,
+        "display_name": "Broken",
+        "language": "python",
+        "env": {"PYTHONPATH": str(broken)},
+    }
     (spec / "kernel.json").write_text(json.dumps(spec_json))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     code, report = run(notebook(["x = 1"], kernel="broken"), tmp_path)
@@ -250,7 +255,9 @@ def test_death_report_is_stored_and_shown(notebook: Any, tmp_path: Path, capsys:
     path = notebook(["import os, time\ntime.sleep(0.2)\nos._exit(5)", "print('never')"])
     code, report = run(path, tmp_path, "--output", str(out))
     assert code == 3
-    stored = Path(os.environ["JUPYTER_RUNTIME_DIR"], "kernel-doctor", "reports", f"{report['id']}.json")
+    stored = Path(
+        os.environ["JUPYTER_RUNTIME_DIR"], "kernel-doctor", "reports", f"{report['id']}.json"
+    )
     assert stored.exists()
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     assert json.loads(stored.read_text())["cause"] == "exit"

@@ -38,7 +38,10 @@ def test_unwritable_runtime_dir_runs_the_kernel_plain(tmp_path: Path) -> None:
     blocker.write_text("")
     done = subprocess.run(
         [*SUPERVISE, "--", sys.executable, "-c", "print('kernel ran')"],
-        env=env_with(blocker), capture_output=True, text=True, timeout=30,
+        env=env_with(blocker),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0
     assert done.stdout == "kernel ran\n"
@@ -51,7 +54,9 @@ def test_unwritable_runtime_dir_runs_the_kernel_plain(tmp_path: Path) -> None:
 def test_disabled_runs_plain_without_a_word(tmp_path: Path) -> None:
     done = subprocess.run(
         [*SUPERVISE, "--", sys.executable, "-c", "import os; print(os.getppid())"],
-        env=env_with(tmp_path, KERNEL_DOCTOR_DISABLE="1"), capture_output=True, text=True,
+        env=env_with(tmp_path, KERNEL_DOCTOR_DISABLE="1"),
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert done.returncode == 0 and done.stderr == ""
@@ -64,8 +69,13 @@ def test_broken_install_runs_the_kernel_plain(tmp_path: Path) -> None:
         "from kernel_doctor.supervise import main\n"
         f"sys.exit(main(['--', {sys.executable!r}, '-c', 'print(42)']))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], env=env_with(tmp_path),
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env_with(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0
     assert done.stdout == "42\n"
     assert "cannot load the supervisor" in done.stderr
@@ -73,8 +83,13 @@ def test_broken_install_runs_the_kernel_plain(tmp_path: Path) -> None:
 
 
 def test_bad_supervisor_arguments(tmp_path: Path) -> None:
-    done = subprocess.run([*SUPERVISE, "--bogus", "x"], env=env_with(tmp_path),
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*SUPERVISE, "--bogus", "x"],
+        env=env_with(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("kernel-doctor: no '--' before the kernel's command line")
 
@@ -82,8 +97,13 @@ def test_bad_supervisor_arguments(tmp_path: Path) -> None:
 def test_kernel_without_agent_crash(tmp_path: Path) -> None:
     session = tmp_path / "session"
     kernel = ["sh", "-c", "echo 'about to crash' >&2; sleep 0.5; kill -SEGV $$"]
-    done = subprocess.run([*SUPERVISE, "--session", str(session), "--", *kernel],
-                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*SUPERVISE, "--session", str(session), "--", *kernel],
+        env=env_with(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == -signal.SIGSEGV
     assert "about to crash" in done.stderr  # stderr passes through
     report = json.loads((session / "report.json").read_text())
@@ -98,8 +118,13 @@ def test_kernel_without_agent_crash(tmp_path: Path) -> None:
 def test_kernel_without_agent_failing_at_start(tmp_path: Path) -> None:
     session = tmp_path / "session"
     kernel = ["sh", "-c", "echo 'ImportError: no module named kernelish' >&2; exit 4"]
-    done = subprocess.run([*SUPERVISE, "--session", str(session), "--", *kernel],
-                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*SUPERVISE, "--session", str(session), "--", *kernel],
+        env=env_with(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 4
     report = json.loads((session / "report.json").read_text())
     assert report["cause"] == "startup_failure"
@@ -107,8 +132,13 @@ def test_kernel_without_agent_failing_at_start(tmp_path: Path) -> None:
 
 
 def test_clean_exit_leaves_nothing(tmp_path: Path) -> None:
-    done = subprocess.run([*SUPERVISE, "--", sys.executable, "-c", "pass"],
-                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*SUPERVISE, "--", sys.executable, "-c", "pass"],
+        env=env_with(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0 and done.stderr == ""
     root = tmp_path / "kernel-doctor"
     assert list((root / "sessions").iterdir()) == []
@@ -123,8 +153,11 @@ def test_death_that_took_the_supervisor_is_reported_at_next_start(
     (cgroup / "memory.limit_in_bytes").write_text(str(200 * 1024**2))
     sessions = tmp_path / "kernel-doctor" / "sessions"
     kernel = [sys.executable, "-c", "import time; time.sleep(1); b = bytearray(400 * 1024**2)"]
-    sup = subprocess.Popen([*SUPERVISE, "--cgroup", str(cgroup), "--", *kernel],
-                           env=env_with(tmp_path), stderr=subprocess.DEVNULL)
+    sup = subprocess.Popen(
+        [*SUPERVISE, "--cgroup", str(cgroup), "--", *kernel],
+        env=env_with(tmp_path),
+        stderr=subprocess.DEVNULL,
+    )
     try:
         meta = wait_for(lambda: next(sessions.glob("*/meta.json"), None))
         kernel_pid = json.loads(meta.read_text())["kernel_pid"]
@@ -143,8 +176,13 @@ def test_death_that_took_the_supervisor_is_reported_at_next_start(
     finally:
         sup.kill()
         sup.wait()
-    done = subprocess.run([*SUPERVISE, "--", sys.executable, "-c", "pass"],
-                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*SUPERVISE, "--", sys.executable, "-c", "pass"],
+        env=env_with(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0
     reports = list((tmp_path / "kernel-doctor" / "reports").glob("*.json"))
     assert len(reports) == 1
@@ -158,8 +196,11 @@ def test_death_that_took_the_supervisor_is_reported_at_next_start(
 
 def test_stale_session_of_a_requested_kill_is_dropped_silently(tmp_path: Path) -> None:
     sessions = tmp_path / "kernel-doctor" / "sessions"
-    sup = subprocess.Popen([*SUPERVISE, "--", sys.executable, "-c", "import time; time.sleep(60)"],
-                           env=env_with(tmp_path), start_new_session=True)
+    sup = subprocess.Popen(
+        [*SUPERVISE, "--", sys.executable, "-c", "import time; time.sleep(60)"],
+        env=env_with(tmp_path),
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: next(sessions.glob("*/meta.json"), None))
         os.killpg(sup.pid, signal.SIGKILL)  # what jupyter_client's restart does
@@ -167,8 +208,13 @@ def test_stale_session_of_a_requested_kill_is_dropped_silently(tmp_path: Path) -
     finally:
         if sup.poll() is None:
             sup.kill()
-    done = subprocess.run([*SUPERVISE, "--", sys.executable, "-c", "pass"],
-                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*SUPERVISE, "--", sys.executable, "-c", "pass"],
+        env=env_with(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0 and done.stderr == ""
     assert list(sessions.iterdir()) == []
     assert not (tmp_path / "kernel-doctor" / "reports").exists()
@@ -177,7 +223,12 @@ def test_stale_session_of_a_requested_kill_is_dropped_silently(tmp_path: Path) -
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 def test_kernel_gets_a_higher_oom_score(tmp_path: Path) -> None:
     code = "print(open('/proc/self/oom_score_adj').read().strip())"
-    done = subprocess.run([*SUPERVISE, "--", sys.executable, "-c", code],
-                          env=env_with(tmp_path), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*SUPERVISE, "--", sys.executable, "-c", code],
+        env=env_with(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     own = int(Path("/proc/self/oom_score_adj").read_text())
     assert int(done.stdout) == min(1000, own + 500)

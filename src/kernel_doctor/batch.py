@@ -223,8 +223,13 @@ def _timeout_report(
     frame = state.get("frame")
     if isinstance(frame, list) and len(frame) == 3:
         report["stack"] = [
-            {"file": frame[0], "line": frame[1], "function": frame[2], "cell_index": None,
-             "execution_count": None}
+            {
+                "file": frame[0],
+                "line": frame[1],
+                "function": frame[2],
+                "cell_index": None,
+                "execution_count": None,
+            }
         ]
     return report
 
@@ -255,7 +260,7 @@ def _mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
     lines += [f"  • {fact}" for fact in report.get("evidence", [])]
     lines += [f"  → {tip}" for tip in report.get("advice", [])]
     cell.setdefault("outputs", []).append(
-        nbformat.v4.new_output(
+        nbformat.v4.new_output(  # type: ignore[no-untyped-call]
             "error",
             ename="KernelDied",
             evalue=f"{report.get('cause')}: {report.get('summary')}",

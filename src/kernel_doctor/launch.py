@@ -16,7 +16,7 @@ def supervisor_command(options: dict[str, str] | None = None) -> list[str]:
 
 
 class SupervisedKernelManager(AsyncKernelManager):
-    """An AsyncKernelManager (what nbclient uses) whose kernel command runs under kernel-doctor's supervisor.
+    """An AsyncKernelManager (as nbclient uses) whose kernel runs under the supervisor.
 
     ``supervisor_options`` go to the supervisor (``session``, ``cgroup``, ``report``);
     ``command_prefix`` goes before it (e.g. ``systemd-run --scope … --``)."""

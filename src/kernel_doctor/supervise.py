@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
     if not os.path.exists("/proc/self/status"):
         return _plain(kernel, "/proc is not readable")
     try:
-        from .supervisor.process import Supervisor, SupervisionUnavailable
+        from .supervisor.process import SupervisionUnavailable, Supervisor
     except Exception as exc:  # a broken or half-removed install must not stop the kernel
         return _plain(kernel, f"cannot load the supervisor ({type(exc).__name__}: {exc})")
     try:

@@ -29,7 +29,9 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         help="run the kernel in a fresh memory cgroup with this limit (512M, 1.5G, 2GiB)",
     )
     parser.add_argument("--report-json", metavar="PATH", help="write the report as JSON here")
-    parser.add_argument("--kernel", metavar="NAME", help="kernelspec to use instead of the notebook's")
+    parser.add_argument(
+        "--kernel", metavar="NAME", help="kernelspec to use instead of the notebook's"
+    )
     parser.add_argument(
         "--allow-errors", action="store_true", help="keep going after a cell raises"
     )
@@ -53,7 +55,7 @@ def _read_notebook(path: str) -> Any:
         data = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"notebook {path!r} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or "cells" not in data and "worksheets" not in data:
+    if not isinstance(data, dict) or ("cells" not in data and "worksheets" not in data):
         raise UsageError(f"{path!r} is JSON but not a Jupyter notebook (no 'cells')")
     major = data.get("nbformat")
     if not isinstance(major, int) or major < 3 or major > 4:
@@ -61,7 +63,7 @@ def _read_notebook(path: str) -> Any:
             f"notebook {path!r} has nbformat {major!r}; kernel-doctor reads versions 3 and 4"
         )
     try:
-        nb = nbformat.reads(text, as_version=4)
+        nb = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
         nbformat.validate(nb)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         import nbformat
 
-        nbformat.write(result.notebook, args.output)
+        nbformat.write(result.notebook, args.output)  # type: ignore[no-untyped-call]
     if args.report_json:
         write_json(args.report_json, result.report)
     render(result.report, Console(file=sys.stdout))

@@ -158,37 +158,43 @@ def _locate(ev: Evidence, cell: CellRun | None) -> tuple[int | None, tuple[Frame
     crashed = next((d for d in ev.fatal if d.current), None)
     for crash in (crashed, pick_thread(ev.fatal, main)):
         if crash is not None:
-            outer_first = list(reversed(crash.frames))
-            line = cell_line(outer_first, cell, earlier, truncated=crash.truncated)
+            line = cell_line(crash.frames, cell, earlier, truncated=crash.truncated)
             if line is not None:
                 return line, crash.frames, []
     crash = pick_thread(ev.fatal, main)
     state_line = ev.state.get("line") if ev.state.get("seq") == cell.seq else None
-    state_t = float(ev.state.get("t") or 0.0)
+    float(ev.state.get("t") or 0.0)
     best_dump: StackDump | None = None
     for threads in ev.dumps:
         dump = pick_thread(threads, main)
-        if dump is not None and cell_line(list(reversed(dump.frames)), cell, earlier):
+        if dump is not None and cell_line(dump.frames, cell, earlier, truncated=dump.truncated):
             best_dump = dump
     if isinstance(state_line, int):
         frame = ev.state.get("frame")
         stack: tuple[Frame, ...] = (Frame(cell.file or "<cell>", state_line, "<module>"),)
-        if isinstance(frame, list) and len(frame) == 3 and (frame[0], frame[1]) != (
-            cell.file,
-            state_line,
+        if (
+            isinstance(frame, list)
+            and len(frame) == 3
+            and (frame[0], frame[1])
+            != (
+                cell.file,
+                state_line,
+            )
         ):
             stack = (*stack, Frame(str(frame[0]), int(frame[1]), str(frame[2])))
         if best_dump is not None and crash is None:
-            dump_line = cell_line(list(reversed(best_dump.frames)), cell, earlier)
+            dump_line = cell_line(best_dump.frames, cell, earlier, truncated=best_dump.truncated)
             if dump_line == state_line:
                 return state_line, best_dump.frames, []
         facts = []
         if crash is not None and crash.truncated:
-            facts.append("the crash dump holds only the 100 innermost frames; the cell's line "
-                         "comes from the agent's record of the running line")
+            facts.append(
+                "the crash dump holds only the 100 innermost frames; the cell's line "
+                "comes from the agent's record of the running line"
+            )
         return state_line, stack if crash is None else crash.frames, facts
     if best_dump is not None:
-        line = cell_line(list(reversed(best_dump.frames)), cell, earlier)
+        line = cell_line(best_dump.frames, cell, earlier, truncated=best_dump.truncated)
         return line, best_dump.frames, ["line from the last stack dump taken before the end"]
     return None, crash.frames if crash else (), []
 

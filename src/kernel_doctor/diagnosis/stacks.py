@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 from ..evidence import CellRun, Frame, StackDump
 
-_THREAD = re.compile(r"^(Current thread|Thread) (0x[0-9a-f]+)(?: \[.*?\])? \(most recent call first\):")
+_THREAD = re.compile(
+    r"^(Current thread|Thread) (0x[0-9a-f]+)(?: \[.*?\])? \(most recent call first\):"
+)
 _STACK = re.compile(r"^Stack \(most recent call first\):")
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
 _FATAL = re.compile(r"^Fatal Python error: (.*)$")
@@ -28,9 +30,7 @@ def parse_faulthandler(text: str) -> list[StackDump]:
 
     def flush() -> None:
         if thread is not None:
-            dumps.append(
-                StackDump(thread, tuple(reversed(frames)), truncated, fatal, current)
-            )
+            dumps.append(StackDump(thread, tuple(reversed(frames)), truncated, fatal, current))
 
     for line in text.splitlines():
         match = _FATAL.match(line)
@@ -78,7 +78,7 @@ def cell_line(
     *,
     truncated: bool = False,
 ) -> int | None:
-    """The running cell's line in ``frames`` (outermost first), if it is there.
+    """The running cell's line in ``frames`` (a StackDump's: outermost first), if there.
 
     In a truncated dump (faulthandler keeps the 100 innermost frames) the outermost
     frame of the cell's file may be a function the cell defined, deep in a

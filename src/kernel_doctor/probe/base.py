@@ -51,10 +51,10 @@ class MemorySource(abc.ABC):
         """Wake-ups at the given usage marks (bytes), where the kernel offers them."""
         return None
 
-    def drain(self) -> None:
+    def drain(self) -> None:  # noqa: B027 (a no-op unless ``watch`` opened something)
         """Consume a wake-up from ``watch``."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027
         """Release what ``watch`` opened."""
 
 

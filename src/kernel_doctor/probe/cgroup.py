@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 from collections.abc import Sequence
@@ -98,15 +99,13 @@ class CgroupV1(MemorySource):
         # usage we can read for them.
         stat = parse_keyed(read_text(os.path.join(leaf, "memory.stat")))
         hierarchical = stat.get("hierarchical_memory_limit")
-        if hierarchical is not None and hierarchical < UNLIMITED:
-            if best is None or hierarchical < best[0]:
-                best = (hierarchical, leaf)
+        visible = best[0] if best else UNLIMITED
+        if hierarchical is not None and hierarchical < min(visible, UNLIMITED):
+            best = (hierarchical, leaf)
         if best is None:
             return None
         value, directory = best
-        limit = MemoryLimit(
-            value, "cgroup-v1", f"cgroup v1 memory limit of {directory}", directory
-        )
+        limit = MemoryLimit(value, "cgroup-v1", f"cgroup v1 memory limit of {directory}", directory)
         return cls(directory, limit)
 
     def counted(self) -> int | None:
@@ -152,17 +151,13 @@ class CgroupV1(MemorySource):
 
     def drain(self) -> None:
         if self._fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.eventfd_read(self._fds[0])
-            except OSError:
-                pass
 
     def close(self) -> None:
         for fd in self._fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._fds = []
 
 

@@ -108,7 +108,10 @@ def _make_direct(version: int, parent: str, limit_bytes: int) -> LimitedCgroup:
         if not os.access(os.path.join(path, "cgroup.procs"), os.W_OK):
             raise PermissionError(13, "cgroup.procs is not writable")
     except OSError:
-        os.rmdir(path)
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass  # keep the first error: it is the one that says what is wrong
         raise
     return LimitedCgroup(limit_bytes, path=path)
 
@@ -143,7 +146,11 @@ def _systemd_scope(limit_bytes: int) -> LimitedCgroup | None:
     ]
     try:
         probe = subprocess.run(
-            [*prefix, "true"], capture_output=True, timeout=10, check=False, stdin=subprocess.DEVNULL
+            [*prefix, "true"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -25,9 +25,12 @@ def find_memory_source(pid: int | str = "self", proc: str = "/proc") -> MemorySo
             found = CgroupV2.probe(cgroup_dir(mount, v2_path), mount.mountpoint)
         elif mount.version == 1 and v1_path is not None:
             found = CgroupV1.probe(cgroup_dir(mount, v1_path), mount.mountpoint)
-        if found is not None and found.limit.limit_bytes < best.limit.limit_bytes:
+        if found is not None and (
+            found.limit.limit_bytes < best.limit.limit_bytes or best.limit.limit_bytes == 0
+        ):
             best = found
-    if best is not system and system.limit.limit_bytes < best.limit.limit_bytes:
+    # An unreadable meminfo gives the system a limit of 0: that is no limit at all.
+    if best is not system and 0 < system.limit.limit_bytes < best.limit.limit_bytes:
         return system
     return best
 

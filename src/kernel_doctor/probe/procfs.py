@@ -35,7 +35,8 @@ def children(pid: int, proc: str = "/proc") -> list[int]:
 
 def tree(pid: int, proc: str = "/proc") -> list[int]:
     """``pid`` and all its descendants."""
-    pids, todo = [], [pid]
+    pids: list[int] = []
+    todo = [pid]
     while todo and len(pids) < 10_000:
         current = todo.pop()
         pids.append(current)

@@ -22,7 +22,10 @@ def sparkline(timeline: list[list[float]], limit: int | None, width: int = 60) -
     values = [v for _, v in timeline]
     top = max(limit or 0, max(values), 1)
     step = max(1, len(values) / width)
-    picked = [max(values[int(i * step) : int((i + 1) * step)] or [0]) for i in range(min(width, len(values)))]
+    picked = [
+        max(values[int(i * step) : int((i + 1) * step)] or [0])
+        for i in range(min(width, len(values)))
+    ]
     return "".join(BARS[min(len(BARS) - 1, int(v / top * (len(BARS) - 1) + 0.5))] for v in picked)
 
 

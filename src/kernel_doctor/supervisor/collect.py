@@ -125,8 +125,8 @@ def cells_from(records: list[dict[str, Any]]) -> tuple[CellRun, ...]:
 
 def downsample(points: list[tuple[float, int]], limit: int) -> tuple[tuple[float, int], ...]:
     """At most ``limit`` points, keeping the peak of each stretch (and the last point)."""
-    if len(points) <= limit:
-        return tuple((round(t, 3), c) for t, c in points)
+    if len(points) <= limit or limit < 2:
+        return tuple((round(t, 3), c) for t, c in points[-max(limit, 0) :] if limit > 0)
     size = len(points) / (limit - 1)
     out = []
     for i in range(limit - 1):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 from ..agent.layout import ENV_DUMP_SIGNAL, ENV_SESSION, STATE, STDERR
 from ..probe import procfs
@@ -43,9 +42,7 @@ class Supervisor:
         self.options = options
         self.cgroup = options.get("cgroup")
         try:
-            self.session = (
-                Session(options["session"]) if "session" in options else Session.create()
-            )
+            self.session = Session(options["session"]) if "session" in options else Session.create()
         except OSError as exc:
             raise SupervisionUnavailable(
                 f"cannot write evidence ({exc.strerror or exc}: {exc.filename or ''})"
@@ -259,10 +256,10 @@ def connection_file(argv: list[str]) -> str | None:
     return None
 
 
-def exit_like(status: int) -> Any:
+def exit_like(status: int) -> int:
     """End this process the way the kernel ended: same code, or same signal."""
     if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status)
+        return int(os.WEXITSTATUS(status))
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         import resource

@@ -65,9 +65,7 @@ def _report(directory: str) -> str | None:
     samples = read_samples(directory)
     meta = read_meta(directory)
     ended = float(meta.get("started") or 0.0) + (samples[-1][0] if samples else 0.0)
-    evidence = collect(
-        directory, status=None, ended=ended, requested=None, supervisor_lost=True
-    )
+    evidence = collect(directory, status=None, ended=ended, requested=None, supervisor_lost=True)
     diagnosis = diagnose(evidence)
     if diagnosis is None:
         return None

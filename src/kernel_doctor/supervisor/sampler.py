@@ -110,5 +110,7 @@ class Sampler:
             os.kill(self.kernel_pid, self.dump_signal)
         except ProcessLookupError:
             return False
-        self.session.event("dump", why=why, offset=size, signal=procfs.signal_name(self.dump_signal))
+        self.session.event(
+            "dump", why=why, offset=size, signal=procfs.signal_name(self.dump_signal)
+        )
         return True

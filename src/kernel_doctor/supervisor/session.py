@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,23 +51,17 @@ class Session:
 
     def event(self, kind: str, **fields: Any) -> None:
         record = {"event": kind, "t": time.time(), **fields}
-        try:
+        with contextlib.suppress(OSError):
             os.write(self._events, json.dumps(record).encode() + b"\n")
-        except OSError:
-            pass
 
     def sample(self, elapsed: float, counted: int, kernel_rss: int) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(self._samples, SAMPLE.pack(elapsed, counted, kernel_rss))
-        except OSError:
-            pass
 
     def close(self) -> None:
         for fd in (self._events, self._samples):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def remove(self) -> None:
         self.close()

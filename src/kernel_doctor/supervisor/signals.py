@@ -8,6 +8,7 @@ supervisor alone and must be forwarded.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
@@ -101,10 +102,8 @@ class Forwarder:
                 continue
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.fd)
-        except OSError:
-            pass
         try:
             os.kill(self.sentinel_pid, signal.SIGKILL)
             os.waitpid(self.sentinel_pid, 0)
