@@ -63,7 +63,7 @@ def _execute(
     log: Any = None,
 ) -> BatchResult:
     session_dir = tempfile.mkdtemp(prefix="kernel-doctor-run-")
-    options = {"session": session_dir}
+    options = {"session": session_dir, "quiet": "1"}
     if cgroup is not None and cgroup.path:
         options["cgroup"] = cgroup.path
     km = SupervisedKernelManager(

@@ -11,7 +11,7 @@ from jupyter_client.manager import AsyncKernelManager
 def supervisor_command(options: dict[str, str] | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "kernel_doctor.supervise"]
     for name, value in (options or {}).items():
-        cmd += [f"--{name}", value]
+        cmd += [f"--{name}"] if name == "quiet" else [f"--{name}", value]
     return [*cmd, "--"]
 
 

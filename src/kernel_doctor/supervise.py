@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
-USAGE = "usage: python -m kernel_doctor.supervise [--session DIR] [--cgroup DIR] -- KERNEL_ARGV..."
+USAGE = (
+    "usage: python -m kernel_doctor.supervise [--session DIR] [--cgroup DIR] [--report PATH] "
+    "[--quiet] -- KERNEL_ARGV..."
+)
 
 
 def split_argv(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -28,6 +31,10 @@ def split_argv(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     i = 0
     while i < len(head):
         name = head[i]
+        if name == "--quiet":  # no diagnosis on stderr: the caller shows it itself
+            options["quiet"] = "1"
+            i += 1
+            continue
         if name not in known or i + 1 >= len(head):
             raise ValueError(f"unknown supervisor option {name!r}")
         options[name[2:]] = head[i + 1]

@@ -63,6 +63,11 @@ def advise(cause: str, ev: Evidence, stack: Sequence[Frame]) -> list[str]:
             "scheduler's or container runtime's logs (e.g. `kubectl describe pod`, "
             "`journalctl`) for who stopped the kernel.",
         ]
+    if cause == "startup_failure" and "Address already in use" in ev.stderr_tail:
+        return [
+            "Another process took one of the kernel's ports between the launcher choosing it "
+            "and the kernel binding it (a known race in port selection): restart the kernel.",
+        ]
     if cause == "startup_failure":
         return [
             "The kernel's environment is broken: fix the error above in the environment the "

@@ -97,7 +97,10 @@ def _cause(ev: Evidence) -> tuple[str, list[str]]:
     oom = _oom_counted(ev)
     before, after = ev.memory.oom_kills_before, ev.memory.oom_kills_after
     if before is not None and after is not None and after > before:
-        facts.append(f"the OOM kill counter of the limit's scope went from {before} to {after}")
+        scope = (
+            "the memory cgroup's" if ev.memory.limit and ev.memory.limit.path else "the system's"
+        )
+        facts.append(f"{scope} OOM-kill counter went from {before} to {after}")
     facts.extend(f"kernel log: {line}" for line in ev.kernel_log)
 
     if ev.signal == signal.SIGKILL or (ev.supervisor_lost and oom):

@@ -102,7 +102,8 @@ def kernel_log_lines(pid: int, limit: int = 20) -> list[str]:
                 break
             text = record.decode(errors="replace")
             message = text.split(";", 1)[-1].splitlines()[0] if ";" in text else text
-            if any(n in message for n in needles):
+            # "oom-kill:constraint=…" repeats what "Killed process" says, less readably.
+            if any(n in message for n in needles) and not message.startswith("oom-kill:"):
                 lines.append(message.strip())
     finally:
         os.close(fd)

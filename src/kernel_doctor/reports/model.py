@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import __version__
 from ..diagnosis import Diagnosis
+from ..diagnosis.stacks import is_cell_file
 from ..evidence import Evidence, Frame
 from ..probe.procfs import signal_name
 
@@ -31,6 +32,15 @@ def frame_json(frame: Frame, ev: Evidence | None) -> dict[str, Any]:
     }
 
 
+def user_frames(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
+    """The stack from the outermost cell frame inwards: the kernel's own machinery
+    above it (ipykernel, IPython, asyncio) says nothing about the death."""
+    for i, frame in enumerate(stack):
+        if is_cell_file(frame.file):
+            return stack[i:]
+    return stack
+
+
 def death_report(ev: Evidence, dx: Diagnosis, report_id: str) -> dict[str, Any]:
     mem = ev.memory
     cell = dx.cell
@@ -52,7 +62,7 @@ def death_report(ev: Evidence, dx: Diagnosis, report_id: str) -> dict[str, Any]:
             "source": cell.source,
         },
         "line": dx.line,
-        "stack": [frame_json(f, ev) for f in dx.stack],
+        "stack": [frame_json(f, ev) for f in user_frames(dx.stack)],
         "memory": {
             "peak_bytes": mem.peak_bytes,
             "kernel_peak_bytes": mem.kernel_peak_bytes,

@@ -29,6 +29,14 @@ def sparkline(timeline: list[list[float]], limit: int | None, width: int = 60) -
     return "".join(BARS[min(len(BARS) - 1, int(v / top * (len(BARS) - 1) + 0.5))] for v in picked)
 
 
+def frame_label(frame: dict[str, Any]) -> str:
+    if frame.get("cell_index") is not None:
+        return f"cell {frame['cell_index']}"
+    if frame.get("execution_count") is not None:
+        return f"cell [{frame['execution_count']}]"
+    return str(frame.get("file"))
+
+
 def render(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     outcome = report.get("outcome", "?")
@@ -61,6 +69,12 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
             )
         )
         parts.append(Text(sparkline(memory["timeline"], limit), style="cyan"))
+    stack = report.get("stack") or []
+    if len(stack) > 1 or (stack and stack[-1].get("function") != "<module>"):
+        parts.append(Text("\nstack (innermost last)", style="dim"))
+        for frame in stack[-8:]:
+            where = frame_label(frame)
+            parts.append(Text(f"  {frame.get('function')}  {where}, line {frame.get('line')}"))
     if report.get("evidence"):
         parts.append(Text("\nevidence", style="dim"))
         parts.extend(Text(f"  • {fact}") for fact in report["evidence"])

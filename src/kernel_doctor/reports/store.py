@@ -41,7 +41,9 @@ def write_json(path: str, document: dict[str, Any]) -> None:
         raise
 
 
-def publish(ev: Evidence, dx: Diagnosis, session_dir: str, extra_path: str | None) -> str | None:
+def publish(
+    ev: Evidence, dx: Diagnosis, session_dir: str, extra_path: str | None, *, quiet: bool = False
+) -> str | None:
     """Store the report and tell stderr. Returns the stored path (None if unwritable)."""
     report_id = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(ev.ended))}-{ev.pid}"
     document = death_report(ev, dx, report_id)
@@ -59,16 +61,18 @@ def publish(ev: Evidence, dx: Diagnosis, session_dir: str, extra_path: str | Non
     except OSError as exc:
         problems.append(f"{stored or 'the runtime dir'}: {exc.strerror or exc}")
         stored = None
-    lines = [f"kernel-doctor: {dx.summary}"]
-    lines += [f"kernel-doctor:   {fact}" for fact in dx.evidence[:6]]
-    lines += [f"kernel-doctor: advice: {tip}" for tip in dx.advice[:2]]
-    if stored:
+    lines = [] if quiet else [f"kernel-doctor: {dx.summary}"]
+    if not quiet:
+        lines += [f"kernel-doctor:   {fact}" for fact in dx.evidence[:6]]
+        lines += [f"kernel-doctor: advice: {tip}" for tip in dx.advice[:2]]
+    if stored and not quiet:
         lines.append(f"kernel-doctor: full report: kernel-doctor show {report_id}")
     for problem in problems:
         lines.append(f"kernel-doctor: warning: could not write the report to {problem}")
     try:
-        sys.stderr.write("\n".join(lines) + "\n")
-        sys.stderr.flush()
+        if lines:
+            sys.stderr.write("\n".join(lines) + "\n")
+            sys.stderr.flush()
     except OSError:
         pass
     return stored

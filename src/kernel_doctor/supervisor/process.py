@@ -242,7 +242,13 @@ class Supervisor:
             if not keep:
                 self.session.remove()
             return
-        publish(evidence, diagnosis, self.session.directory, self.options.get("report"))
+        publish(
+            evidence,
+            diagnosis,
+            self.session.directory,
+            self.options.get("report"),
+            quiet="quiet" in self.options,
+        )
         if not keep:
             self.session.remove()
 

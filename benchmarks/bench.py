@@ -1,0 +1,254 @@
+"""Overhead of supervision, against the plain kernel in the same run.
+
+    python benchmarks/bench.py [--quick]
+
+Runs each measurement alternately on the plain and the supervised python3 kernel,
+reports medians and ratios, and writes benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+from kernel_doctor.launch import supervisor_command
+
+HERE = Path(__file__).parent
+
+
+class Supervised(KernelManager):
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        return [*supervisor_command(), *super().format_kernel_cmd(extra_arguments)]
+
+
+def start(kind: str) -> tuple[KernelManager, Any, float]:
+    for attempt in range(3):
+        km = (Supervised if kind == "supervised" else KernelManager)(kernel_name="python3")
+        t0 = time.perf_counter()
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+        except RuntimeError:
+            # jupyter_client's port choice races with other processes now and then
+            # ("Address already in use"), plain or supervised alike: start again.
+            stop(km, kc)
+            if attempt == 2:
+                raise
+            continue
+        return km, kc, time.perf_counter() - t0
+    raise AssertionError("unreachable")
+
+
+def stop(km: KernelManager, kc: Any) -> None:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def bench_start(rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"plain": [], "supervised": []}
+    for _ in range(rounds):
+        for kind in random.sample(list(times), 2):
+            km, kc, elapsed = start(kind)
+            times[kind].append(elapsed)
+            stop(km, kc)
+    return times
+
+
+def round_trips(kc: Any, cells: int) -> list[float]:
+    out = []
+    for _ in range(cells):
+        t0 = time.perf_counter()
+        kc.execute_interactive("pass", timeout=30, output_hook=lambda msg: None)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_round_trip(batches: int, cells: int) -> dict[str, list[float]]:
+    kernels = {kind: start(kind) for kind in ("plain", "supervised")}
+    medians: dict[str, list[float]] = {"plain": [], "supervised": []}
+    try:
+        for kind in kernels:
+            round_trips(kernels[kind][1], 20)  # warm up
+        for _ in range(batches):
+            for kind in random.sample(list(kernels), 2):
+                medians[kind].append(statistics.median(round_trips(kernels[kind][1], cells)))
+    finally:
+        for km, kc, _ in kernels.values():
+            stop(km, kc)
+    return medians
+
+
+AGENT_COST = """
+import time, types, sys
+agent = sys.modules["kernel_doctor_agent"]._agent
+info = types.SimpleNamespace(store_history=True, cell_id=None, raw_cell="x = 1")
+result = types.SimpleNamespace(info=info, error_in_exec=None, error_before_exec=None)
+n = 2000
+t0 = time.perf_counter()
+for _ in range(n):
+    agent.pre_run_cell(info)
+    agent.post_run_cell(result)
+print((time.perf_counter() - t0) / n * 1e6)
+"""
+
+
+def agent_cost() -> float:
+    km, kc, _ = start("supervised")
+    try:
+        out: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+
+        kc.execute_interactive(AGENT_COST, timeout=60, output_hook=hook)
+        return float("".join(out).strip())
+    finally:
+        stop(km, kc)
+
+
+def _proc_status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def supervisor_cost(idle_seconds: float, busy_seconds: float) -> dict[str, float]:
+    km, kc, _ = start("supervised")
+    try:
+        pid = km.provisioner.process.pid  # type: ignore[union-attr]
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        sentinel = [
+            int(p)
+            for p in children
+            if b"kernel_doctor.supervise" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+        rss = _proc_status_kb(pid, "VmRSS") / 1024
+        pss = (
+            sum(
+                int(line.split()[1])
+                for p in [pid, *sentinel]
+                for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+                if line.startswith("Pss:")
+            )
+            / 1024
+        )
+        c0, t0 = _cpu_seconds(pid), time.monotonic()
+        time.sleep(idle_seconds)
+        idle = (_cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
+        c0, t0 = _cpu_seconds(pid), time.monotonic()
+        kc.execute_interactive(
+            f"import time\nt = time.time()\nwhile time.time() - t < {busy_seconds}: pass",
+            timeout=60,
+        )
+        busy = (_cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
+        return {
+            "rss_mib": rss,
+            "pss_mib_with_sentinel": pss,
+            "idle_cpu_pct": idle,
+            "busy_cpu_pct": busy,
+        }
+    finally:
+        stop(km, kc)
+
+
+def death_to_report(rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            session, stamp = Path(tmp, "session"), Path(tmp, "died")
+            # The kernel notes the time, then crashes a few microseconds later.
+            code = (
+                "import os, time; time.sleep(0.5); "
+                f"open({str(stamp)!r}, 'w').write(repr(time.time())); os.kill(os.getpid(), 11)"
+            )
+            sup = subprocess.Popen(
+                [*supervisor_command({"session": str(session)}), sys.executable, "-c", code],
+                stderr=subprocess.DEVNULL,
+                env=dict(os.environ, JUPYTER_RUNTIME_DIR=tmp),
+            )
+            while not (session / "report.json").exists():
+                time.sleep(0.0005)
+            out.append(time.time() - float(stamp.read_text()))
+            sup.wait()
+            assert sup.returncode == -signal.SIGSEGV
+    return out
+
+
+def ratio(values: dict[str, list[float]]) -> tuple[float, float, float]:
+    """Median ratio supervised/plain and a bootstrap 95 % interval."""
+    plain, sup = values["plain"], values["supervised"]
+    point = statistics.median(sup) / statistics.median(plain)
+    boots = []
+    for _ in range(2000):
+        p = statistics.median(random.choices(plain, k=len(plain)))
+        s = statistics.median(random.choices(sup, k=len(sup)))
+        boots.append(s / p)
+    boots.sort()
+    return point, boots[50], boots[1949]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    q = args.quick
+    starts = bench_start(4 if q else 12)
+    trips = bench_round_trip(6 if q else 20, 50 if q else 100)
+    agent = agent_cost()
+    sup = supervisor_cost(5 if q else 20, 3 if q else 5)
+    deaths = death_to_report(3 if q else 10)
+    s_ratio, t_ratio = ratio(starts), ratio(trips)
+    ms = lambda v: statistics.median(v) * 1000  # noqa: E731
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`python benchmarks/bench.py{' --quick' if q else ''}` on {platform.node()} "
+        f"({os.cpu_count()} cores, Python {platform.python_version()}), "
+        f"{time.strftime('%Y-%m-%d')}. Plain and supervised python3 kernels, alternating.",
+        "",
+        "| measurement | plain | supervised | ratio (95 % CI) | target |",
+        "|---|---|---|---|---|",
+        f"| kernel start to first reply (median of {len(starts['plain'])}) | "
+        f"{ms(starts['plain']):.0f} ms | {ms(starts['supervised']):.0f} ms | "
+        f"{s_ratio[0]:.3f} ({s_ratio[1]:.3f}–{s_ratio[2]:.3f}) | ≤ 1.15 |",
+        f"| trivial cell round trip (median of {len(trips['plain'])} batch medians) | "
+        f"{ms(trips['plain']):.2f} ms | {ms(trips['supervised']):.2f} ms | "
+        f"{t_ratio[0]:.3f} ({t_ratio[1]:.3f}–{t_ratio[2]:.3f}) | ≤ 1.02 |",
+        f"| agent's own cost per cell, measured in the kernel | – | {agent:.1f} µs | – | ≤ 85 µs |",
+        f"| supervisor RSS / PSS with sentinel | – | {sup['rss_mib']:.1f} MiB / "
+        f"{sup['pss_mib_with_sentinel']:.1f} MiB | – | ≤ 20 MB |",
+        f"| supervisor CPU, kernel idle / busy | – | {sup['idle_cpu_pct']:.2f} % / "
+        f"{sup['busy_cpu_pct']:.2f} % of a core | – | ≤ 0.2 % idle |",
+        f"| death → report on disk (median of {len(deaths)}) | – | {ms(deaths):.0f} ms | – | "
+        "≤ 500 ms |",
+        "",
+    ]
+    text = "\n".join(lines)
+    (HERE / "RESULTS.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
