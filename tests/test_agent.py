@@ -80,3 +80,14 @@ def test_running_line_in_deep_recursion(shell: Any, tmp_path: Path) -> None:
     seen = shell.user_ns["seen"]
     assert seen["line"] == 9  # the cell's own line, 5000 frames up
     assert seen["frame"][1:] == [5, "down"]
+
+
+def test_running_line_inside_time_magic(shell: Any, tmp_path: Path) -> None:
+    cell = (
+        "%%time\n"
+        "import time\n"
+        "from kernel_doctor.agent.layout import read_state\n"
+        f"time.sleep(0.2); seen = read_state({str(tmp_path)!r})\n"
+    )
+    shell.run_cell(cell, store_history=True)
+    assert shell.user_ns["seen"]["line"] == 4  # the cell's own line, not the magic's

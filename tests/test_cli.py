@@ -37,7 +37,8 @@ def test_missing_notebook(tmp_path: Path, capsys: Any) -> None:
         ('{"a": 1}', "is JSON but not a Jupyter notebook"),
         ('{"cells": [], "metadata": {}, "nbformat": 9, "nbformat_minor": 0}', "has nbformat 9"),
         (
-            '{"cells": [{"cell_type": "code"}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}',
+            '{"cells": [{"cell_type": "code"}], "metadata": {}, '
+            '"nbformat": 4, "nbformat_minor": 5}',
             "is not a valid notebook",
         ),
     ],

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import json
 import os
+import queue
 import resource
 import signal
 import subprocess
@@ -96,7 +97,7 @@ class Kernel:
     def process(self) -> subprocess.Popen[bytes]:
         provisioner = self.km.provisioner
         assert provisioner is not None and provisioner.process is not None
-        return provisioner.process  # type: ignore[no-any-return]
+        return provisioner.process
 
     def connect(self) -> BlockingKernelClient:
         if self.kc is not None:
@@ -142,12 +143,20 @@ def start_kernel(kernelspecs: Path) -> Iterator[Any]:
         ksm = KernelSpecManager(kernel_dirs=[str(kernelspecs)])
         km = KernelManager(kernel_name=f"kd-{kind}", kernel_spec_manager=ksm)
         assert km.kernel_spec is not None
-        assert km.kernel_spec.argv[: len(SUPERVISE)] == SUPERVISE or kind == "plain"
+        assert km.kernel_spec.argv == (SUPERVISE if kind == "supervised" else []) + KERNEL_ARGV
         kernel = Kernel(kind, km)
         started.append(kernel)
         km.start_kernel()
         kernel.connect()
-        kernel.tree()
+        # The supervisor fails open: make sure the supervised twin really is supervised
+        # (ipykernel is the launched process's child), and the plain one plain.
+        launched = kernel.process.pid
+        ipykernel = kernel.kernel_process()
+        if kind == "supervised":
+            assert ipykernel.ppid() == launched
+            assert "kernel_doctor.supervise" in psutil.Process(launched).cmdline()
+        else:
+            assert ipykernel.pid == launched
         return kernel
 
     try:
@@ -210,9 +219,12 @@ def shell_reply(kc: BlockingKernelClient, msg_id: str, timeout: float) -> dict[s
     while True:
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"no reply to {msg_id} within {timeout} s"
-        msg = kc.get_shell_msg(timeout=remaining)
+        try:
+            msg = kc.get_shell_msg(timeout=remaining)
+        except queue.Empty:
+            raise AssertionError(f"no reply to {msg_id} within {timeout} s") from None
         if msg["parent_header"].get("msg_id") == msg_id:
-            return msg  # type: ignore[no-any-return]
+            return msg
 
 
 def iopub_until(
@@ -224,8 +236,11 @@ def iopub_until(
     got = []
     while True:
         remaining = deadline - time.monotonic()
-        assert remaining > 0, f"IOPub: condition not met within {timeout} s; got {got}"
-        msg = kc.get_iopub_msg(timeout=remaining)
+        try:
+            assert remaining > 0
+            msg = kc.get_iopub_msg(timeout=remaining)
+        except (AssertionError, queue.Empty):
+            raise AssertionError(f"IOPub: nothing more within {timeout} s; got {got}") from None
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
         got.append(msg)
@@ -249,7 +264,7 @@ def execute(
 def expression(reply: dict[str, Any], name: str) -> str:
     result = reply["user_expressions"][name]
     assert result["status"] == "ok", result
-    return result["data"]["text/plain"]  # type: ignore[no-any-return]
+    return str(result["data"]["text/plain"])
 
 
 def summary(messages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
@@ -534,3 +549,20 @@ def test_exit_status_is_the_commands(
     supervised = run(SUPERVISE + command)
     assert plain.returncode == expected
     assert supervised.returncode == plain.returncode, supervised.stderr.decode(errors="replace")
+
+
+def test_disable_runs_the_command_in_place(tmp_path: Path) -> None:
+    """KERNEL_DOCTOR_DISABLE=1: the supervisor replaces itself with the command (same
+    pid, no supervisor left in between); without it the command is its child."""
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path))
+    command = [sys.executable, "-c", "import os; print(os.getpid(), os.getppid())"]
+    for disable, in_place in (("1", True), ("", False)):
+        env["KERNEL_DOCTOR_DISABLE"] = disable
+        with subprocess.Popen(SUPERVISE + command, env=env, stdout=subprocess.PIPE) as proc:
+            out, _ = proc.communicate(timeout=60)
+        pid, ppid = map(int, out.split())
+        assert proc.returncode == 0
+        if in_place:
+            assert pid == proc.pid
+        else:
+            assert ppid == proc.pid

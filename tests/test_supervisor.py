@@ -232,3 +232,40 @@ def test_kernel_gets_a_higher_oom_score(tmp_path: Path) -> None:
     )
     own = int(Path("/proc/self/oom_score_adj").read_text())
     assert int(done.stdout) == min(1000, own + 500)
+
+
+def test_group_sigterm_is_a_requested_shutdown(tmp_path: Path) -> None:
+    sessions = tmp_path / "kernel-doctor" / "sessions"
+    sup = subprocess.Popen(
+        [*SUPERVISE, "--", sys.executable, "-c", "import time; time.sleep(60)"],
+        env=env_with(tmp_path),
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: next(sessions.glob("*/meta.json"), None))
+        os.killpg(sup.pid, signal.SIGTERM)  # jupyter_client's terminate
+        _, err = sup.communicate(timeout=20)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    assert sup.returncode == -signal.SIGTERM  # the kernel's status, passed on
+    assert err == ""  # not a death: no diagnosis
+    assert not (tmp_path / "kernel-doctor" / "reports").exists()
+
+
+def test_unsupported_platform_runs_the_kernel_plain(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from kernel_doctor import supervise
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(supervise.sys, "platform", "darwin")
+    monkeypatch.setattr(supervise.os, "execvp", lambda path, argv: ran.append(argv))
+    supervise.main(["--", "python", "-m", "ipykernel_launcher"])
+    assert ran == [["python", "-m", "ipykernel_launcher"]]
+    assert capsys.readouterr().err == (
+        "kernel-doctor: supervision needs Linux (this is darwin); "
+        "starting the kernel unsupervised\n"
+    )

@@ -24,6 +24,7 @@ WATCH_INTERVAL = 0.02
 # falls back to the one it found earlier (deep recursion).
 SHALLOW_WALK = 64
 DEEP_WALK = 5_000_000
+TIMED_EXEC = "<timed exec>"
 
 
 class Agent:
@@ -209,7 +210,7 @@ class Agent:
             self._write_state(
                 busy=True,
                 file=cell_frame.f_code.co_filename,
-                line=cell_frame.f_lineno,
+                line=_timed_line(frame) or cell_frame.f_lineno,
                 frame=[code.co_filename, frame.f_lineno, code.co_name],
             )
 
@@ -229,6 +230,19 @@ class Agent:
             current = back
             limit -= 1
         return None
+
+
+def _timed_line(frame: FrameType) -> int | None:
+    """The cell line running inside a ``%%time`` body (compiled as '<timed exec>', its
+    lines counted from the line after the magic's)."""
+    current: FrameType | None = frame
+    for _ in range(SHALLOW_WALK):
+        if current is None:
+            return None
+        if current.f_code.co_filename == TIMED_EXEC:
+            return current.f_lineno + 1
+        current = current.f_back
+    return None
 
 
 def _describe_error(error: BaseException, filename: str | None) -> dict[str, Any]:

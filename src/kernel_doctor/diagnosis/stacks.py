@@ -16,6 +16,7 @@ _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
 _FATAL = re.compile(r"^Fatal Python error: (.*)$")
 # ipykernel names each cell's code /tmp/ipykernel_<pid>/<hash>.py; plain IPython uses
 # <ipython-input-N-hash>.
+TIMED_EXEC = "<timed exec>"
 CELL_FILE = re.compile(r"(/ipykernel_\d+/\d+\.py$)|(^<ipython-input-\d+-[0-9a-f]+>$)")
 
 
@@ -84,13 +85,15 @@ def cell_line(
     frame of the cell's file may be a function the cell defined, deep in a
     recursion, not the cell's own statement: only a '<module>' frame counts then."""
     earlier_files = {c.file for c in earlier if c.file and c is not running}
-    for frame in frames:
+    for i, frame in enumerate(frames):
         if running is not None and running.file:
             ours = frame.file == running.file
         else:
             ours = is_cell_file(frame.file) and frame.file not in earlier_files
         if ours and (not truncated or frame.function == "<module>"):
-            return frame.line
+            # A %%time body runs as '<timed exec>' from the line after the magic's.
+            timed = next((f for f in frames[i + 1 :] if f.file == TIMED_EXEC), None)
+            return timed.line + 1 if timed else frame.line
     return None
 
 

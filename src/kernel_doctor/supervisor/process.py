@@ -20,6 +20,7 @@ AGENT_BOOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "agent", "
 AGENT_MODULE = "kernel_doctor_boot"
 # Signals whose arrival means the kernel's end was asked for, not suffered.
 ENDING = {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+TAIL_SAVE_INTERVAL = 2.0  # seconds between saves of the stderr tail, when it grew
 
 
 class SupervisionUnavailable(Exception):
@@ -161,6 +162,7 @@ class Supervisor:
         if self.watch is not None:
             poller.register(self.watch.fd, self.watch.events)
         state_path = os.path.join(self.session.directory, STATE)
+        self._next_tail_save = 0.0
         while True:
             timeout = max(0.0, self.sampler.next_due - time.monotonic())
             for fd, _ in poller.poll(timeout * 1000):
@@ -176,6 +178,9 @@ class Supervisor:
                 if self.sampler.state is None and self.agent:
                     self.sampler.attach_state(state_path)
                 self.sampler.sample()
+                if time.monotonic() >= self._next_tail_save:
+                    self.tee.save(if_changed=True)
+                    self._next_tail_save = time.monotonic() + TAIL_SAVE_INTERVAL
                 if os.getppid() != self.original_ppid and self.requested is None:
                     # The launcher is gone; ipykernel would exit by itself now.
                     self.requested = "launcher exited"

@@ -22,7 +22,9 @@ class StderrTee:
         self._dropped = 0
         self._cond = threading.Condition()
         self._eof = False
+        self._read_total = 0
         self._log = log_path
+        self._saved = 0  # bytes read when the tail was last saved
         self._reader = threading.Thread(target=self._read, name="stderr-reader", daemon=True)
         self._writer = threading.Thread(target=self._write, name="stderr-writer", daemon=True)
 
@@ -44,6 +46,7 @@ class StderrTee:
                     self._cond.notify_all()
                     return
                 self._tail += chunk
+                self._read_total += len(chunk)
                 if len(self._tail) > TAIL_BYTES:
                     del self._tail[: len(self._tail) - TAIL_BYTES]
                 self._backlog.append(chunk)
@@ -84,7 +87,11 @@ class StderrTee:
         with self._cond:
             return self._tail.decode(errors="replace")
 
-    def save(self) -> None:
+    def save(self, *, if_changed: bool = False) -> None:
+        """Write the tail to the session, so it outlives a supervisor that is killed."""
+        if if_changed and self._read_total == self._saved:
+            return
+        self._saved = self._read_total
         if self._log:
             try:
                 with open(self._log, "wb") as f:
