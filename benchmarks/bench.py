@@ -214,7 +214,7 @@ def main() -> int:
     args = parser.parse_args()
     q = args.quick
     starts = bench_start(4 if q else 12)
-    trips = bench_round_trip(6 if q else 20, 50 if q else 100)
+    trips = bench_round_trip(6 if q else 60, 50 if q else 100)
     agent = agent_cost()
     sup = supervisor_cost(5 if q else 20, 3 if q else 5)
     deaths = death_to_report(3 if q else 10)

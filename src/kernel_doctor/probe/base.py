@@ -13,6 +13,10 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .files import parse_keyed, read_int, read_text
+
+__all__ = ["MemoryLimit", "MemorySource", "Watch", "parse_keyed", "read_int", "read_text"]
+
 
 @dataclass(frozen=True)
 class MemoryLimit:
@@ -56,34 +60,3 @@ class MemorySource(abc.ABC):
 
     def close(self) -> None:  # noqa: B027
         """Release what ``watch`` opened."""
-
-
-def read_text(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def read_int(path: str) -> int | None:
-    text = read_text(path)
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
-
-
-def parse_keyed(text: str | None) -> dict[str, int]:
-    """'key value' lines (memory.stat, memory.events, memory.oom_control, meminfo)."""
-    values: dict[str, int] = {}
-    for line in (text or "").splitlines():
-        parts = line.replace(":", " ").split()
-        if len(parts) >= 2:
-            try:
-                values[parts[0]] = int(parts[1])
-            except ValueError:
-                continue
-    return values

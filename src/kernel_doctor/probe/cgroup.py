@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .base import MemoryLimit, MemorySource, Watch, parse_keyed, read_int, read_text
+from .files import Reader
 
 # v1 reports "no limit" as the page counter's maximum (9223372036854771712 with 4 KiB
 # pages); anything this large is no limit at all.
@@ -86,6 +87,8 @@ class CgroupV1(MemorySource):
         self.directory = directory
         self.limit = limit
         self._fds: list[int] = []
+        self._usage = Reader(os.path.join(directory, "memory.usage_in_bytes"))
+        self._stat = Reader(os.path.join(directory, "memory.stat"))
 
     @classmethod
     def probe(cls, leaf: str, mountpoint: str) -> CgroupV1 | None:
@@ -109,10 +112,10 @@ class CgroupV1(MemorySource):
         return cls(directory, limit)
 
     def counted(self) -> int | None:
-        usage = read_int(os.path.join(self.directory, "memory.usage_in_bytes"))
+        usage = self._usage.read_int()
         if usage is None:
             return None
-        stat = parse_keyed(read_text(os.path.join(self.directory, "memory.stat")))
+        stat = parse_keyed(self._stat.read())
         inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
         return max(0, usage - inactive)
 
@@ -155,6 +158,8 @@ class CgroupV1(MemorySource):
                 os.eventfd_read(self._fds[0])
 
     def close(self) -> None:
+        self._usage.close()
+        self._stat.close()
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -166,6 +171,8 @@ class CgroupV2(MemorySource):
         self.directory = directory
         self.limit = limit
         self._events_fd: int | None = None
+        self._current = Reader(os.path.join(directory, "memory.current"))
+        self._stat = Reader(os.path.join(directory, "memory.stat"))
 
     @classmethod
     def probe(cls, leaf: str, mountpoint: str) -> CgroupV2 | None:
@@ -187,10 +194,10 @@ class CgroupV2(MemorySource):
         return cls(directory, limit)
 
     def counted(self) -> int | None:
-        current = read_int(os.path.join(self.directory, "memory.current"))
+        current = self._current.read_int()
         if current is None:
             return None
-        stat = parse_keyed(read_text(os.path.join(self.directory, "memory.stat")))
+        stat = parse_keyed(self._stat.read())
         return max(0, current - stat.get("inactive_file", 0))
 
     def oom_kills(self) -> int | None:
@@ -221,6 +228,8 @@ class CgroupV2(MemorySource):
                 pass
 
     def close(self) -> None:
+        self._current.close()
+        self._stat.close()
         if self._events_fd is not None:
             os.close(self._events_fd)
             self._events_fd = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .base import read_text
+from .files import read_text
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 

@@ -6,6 +6,7 @@ import os
 import resource
 
 from .base import MemoryLimit, MemorySource, parse_keyed, read_text
+from .files import Reader
 
 
 class SystemMemory(MemorySource):
@@ -14,15 +15,19 @@ class SystemMemory(MemorySource):
         info = parse_keyed(read_text(os.path.join(proc, "meminfo")))
         total = (info.get("MemTotal", 0) + info.get("SwapTotal", 0)) * 1024
         self.limit = MemoryLimit(total, "system", "system RAM + swap")
+        self._meminfo = Reader(os.path.join(proc, "meminfo"))
 
     def counted(self) -> int | None:
-        info = parse_keyed(read_text(os.path.join(self.proc, "meminfo")))
+        info = parse_keyed(self._meminfo.read())
         if "MemTotal" not in info or "MemAvailable" not in info:
             return None
         return (info["MemTotal"] - info["MemAvailable"]) * 1024
 
     def oom_kills(self) -> int | None:
         return parse_keyed(read_text(os.path.join(self.proc, "vmstat"))).get("oom_kill")
+
+    def close(self) -> None:
+        self._meminfo.close()
 
 
 def address_space_limits() -> dict[str, int]:

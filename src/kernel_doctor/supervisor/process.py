@@ -9,12 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from ..agent.layout import ENV_DUMP_SIGNAL, ENV_SESSION, STATE, STDERR
 from ..probe import procfs
-from ..probe.base import MemorySource
 from .signals import FORWARDED, Forwarder, die_with_parent, load_libc
 from .tee import StderrTee
+
+if TYPE_CHECKING:
+    from ..probe.base import MemorySource
 
 AGENT_BOOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "agent", "_boot")
 AGENT_MODULE = "kernel_doctor_boot"

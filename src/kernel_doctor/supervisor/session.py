@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -17,9 +16,12 @@ REPORTS = "reports"
 
 def runtime_dir() -> str:
     """kernel-doctor's folder in the Jupyter runtime dir (created, mode 0700)."""
-    from jupyter_core.paths import jupyter_runtime_dir
+    base = os.environ.get("JUPYTER_RUNTIME_DIR")
+    if not base:  # jupyter_core knows the platform rules; it costs ~5 ms to import
+        from jupyter_core.paths import jupyter_runtime_dir
 
-    path = os.path.join(jupyter_runtime_dir(), "kernel-doctor")
+        base = jupyter_runtime_dir()
+    path = os.path.join(base, "kernel-doctor")
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
@@ -64,6 +66,8 @@ class Session:
                 os.close(fd)
 
     def remove(self) -> None:
+        import shutil
+
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
