@@ -91,3 +91,10 @@ def test_running_line_inside_time_magic(shell: Any, tmp_path: Path) -> None:
     )
     shell.run_cell(cell, store_history=True)
     assert shell.user_ns["seen"]["line"] == 4  # the cell's own line, not the magic's
+
+
+def test_execution_counts_match_ipython(shell: Any, tmp_path: Path) -> None:
+    # IPython 8 and 9 count at different moments; the record must match the result.
+    results = [shell.run_cell(f"v = {i}", store_history=True) for i in range(3)]
+    starts = [r for r in read_cells(str(tmp_path)) if r["event"] == "start"]
+    assert [r["execution_count"] for r in starts] == [r.execution_count for r in results]

@@ -154,6 +154,13 @@ def test_os_exit(notebook: Any, tmp_path: Path) -> None:
     assert report["signal"] is None
 
 
+def test_os_exit_at_top_level_names_its_line(notebook: Any, tmp_path: Path) -> None:
+    # Each top-level statement is noted as it starts: no sampling delay.
+    code, report = run(notebook(["import os, time\ntime.sleep(0.3)\nos._exit(3)"]), tmp_path)
+    assert code == 3
+    assert_death(report, "exit", 0, 3)
+
+
 def test_sigkill_from_outside_is_not_oom(notebook: Any, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     cell = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"

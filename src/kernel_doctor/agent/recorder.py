@@ -6,12 +6,13 @@ import atexit
 import faulthandler
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
 import threading
 import time
-from types import FrameType
+from types import CodeType, FrameType
 from typing import IO, Any
 
 from .layout import CELLS, DUMPS, ENV_DUMP_SIGNAL, ENV_SESSION, FATAL, STATE, StateFile
@@ -45,6 +46,8 @@ class Agent:
         self._dumps: IO[bytes] = open(os.path.join(session_dir, DUMPS), "ab")  # noqa: SIM115
         self._fatal: IO[bytes] = open(os.path.join(session_dir, FATAL), "ab")  # noqa: SIM115
         self._seq = 0
+        # IPython 9 counts a cell before pre_run_cell fires; IPython 8 after it ran.
+        self._count_ahead = _ipython_major() >= 9
         self._cell: dict[str, Any] | None = None
         self._wake = threading.Event()
         self._parked = False
@@ -75,6 +78,7 @@ class Agent:
             faulthandler.register(self.dump_signal, file=self._dumps, all_threads=True)
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
+        _install_audit_hook(self)
         atexit.register(self._at_exit)
         self._watcher.start()
         with self._lock:
@@ -84,6 +88,8 @@ class Agent:
         self._append({"event": "ready", "t": time.time(), "pid": os.getpid()})
 
     def stop(self) -> None:
+        global _audit_target
+        _audit_target = None
         self._stopping = True
         self._wake.set()
         self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
@@ -105,6 +111,8 @@ class Agent:
             return  # frontends' housekeeping requests are not cells
         self._seq += 1
         count = getattr(self.shell, "execution_count", None)
+        if isinstance(count, int) and self._count_ahead:
+            count -= 1
         cell = {
             "event": "start",
             "seq": self._seq,
@@ -140,6 +148,19 @@ class Agent:
         if error is not None:
             record["error"] = _describe_error(error, filename)
         self._append(record)
+
+    def statement_started(self, code: CodeType) -> None:
+        """IPython runs each top-level statement of a cell through exec(); note its line
+        the moment it starts, so even a death within microseconds names it."""
+        if self._cell is None or code.co_name != "<module>":
+            return
+        line = next((ln for _, _, ln in code.co_lines() if ln), None)
+        if line is None or not _CELL_FILE.search(code.co_filename):
+            return
+        with self._lock:
+            if self._cell is not None:
+                frame = [code.co_filename, line, "<module>"]  # innermost, for now
+                self._write_state(busy=True, file=code.co_filename, line=line, frame=frame)
 
     # -- records -----------------------------------------------------------------
 
@@ -245,6 +266,41 @@ class Agent:
             current = back
             limit -= 1
         return None
+
+
+# ipykernel's cell files (/tmp/ipykernel_<pid>/<hash>.py) and IPython's
+# (<ipython-input-N-hash>): exec() of anything else is not a cell's statement.
+_CELL_FILE = re.compile(r"(/ipykernel_\d+/\d+\.py$)|(^<ipython-input-\d+-[0-9a-f]+>$)")
+_audit_target: Agent | None = None
+_audit_installed = False
+
+
+def _install_audit_hook(agent: Agent) -> None:
+    # Audit hooks cannot be removed, so one hook serves every agent this process
+    # loads; it returns at once for every event but "exec".
+    global _audit_target, _audit_installed
+    _audit_target = agent
+    if _audit_installed:
+        return
+    _audit_installed = True
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event == "exec" and _audit_target is not None and type(args[0]) is CodeType:
+            try:
+                _audit_target.statement_started(args[0])
+            except Exception:
+                pass
+
+    sys.addaudithook(hook)
+
+
+def _ipython_major() -> int:
+    try:
+        import IPython
+
+        return int(str(IPython.__version__).split(".")[0])
+    except (ImportError, ValueError):
+        return 0
 
 
 def _timed_line(frame: FrameType) -> int | None:
