@@ -269,3 +269,25 @@ def test_unsupported_platform_runs_the_kernel_plain(
         "kernel-doctor: supervision needs Linux (this is darwin); "
         "starting the kernel unsupervised\n"
     )
+
+
+def test_stderr_tee_never_blocks_the_kernel(tmp_path: Path) -> None:
+    # Nobody reads the supervisor's stderr: the kernel must still finish writing 8 MB
+    # to its own stderr and exit (the tee drops the oldest of what it cannot pass on).
+    code = (
+        "import sys\nfor _ in range(8192):\n    sys.stderr.write('x' * 1023 + '\\n')\nprint('done')"
+    )
+    read_fd, write_fd = os.pipe()
+    try:
+        sup = subprocess.Popen(
+            [*SUPERVISE, "--", sys.executable, "-c", code],
+            env=env_with(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=write_fd,
+        )
+        out, _ = sup.communicate(timeout=30)
+        assert sup.returncode == 0
+        assert out == b"done\n"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
