@@ -113,3 +113,16 @@ def test_show_unknown_report(capsys: Any) -> None:
     code, _ = run_cli(["show", "no-such-report"])
     assert code == 2
     assert "kernel-doctor reports" in error_line(capsys)
+
+
+@pytest.mark.parametrize("flag", ["--output", "--report-json"])
+def test_output_in_a_missing_directory(
+    notebook: Any, capsys: Any, tmp_path: Path, flag: str
+) -> None:
+    target = tmp_path / "no" / "such" / "out.json"
+    code, _ = run_cli(["run", str(notebook(["x = 1"])), flag, str(target)])
+    assert code == 2
+    assert error_line(capsys) == (
+        f"kernel-doctor: error: {flag} {str(target)!r}: the directory "
+        f"{str(target.parent)!r} does not exist"
+    )

@@ -97,6 +97,16 @@ def _timeout(text: str | None) -> float | None:
     return value
 
 
+def _check_writable(flag: str, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a directory; give a file name")
+    if not os.path.isdir(directory):
+        raise UsageError(f"{flag} {path!r}: the directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"{flag} {path!r}: the directory {directory!r} is not writable")
+
+
 def run(args: argparse.Namespace) -> int:
     # Check every input before anything starts, so bad input costs nothing.
     nb = _read_notebook(args.notebook)
@@ -111,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--output {args.output!r} is the input notebook; add --inplace to overwrite it"
             )
+    for flag, target in (("--output", args.output), ("--report-json", args.report_json)):
+        if target:
+            _check_writable(flag, target)
     kernel = _kernel_name(nb, args.kernel)
 
     from rich.console import Console
