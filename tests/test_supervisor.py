@@ -23,6 +23,19 @@ def env_with(runtime: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def supervise(
+    runtime: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the supervisor to the end with ``args`` (options, '--', kernel argv)."""
+    return subprocess.run(
+        [*SUPERVISE, *args],
+        env=env or env_with(runtime),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -36,13 +49,7 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
 def test_unwritable_runtime_dir_runs_the_kernel_plain(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    done = subprocess.run(
-        [*SUPERVISE, "--", sys.executable, "-c", "print('kernel ran')"],
-        env=env_with(blocker),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = supervise(blocker, "--", sys.executable, "-c", "print('kernel ran')")
     assert done.returncode == 0
     assert done.stdout == "kernel ran\n"
     warning = done.stderr.strip().splitlines()
@@ -52,12 +59,13 @@ def test_unwritable_runtime_dir_runs_the_kernel_plain(tmp_path: Path) -> None:
 
 
 def test_disabled_runs_plain_without_a_word(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*SUPERVISE, "--", sys.executable, "-c", "import os; print(os.getppid())"],
+    done = supervise(
+        tmp_path,
+        "--",
+        sys.executable,
+        "-c",
+        "import os; print(os.getppid())",
         env=env_with(tmp_path, KERNEL_DOCTOR_DISABLE="1"),
-        capture_output=True,
-        text=True,
-        timeout=30,
     )
     assert done.returncode == 0 and done.stderr == ""
     assert not (tmp_path / "kernel-doctor").exists()
@@ -83,13 +91,7 @@ def test_broken_install_runs_the_kernel_plain(tmp_path: Path) -> None:
 
 
 def test_bad_supervisor_arguments(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*SUPERVISE, "--bogus", "x"],
-        env=env_with(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = supervise(tmp_path, "--bogus", "x")
     assert done.returncode == 2
     assert done.stderr.startswith("kernel-doctor: no '--' before the kernel's command line")
 
@@ -97,13 +99,7 @@ def test_bad_supervisor_arguments(tmp_path: Path) -> None:
 def test_kernel_without_agent_crash(tmp_path: Path) -> None:
     session = tmp_path / "session"
     kernel = ["sh", "-c", "echo 'about to crash' >&2; sleep 0.5; kill -SEGV $$"]
-    done = subprocess.run(
-        [*SUPERVISE, "--session", str(session), "--", *kernel],
-        env=env_with(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = supervise(tmp_path, "--session", str(session), "--", *kernel)
     assert done.returncode == -signal.SIGSEGV
     assert "about to crash" in done.stderr  # stderr passes through
     report = json.loads((session / "report.json").read_text())
@@ -118,13 +114,7 @@ def test_kernel_without_agent_crash(tmp_path: Path) -> None:
 def test_kernel_without_agent_failing_at_start(tmp_path: Path) -> None:
     session = tmp_path / "session"
     kernel = ["sh", "-c", "echo 'ImportError: no module named kernelish' >&2; exit 4"]
-    done = subprocess.run(
-        [*SUPERVISE, "--session", str(session), "--", *kernel],
-        env=env_with(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = supervise(tmp_path, "--session", str(session), "--", *kernel)
     assert done.returncode == 4
     report = json.loads((session / "report.json").read_text())
     assert report["cause"] == "startup_failure"
@@ -132,13 +122,7 @@ def test_kernel_without_agent_failing_at_start(tmp_path: Path) -> None:
 
 
 def test_clean_exit_leaves_nothing(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*SUPERVISE, "--", sys.executable, "-c", "pass"],
-        env=env_with(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = supervise(tmp_path, "--", sys.executable, "-c", "pass")
     assert done.returncode == 0 and done.stderr == ""
     root = tmp_path / "kernel-doctor"
     assert list((root / "sessions").iterdir()) == []
@@ -176,13 +160,7 @@ def test_death_that_took_the_supervisor_is_reported_at_next_start(
     finally:
         sup.kill()
         sup.wait()
-    done = subprocess.run(
-        [*SUPERVISE, "--", sys.executable, "-c", "pass"],
-        env=env_with(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = supervise(tmp_path, "--", sys.executable, "-c", "pass")
     assert done.returncode == 0
     reports = list((tmp_path / "kernel-doctor" / "reports").glob("*.json"))
     assert len(reports) == 1
@@ -208,13 +186,7 @@ def test_stale_session_of_a_requested_kill_is_dropped_silently(tmp_path: Path) -
     finally:
         if sup.poll() is None:
             sup.kill()
-    done = subprocess.run(
-        [*SUPERVISE, "--", sys.executable, "-c", "pass"],
-        env=env_with(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = supervise(tmp_path, "--", sys.executable, "-c", "pass")
     assert done.returncode == 0 and done.stderr == ""
     assert list(sessions.iterdir()) == []
     assert not (tmp_path / "kernel-doctor" / "reports").exists()
@@ -223,13 +195,7 @@ def test_stale_session_of_a_requested_kill_is_dropped_silently(tmp_path: Path) -
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 def test_kernel_gets_a_higher_oom_score(tmp_path: Path) -> None:
     code = "print(open('/proc/self/oom_score_adj').read().strip())"
-    done = subprocess.run(
-        [*SUPERVISE, "--", sys.executable, "-c", code],
-        env=env_with(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = supervise(tmp_path, "--", sys.executable, "-c", code)
     own = int(Path("/proc/self/oom_score_adj").read_text())
     assert int(done.stdout) == min(1000, own + 500)
 
