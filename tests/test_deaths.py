@@ -93,6 +93,8 @@ def test_pure_python_recursion_dies_of_memory(
     code, report = run(notebook([cell]), tmp_path, "--memory-limit", LIMIT)
     assert code == 3
     assert_death(report, "out_of_memory", 0, 5)
+    assert any("runaway recursion in r()" in fact for fact in report["evidence"])
+    assert report["advice"][0].startswith("r() recursed until its frames filled memory")
 
 
 # -- native crashes -------------------------------------------------------------

@@ -19,6 +19,15 @@ def advise(cause: str, ev: Evidence, stack: Sequence[Frame]) -> list[str]:
     mem = ev.memory
     limit = mem.limit
     if cause == "out_of_memory":
+        from .causes import last_dump_recursion, oom_share
+
+        recursing = last_dump_recursion(ev)
+        if recursing is not None:
+            return [
+                f"{recursing}() recursed until its frames filled memory: add or fix its base "
+                "case, or rewrite it as a loop; a raised sys.setrecursionlimit removes the "
+                "RecursionError that would have stopped it.",
+            ]
         tips = [
             "Process the data in chunks (e.g. pandas.read_csv(chunksize=…), "
             "itertools.islice, dask), use smaller dtypes, and `del` large objects you no "
@@ -29,8 +38,6 @@ def advise(cause: str, ev: Evidence, stack: Sequence[Frame]) -> list[str]:
                 f"Or raise the limit: {format_size(limit.limit_bytes)} is set by {limit.source} "
                 "(e.g. the container's or the JupyterHub spawner's mem_limit)."
             )
-        from .causes import oom_share
-
         share = oom_share(ev)
         if share is not None and share < 0.7:
             tips.append(

@@ -105,6 +105,12 @@ def _cause(ev: Evidence) -> tuple[str, list[str]]:
 
     if ev.signal == signal.SIGKILL or (ev.supervisor_lost and oom):
         if oom:
+            recursing = last_dump_recursion(ev)
+            if recursing is not None:
+                facts.append(
+                    f"the last stack dump before the kill is runaway recursion in {recursing}(): "
+                    "its frames filled memory"
+                )
             return "out_of_memory", facts
         facts.append("the OOM kill counter did not change, so this SIGKILL came from outside")
         return "killed", facts
@@ -137,6 +143,16 @@ def _cause(ev: Evidence) -> tuple[str, list[str]]:
             facts.append("it exited without a shutdown request (os._exit(0) or similar)")
         return "exit", facts
     return "unknown", facts
+
+
+def last_dump_recursion(ev: Evidence) -> str | None:
+    """The recursing function, when the last on-demand dump shows runaway recursion
+    (pure-Python recursion under a raised limit lives on the heap and ends as OOM)."""
+    if not ev.dumps:
+        return None
+    dump = pick_thread(ev.dumps[-1], ev.main_thread)
+    found = runaway_recursion(dump) if dump else None
+    return found[0] if found else None
 
 
 def _running_cell(ev: Evidence) -> CellRun | None:
