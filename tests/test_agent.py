@@ -98,3 +98,63 @@ def test_execution_counts_match_ipython(shell: Any, tmp_path: Path) -> None:
     results = [shell.run_cell(f"v = {i}", store_history=True) for i in range(3)]
     starts = [r for r in read_cells(str(tmp_path)) if r["event"] == "start"]
     assert [r["execution_count"] for r in starts] == [r.execution_count for r in results]
+
+
+def test_hooks_never_raise_into_the_users_output(shell: Any, tmp_path: Path, capsys: Any) -> None:
+    cell = (
+        "class Odd(Exception):\n"
+        "    def __str__(self):\n"
+        "        raise RuntimeError('no message for you')\n"
+        "raise Odd()\n"
+    )
+    shell.run_cell(cell, store_history=True)
+    assert "Error in callback" not in capsys.readouterr().out
+    end = [r for r in read_cells(str(tmp_path)) if r["event"] == "end"][-1]
+    assert end["error"]["type"] == "Odd"
+    assert end["error"]["line"] == 4
+
+
+def test_one_agent_a_kernel(shell: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The supervisor loads the agent by path as 'kernel_doctor_agent'; a user's
+    # %load_ext of either name on top must not start a second recorder.
+    from kernel_doctor.supervisor.process import AGENT_BOOT
+
+    monkeypatch.syspath_prepend(AGENT_BOOT)
+    shell.run_line_magic("load_ext", "kernel_doctor_boot")
+    shell.run_line_magic("load_ext", "kernel_doctor.agent")
+    shell.run_cell("once = 1", store_history=True)
+    starts = [r for r in read_cells(str(tmp_path)) if r["event"] == "start"]
+    assert len(starts) == 1
+
+
+def test_full_disk_leaves_the_kernel_running(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        (mount / "filler").write_bytes(b"x" * 60_000)  # leaves less than one page
+        code = (
+            "from IPython.core.interactiveshell import InteractiveShell\n"
+            "ip = InteractiveShell.instance()\n"
+            "ip.run_line_magic('load_ext', 'kernel_doctor')\n"
+            "ip.run_cell('print(6 * 7)', store_history=True)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, ENV_SESSION: str(mount)},
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "42" in done.stdout
+        assert "kernel-doctor: the agent is off" in done.stderr
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

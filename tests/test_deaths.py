@@ -225,11 +225,12 @@ def test_exception_is_a_cell_error_not_a_death(notebook: Any, tmp_path: Path) ->
 
 def test_timeout(notebook: Any, tmp_path: Path) -> None:
     cell = "import time\nx = 0\nwhile True:\n    x += 1\n"
-    code, report = run(notebook(["y = 1", cell]), tmp_path, "--timeout", "2")
+    code, report = run(notebook(["y = 1", cell]), tmp_path, "--timeout", "1.5")
     assert code == 4
     assert report["outcome"] == "timeout"
     assert report["cell"]["index"] == 1
     assert report["line"] in (3, 4)
+    assert "1.5 s timeout" in report["summary"]
 
 
 def test_healthy_notebook_has_identical_outputs(notebook: Any, tmp_path: Path) -> None:

@@ -136,18 +136,30 @@ def test_death_that_took_the_supervisor_is_reported_at_next_start(
     cgroup.mkdir()
     (cgroup / "memory.limit_in_bytes").write_text(str(200 * 1024**2))
     sessions = tmp_path / "kernel-doctor" / "sessions"
-    kernel = [sys.executable, "-c", "import time; time.sleep(1); b = bytearray(400 * 1024**2)"]
+    go = tmp_path / "go"
+    code = (
+        "import os, time\n"
+        "held = bytearray(170 * 1024**2)\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.01)\n"
+        "more = bytearray(100 * 1024**2)\n"
+    )
     sup = subprocess.Popen(
-        [*SUPERVISE, "--cgroup", str(cgroup), "--", *kernel],
+        [*SUPERVISE, "--cgroup", str(cgroup), "--", sys.executable, "-c", code],
         env=env_with(tmp_path),
         stderr=subprocess.DEVNULL,
     )
     try:
         meta = wait_for(lambda: next(sessions.glob("*/meta.json"), None))
         kernel_pid = json.loads(meta.read_text())["kernel_pid"]
-        # The supervisor freezes, then the kernel dies of memory, then the supervisor
-        # is killed before it could look: as in a whole-container OOM kill.
+        # Wait until the supervisor has sampled the kernel holding 170 MB of 200 MB...
+        from kernel_doctor.supervisor.session import read_samples
+
+        wait_for(lambda: any(c > 160 * 1024**2 for _, c, _ in read_samples(str(meta.parent))))
+        # ...then it freezes, the kernel dies of memory, and the supervisor is killed
+        # before it could look: as in a whole-container OOM kill.
         os.kill(sup.pid, signal.SIGSTOP)
+        go.write_text("")
 
         def kernel_dead() -> bool:
             try:
@@ -257,3 +269,15 @@ def test_stderr_tee_never_blocks_the_kernel(tmp_path: Path) -> None:
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_kernel_children_keep_their_stderr_after_the_kernel_exits(tmp_path: Path) -> None:
+    alive = tmp_path / "alive"
+    kernel = ["sh", "-c", f"( sleep 0.5; echo late >&2; echo yes > {alive} ) & exit 0"]
+    sup = subprocess.Popen(
+        [*SUPERVISE, "--", *kernel], env=env_with(tmp_path), stderr=subprocess.PIPE
+    )
+    _, err = sup.communicate(timeout=30)  # EOF only once the child closed its stderr
+    assert sup.returncode == 0
+    assert b"late" in err  # written after the kernel and the supervisor were gone
+    assert alive.read_text() == "yes\n"  # and the child was not killed by SIGPIPE

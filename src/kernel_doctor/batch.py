@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gc
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import nbformat
@@ -37,14 +38,18 @@ class BatchResult:
     report: dict[str, Any]
     notebook: Any
     failed_index: int | None = None
-    progress: list[str] = field(default_factory=list)
 
 
-def run_notebook(nb: Any, **kwargs: Any) -> BatchResult:
-    """Execute ``nb`` (see ``_execute`` for the arguments)."""
+def run_notebook(nb: Any, *, cgroup: LimitedCgroup | None, **kwargs: Any) -> BatchResult:
+    """Execute ``nb`` (see ``_execute`` for the arguments); whatever happens, the
+    cgroup and the session's evidence are removed afterwards."""
+    session_dir = tempfile.mkdtemp(prefix="kernel-doctor-run-")
     try:
-        return _execute(nb, **kwargs)
+        return _execute(nb, session_dir=session_dir, cgroup=cgroup, **kwargs)
     finally:
+        if cgroup is not None:
+            cgroup.remove()
+        shutil.rmtree(session_dir, ignore_errors=True)
         # nbclient leaves the sockets of a finished kernel's channels unclosed; collect
         # them now, quietly, rather than warn at some later garbage collection.
         with warnings.catch_warnings():
@@ -61,8 +66,8 @@ def _execute(
     cgroup: LimitedCgroup | None,
     allow_errors: bool,
     log: Any = None,
+    session_dir: str,
 ) -> BatchResult:
-    session_dir = tempfile.mkdtemp(prefix="kernel-doctor-run-")
     options = {"session": session_dir, "quiet": "1"}
     if cgroup is not None and cgroup.path:
         options["cgroup"] = cgroup.path
@@ -74,7 +79,8 @@ def _execute(
     client = NotebookClient(
         nb,
         km=km,
-        timeout=timeout,
+        # nbclient takes whole seconds; round up so a short timeout never becomes none.
+        timeout=math.ceil(timeout) if timeout else None,
         allow_errors=allow_errors,
         kernel_name=kernel_name,
         resources={"metadata": {"path": cwd}},
@@ -129,11 +135,7 @@ def _execute(
     except CellTimeoutError:
         outcome, code = "timeout", ExitCode.TIMEOUT
         report = _timeout_report(nb, current, timeout, session_dir)
-    finally:
-        if cgroup is not None:
-            cgroup.remove()
     _add_memory(report, session_dir)
-    shutil.rmtree(session_dir, ignore_errors=True)
     failed = current if outcome in ("kernel_died", "timeout") else first_error
     if outcome == "kernel_died" and failed is not None:
         _mark_cell_failed(nb.cells[failed], report)

@@ -73,7 +73,12 @@ def main(argv: list[str]) -> int:
         supervisor = Supervisor(kernel, options)
     except SupervisionUnavailable as exc:
         return _plain(kernel, str(exc))
-    return supervisor.run()
+    except Exception as exc:  # e.g. jupyter_core missing: never the reason a kernel won't run
+        return _plain(kernel, f"cannot start supervision ({type(exc).__name__}: {exc})")
+    try:
+        return supervisor.run()
+    except SupervisionUnavailable as exc:
+        return _plain(kernel, str(exc))
 
 
 if __name__ == "__main__":

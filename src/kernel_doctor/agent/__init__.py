@@ -16,18 +16,33 @@ What it does, all of it cheap enough to be invisible per cell:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 _agent: Any = None
 
 
+def running_agent() -> Any:
+    """The agent this process runs, under either name: the supervisor loads it as
+    'kernel_doctor_agent', ``%load_ext kernel_doctor`` as 'kernel_doctor.agent'."""
+    for name in ("kernel_doctor_agent", "kernel_doctor.agent"):
+        agent = getattr(sys.modules.get(name), "_agent", None)
+        if agent is not None:
+            return agent
+    return None
+
+
 def load_ipython_extension(ipython: Any) -> None:
     global _agent
-    if _agent is not None:
-        return
+    if running_agent() is not None:
+        return  # one agent a kernel: a second would record every cell twice
     from .recorder import Agent
 
-    _agent = Agent.start(ipython)
+    try:
+        _agent = Agent.start(ipython)
+    except OSError as exc:  # e.g. a full disk: the kernel runs on without the agent
+        out = sys.__stderr__ or sys.stderr
+        out.write(f"kernel-doctor: the agent is off ({exc.strerror or exc})\n")
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -60,7 +60,9 @@ class StateFile:
         fd = os.open(path, flags, 0o600)
         try:
             if writable and os.fstat(fd).st_size < STATE_SIZE:
-                os.ftruncate(fd, STATE_SIZE)
+                # Real blocks, not a sparse file: a store into a page the filesystem
+                # cannot back (a full disk) would kill the kernel with SIGBUS.
+                os.posix_fallocate(fd, 0, STATE_SIZE)
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
             self._map = mmap.mmap(fd, STATE_SIZE, access=access)
         finally:

@@ -94,19 +94,33 @@ class Agent:
         self._wake.set()
         self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
         self.shell.events.unregister("post_run_cell", self.post_run_cell)
-        if self.dump_signal is not None:
-            faulthandler.unregister(self.dump_signal)
-        faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=True)
         atexit.unregister(self._at_exit)
         self._watcher.join(timeout=1)
         os.close(self._cells)
-        self._dumps.close()
-        self._fatal.close()
         self._state.close()
+        if self.dump_signal is None:
+            self._dumps.close()
+            self._fatal.close()
+            faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=True)
+        # Under a supervisor the dump handler and its files stay: the supervisor
+        # sends its dump signal whenever memory crosses a mark, and a signal with no
+        # handler would kill the kernel.
 
     # -- IPython hooks: the per-cell hot path ------------------------------------
 
     def pre_run_cell(self, info: Any) -> None:
+        try:
+            self._pre_run_cell(info)
+        except Exception:
+            pass  # never an error in the user's cell output
+
+    def post_run_cell(self, result: Any) -> None:
+        try:
+            self._post_run_cell(result)
+        except Exception:
+            pass
+
+    def _pre_run_cell(self, info: Any) -> None:
         if not info.store_history:
             return  # frontends' housekeeping requests are not cells
         self._seq += 1
@@ -129,7 +143,7 @@ class Agent:
         if self._parked:
             self._wake.set()
 
-    def post_run_cell(self, result: Any) -> None:
+    def _post_run_cell(self, result: Any) -> None:
         info = getattr(result, "info", None)
         if info is not None and not info.store_history:
             return
@@ -327,11 +341,18 @@ def _describe_error(error: BaseException, filename: str | None) -> dict[str, Any
             line = tb.tb_lineno
         tb = tb.tb_next
     if line is None:
-        lineno = getattr(error, "lineno", None)  # SyntaxError before execution
+        try:
+            lineno = getattr(error, "lineno", None)  # SyntaxError before execution
+        except Exception:
+            lineno = None
         line = lineno if isinstance(lineno, int) else None
+    try:
+        message = str(error)[:2000]
+    except Exception:  # a user exception whose __str__ raises
+        message = f"<{type(error).__name__}: message unavailable>"
     return {
         "type": type(error).__name__,
-        "message": str(error)[:2000],
+        "message": message,
         "line": line,
         "stack": stack[-50:],
     }

@@ -72,6 +72,17 @@ def _not_a_death(ev: Evidence) -> bool:
     return ev.exit_code == 0 and (ev.clean_exit or not ev.agent_ready)
 
 
+def _near_limit(ev: Evidence, share: float = 0.8) -> bool:
+    mem = ev.memory
+    if mem.limit is None or not mem.timeline:
+        return False
+    return mem.timeline[-1][1] >= share * mem.limit.limit_bytes
+
+
+def _logged_kill(ev: Evidence) -> bool:
+    return any(f"Killed process {ev.pid} " in line for line in ev.kernel_log)
+
+
 def _oom_counted(ev: Evidence) -> bool:
     before, after = ev.memory.oom_kills_before, ev.memory.oom_kills_after
     if before is not None and after is not None and after > before:

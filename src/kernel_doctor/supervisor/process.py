@@ -6,6 +6,7 @@ import contextlib
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,10 @@ ENDING = {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 TAIL_SAVE_INTERVAL = 2.0  # seconds between saves of the stderr tail, when it grew
 
 
+def _note_signal(signum: int, frame: object) -> None:
+    """Handlers only wake the main loop (through set_wakeup_fd); it does the work."""
+
+
 class SupervisionUnavailable(Exception):
     """Supervision cannot start here; the kernel runs plain instead."""
 
@@ -40,6 +45,10 @@ def is_ipykernel(argv: list[str]) -> bool:
 
 class Supervisor:
     def __init__(self, kernel_argv: list[str], options: dict[str, str]) -> None:
+        # Read first: the launcher may exit while we start. Only a launcher that asked
+        # ipykernel to watch it (JPY_PARENT_PID) expects the kernel to follow it out.
+        self.original_ppid = os.getppid()
+        self.follow_launcher = bool(os.environ.get("JPY_PARENT_PID"))
         from .session import Session
 
         self.kernel_argv = kernel_argv
@@ -56,7 +65,6 @@ class Supervisor:
         self.requested: str | None = None
         self.started_epoch = time.time()
         self.started = time.monotonic()
-        self.original_ppid = os.getppid()
 
     # -- start -------------------------------------------------------------------
 
@@ -102,17 +110,15 @@ class Supervisor:
     # -- run ---------------------------------------------------------------------
 
     def run(self) -> int:
-        # The sentinel is forked before any handler or thread exists in this process.
-        self.forwarder = Forwarder()
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        for sig in (*FORWARDED, signal.SIGCHLD):
-            signal.signal(sig, lambda *_: None)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        try:
+            wake_r = self._prepare()
+        except Exception as exc:  # nothing started yet: run the kernel plain instead
+            self._unprepare()
+            raise SupervisionUnavailable(f"cannot set up ({type(exc).__name__}: {exc})") from exc
         try:
             self.process = self._spawn()
         except (OSError, subprocess.SubprocessError) as exc:
-            self.forwarder.close()
-            self.session.remove()
+            self._unprepare()
             sys.stderr.write(f"kernel-doctor: cannot start the kernel: {exc}\n")
             return 127
         pid = self.process.pid
@@ -123,8 +129,28 @@ class Supervisor:
         except Exception as exc:  # supervision failed: the kernel must not notice
             sys.stderr.write(f"kernel-doctor: supervision stopped ({type(exc).__name__}: {exc})\n")
         if status is None:
-            status = self._wait_plain(pid)
+            status = self._wait_plain(pid, wake_r)
         return self._finish(status)
+
+    def _prepare(self) -> int:
+        """Sentinel, wake-up pipe and handlers; returns the wake-up pipe's read end."""
+        # The sentinel is forked before any handler or thread exists in this process.
+        self.forwarder = Forwarder()
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in (*FORWARDED, signal.SIGCHLD):
+            # A signal the launcher ignores (nohup, `&` in sh) stays ignored, for us
+            # and, through exec, for the kernel.
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                signal.signal(sig, _note_signal)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        return wake_r
+
+    def _unprepare(self) -> None:
+        signal.set_wakeup_fd(-1)
+        forwarder = getattr(self, "forwarder", None)
+        if forwarder is not None:
+            forwarder.close()
+        self.session.remove()
 
     def _after_spawn(self, pid: int) -> None:
         from ..probe.limits import find_memory_source
@@ -138,6 +164,7 @@ class Supervisor:
         self.session.write_meta(
             {
                 "supervisor_pid": os.getpid(),
+                "host": socket.gethostname(),
                 "kernel_pid": pid,
                 "kernel_argv": self.kernel_argv,
                 "started": self.started_epoch,
@@ -157,7 +184,8 @@ class Supervisor:
         marks = [int(source.limit.limit_bytes * m) for m in (0.5, 0.75, 0.9, 0.95)]
         self.watch = source.watch(marks) if source.limit.kind != "system" else None
         self.sampler.sample()
-        recover_stale_sessions(os.path.dirname(self.session.directory), self.session.directory)
+        if "session" not in self.options:  # a caller's own session dir is not ours to scan
+            recover_stale_sessions(os.path.dirname(self.session.directory), self.session.directory)
 
     def _loop(self, pid: int, wake_r: int) -> int:
         poller = select.poll()
@@ -184,7 +212,11 @@ class Supervisor:
                 if time.monotonic() >= self._next_tail_save:
                     self.tee.save(if_changed=True)
                     self._next_tail_save = time.monotonic() + TAIL_SAVE_INTERVAL
-                if os.getppid() != self.original_ppid and self.requested is None:
+                if (
+                    self.follow_launcher
+                    and os.getppid() != self.original_ppid
+                    and self.requested is None
+                ):
                     # The launcher is gone; ipykernel would exit by itself now.
                     self.requested = "launcher exited"
                     with contextlib.suppress(ProcessLookupError):
@@ -202,7 +234,24 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
 
-    def _wait_plain(self, pid: int) -> int:
+    def _wait_plain(self, pid: int, wake_r: int) -> int:
+        """Wait for the kernel without supervision, still forwarding signals."""
+        try:
+            while True:
+                ready = select.select([wake_r], [], [], 1.0)[0]
+                if ready:
+                    self._on_signals(os.read(wake_r, 512), pid)
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return status
+        except ChildProcessError:
+            return 0
+        except Exception:
+            pass
+        # Even forwarding failed: let signals act on us as if we were not here.
+        for sig in FORWARDED:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
         while True:
             try:
                 return os.waitpid(pid, 0)[1]
@@ -224,6 +273,8 @@ class Supervisor:
             self._diagnose(status)
         except Exception as exc:
             sys.stderr.write(f"kernel-doctor: could not diagnose ({type(exc).__name__}: {exc})\n")
+        if tee is not None:
+            tee.hand_off()
         return exit_like(status)
 
     def _diagnose(self, status: int) -> None:
@@ -282,9 +333,12 @@ def exit_like(status: int) -> int:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dump of ours
         sys.stdout.flush()
         sys.stderr.flush()
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # these cannot be caught anyway
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        with contextlib.suppress(OSError):
             os.kill(os.getpid(), sig)
         return 128 + sig
     return 1

@@ -8,10 +8,14 @@ the next supervised start finds it here.
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import time
+import socket
 
 from .session import read_meta
+
+# Only folders named like our sessions ("<supervisor pid>-<start ms>") are touched.
+SESSION_NAME = re.compile(r"^\d+-\d+$")
 
 
 def _alive(pid: int) -> bool:
@@ -29,16 +33,19 @@ def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
     except OSError:
         return []
     reports = []
+    host = socket.gethostname()
     for name in names:
         directory = os.path.join(sessions_root, name)
-        if directory == own:
+        if directory == own or not SESSION_NAME.match(name):
             continue
         meta = read_meta(directory)
+        if not meta:
+            continue  # a supervisor still starting (or not ours): leave it alone
+        if meta.get("host", host) != host:
+            continue  # a runtime dir shared with other machines: not ours to judge
         pid = meta.get("supervisor_pid")
         if isinstance(pid, int) and _alive(pid):
             continue
-        if not meta and time.time() - _mtime(directory) < 60:
-            continue  # a supervisor that is still starting
         try:
             path = _report(directory)
         except Exception:
@@ -47,13 +54,6 @@ def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
             reports.append(path)
         shutil.rmtree(directory, ignore_errors=True)
     return reports
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.path.getmtime(path)
-    except OSError:
-        return 0.0
 
 
 def _report(directory: str) -> str | None:

@@ -51,7 +51,6 @@ class Sampler:
         self._children_rss = 0
         self._count = 0
         self._armed = [True] * len(MARKS)
-        self._handler_seen = False
         self.next_due = 0.0
         self._statm = Reader(f"/proc/{kernel_pid}/statm")
 
@@ -108,13 +107,11 @@ class Sampler:
         """Ask the agent for a stack dump, if its handler is in place.
 
         An uncaught real-time signal would kill the kernel, so SigCgt is checked
-        first (once it is seen, the handler stays: the agent never removes it)."""
+        every time (a read of /proc/PID/status; dumps are rare)."""
         if self.dump_signal is None:
             return False
-        if not self._handler_seen:
-            self._handler_seen = procfs.catches(self.kernel_pid, self.dump_signal)
-            if not self._handler_seen:
-                return False
+        if not procfs.catches(self.kernel_pid, self.dump_signal):
+            return False
         try:
             size = os.path.getsize(os.path.join(self.session.directory, "dumps.txt"))
         except OSError:

@@ -27,6 +27,8 @@ FORWARDED = (
 # queues the signal to every member before it returns, so the sentinel's copy is
 # normally there already; the window covers scheduling delays on a busy machine.
 GROUP_WINDOW = 0.1
+# A sentinel report older than this belongs to an earlier signal.
+STALE = 1.0
 PR_SET_PDEATHSIG = 1
 
 _libc: ctypes.CDLL | None = None
@@ -53,14 +55,17 @@ class Forwarder:
     def __init__(self) -> None:
         read_fd, write_fd = os.pipe()
         parent = os.getpid()
+        # Blocked across the fork, so a signal arriving meanwhile waits in the sentinel
+        # (inherited mask) instead of killing it.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         pid = os.fork()
         if pid == 0:  # the sentinel
             try:
                 os.close(read_fd)
+                signal.set_wakeup_fd(-1)
                 die_with_parent()
                 if os.getppid() != parent:
                     os._exit(0)
-                signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
                 for sig in FORWARDED:
                     signal.signal(sig, signal.SIG_DFL)
                 while True:
@@ -68,8 +73,10 @@ class Forwarder:
                     os.write(write_fd, bytes([int(taken)]))
             finally:
                 os._exit(0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
+        self.alive = True
         self.sentinel_pid = pid
         self.fd = read_fd
         self._group: dict[int, float] = {}  # signal -> when the sentinel saw it
@@ -81,6 +88,9 @@ class Forwarder:
             return
         except OSError:
             data = b""
+        if not data:
+            self.alive = False  # the sentinel is gone: we can no longer tell
+            return
         now = time.monotonic()
         for sig in data:
             self._group[sig] = now
@@ -91,10 +101,12 @@ class Forwarder:
         while True:
             self._read_sentinel()
             seen = self._group.pop(sig, None)
-            if seen is not None and time.monotonic() - seen < 5:
+            if seen is not None and time.monotonic() - seen < STALE:
                 return True
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not self.alive:
+                # Without the sentinel, forwarding risks a second copy of a group-wide
+                # signal; not forwarding would lose every pid-only one. Lose nothing.
                 return False
             try:
                 select.select([self.fd], [], [], remaining)

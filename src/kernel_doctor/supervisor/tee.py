@@ -83,6 +83,27 @@ class StderrTee:
         with self._cond:
             self._cond.wait_for(lambda: not self._backlog, timeout)
 
+    def hand_off(self) -> None:
+        """Before we exit: if the kernel's children still hold its stderr, leave a small
+        process behind that keeps passing it on until they close it, so they never get
+        SIGPIPE for writing to a pipe nobody reads (without us they would write to our
+        stderr directly). It stays in our process group, so group signals reach it."""
+        with self._cond:
+            if self._eof:
+                return
+        if os.fork() != 0:
+            return
+        try:  # the child: only this thread exists here; plain reads and writes
+            while True:
+                chunk = os.read(self._read_fd, 65536)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._out_fd, view) :]
+        finally:
+            os._exit(0)
+
     def tail(self) -> str:
         with self._cond:
             return self._tail.decode(errors="replace")
