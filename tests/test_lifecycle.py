@@ -523,8 +523,9 @@ def _no_core_dumps() -> None:
         ("import os; os._exit(7)", 7),
         ("import os; os.abort()", -signal.SIGABRT),
         ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", -signal.SIGSEGV),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", -signal.SIGKILL),
     ],
-    ids=["exit-7", "abort", "segv"],
+    ids=["exit-7", "abort", "segv", "sigkill"],
 )
 @pytest.mark.parametrize("disable", ["", "1"], ids=["supervised", "disabled"])
 def test_exit_status_is_the_commands(
