@@ -60,7 +60,8 @@ class Supervisor:
             raise SupervisionUnavailable(
                 f"cannot write evidence ({exc.strerror or exc}: {exc.filename or ''})"
             ) from exc
-        self.agent = is_ipykernel(kernel_argv)
+        # KERNEL_DOCTOR_AGENT=0: supervise without loading the agent into the kernel.
+        self.agent = is_ipykernel(kernel_argv) and os.environ.get("KERNEL_DOCTOR_AGENT") != "0"
         self.dump_signal = dump_signal() if self.agent else None
         self.requested: str | None = None
         self.started_epoch = time.time()
