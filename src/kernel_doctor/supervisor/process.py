@@ -6,7 +6,6 @@ import contextlib
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -165,7 +164,7 @@ class Supervisor:
         self.session.write_meta(
             {
                 "supervisor_pid": os.getpid(),
-                "host": socket.gethostname(),
+                "host": os.uname().nodename,
                 "kernel_pid": pid,
                 "kernel_argv": self.kernel_argv,
                 "started": self.started_epoch,

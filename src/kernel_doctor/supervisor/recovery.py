@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 
 from .session import read_meta
 
@@ -33,7 +32,7 @@ def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
     except OSError:
         return []
     reports = []
-    host = socket.gethostname()
+    host = os.uname().nodename
     for name in names:
         directory = os.path.join(sessions_root, name)
         if directory == own or not SESSION_NAME.match(name):
