@@ -281,3 +281,48 @@ def test_kernel_children_keep_their_stderr_after_the_kernel_exits(tmp_path: Path
     assert sup.returncode == 0
     assert b"late" in err  # written after the kernel and the supervisor were gone
     assert alive.read_text() == "yes\n"  # and the child was not killed by SIGPIPE
+
+
+def test_memory_marks_wake_us_in_a_real_cgroup(tmp_path: Path, cgroup_parent: str) -> None:
+    # cgroup v1 usage thresholds (eventfd) and v2 memory.events both end up here.
+    import select
+
+    from kernel_doctor.probe.limits import find_memory_source
+
+    cgroup = Path(cgroup_parent, f"marks-{os.getpid()}")
+    cgroup.mkdir()
+    limit_file = "memory.max" if (cgroup / "memory.max").exists() else "memory.limit_in_bytes"
+    (cgroup / limit_file).write_text(str(200 * 1024**2))
+    go = tmp_path / "go"
+    code = (
+        "import os, time\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.01)\n"
+        "held = bytearray(120 * 1024**2)\n"
+        "time.sleep(30)\n"
+    )
+
+    def join() -> None:
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    child = subprocess.Popen([sys.executable, "-c", code], preexec_fn=join)
+    try:
+        source = find_memory_source(child.pid)
+        assert source.limit.limit_bytes == 200 * 1024**2
+        assert source.limit.path == str(cgroup)
+        watch = source.watch([100 * 1024**2])
+        if watch is None:
+            pytest.skip("this kernel offers no memory notifications for the cgroup")
+        poller = select.poll()
+        poller.register(watch.fd, watch.events)
+        assert poller.poll(0) == []  # nothing crossed yet
+        go.write_text("")
+        assert poller.poll(10_000), "no wake-up when usage crossed the mark"
+        counted = source.counted()
+        assert counted is not None and counted >= 100 * 1024**2
+        source.close()
+    finally:
+        child.kill()
+        child.wait()
+        wait_for(lambda: not (cgroup / "cgroup.procs").read_text().strip())
+        cgroup.rmdir()
