@@ -6,7 +6,6 @@ import gc
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -289,4 +288,4 @@ def describe_limit(cgroup: LimitedCgroup | None) -> str:
     return f"{format_size(cgroup.limit_bytes)} ({how})"
 
 
-__all__ = ["BatchResult", "describe_limit", "run_notebook", "sys"]
+__all__ = ["BatchResult", "describe_limit", "run_notebook"]

@@ -29,6 +29,15 @@ from typing import Any
 ENV_SESSION = "KERNEL_DOCTOR_SESSION"
 ENV_DUMP_SIGNAL = "KERNEL_DOCTOR_DUMP_SIGNAL"
 
+
+def dump_signal() -> int:
+    """The real-time signal the supervisor sends to ask the agent for a stack dump
+    (SIGRTMIN+6: clear of glibc's own and of the low ones other tools favour)."""
+    import signal
+
+    return int(signal.SIGRTMIN) + 6
+
+
 CELLS = "cells.jsonl"
 STATE = "state"
 DUMPS = "dumps.txt"

@@ -7,7 +7,6 @@ import faulthandler
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
 import threading
@@ -361,8 +360,3 @@ def _describe_error(error: BaseException, filename: str | None) -> dict[str, Any
         "line": line,
         "stack": stack[-50:],
     }
-
-
-def dump_signal_default() -> int:
-    """The real-time signal the supervisor uses to ask for a stack dump."""
-    return int(signal.SIGRTMIN) + 6

@@ -36,6 +36,10 @@ class Diagnosis:
     line: int | None = None
     stack: tuple[Frame, ...] = ()  # innermost last
 
+    def __post_init__(self) -> None:
+        if self.cause not in CAUSES:  # the report contract lists every cause
+            raise ValueError(f"unknown cause {self.cause!r}")
+
 
 def diagnose(ev: Evidence) -> Diagnosis | None:
     """The diagnosis of a kernel's end, or None when nothing died (a requested

@@ -44,16 +44,6 @@ def tree(pid: int, proc: str = "/proc") -> list[int]:
     return pids
 
 
-def tree_rss(pid: int, proc: str = "/proc") -> int | None:
-    total, seen = 0, False
-    for member in tree(pid, proc):
-        value = rss_bytes(member, proc)
-        if value is not None:
-            total += value
-            seen = True
-    return total if seen else None
-
-
 def caught_signals(pid: int, proc: str = "/proc") -> int:
     """The SigCgt mask of ``pid``: bit (n - 1) is set when signal n has a handler."""
     for line in (read_text(f"{proc}/{pid}/status") or "").splitlines():

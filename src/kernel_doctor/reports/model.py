@@ -11,8 +11,6 @@ from ..diagnosis.stacks import is_cell_file
 from ..evidence import Evidence, Frame
 from ..probe.procfs import signal_name
 
-OUTCOMES = ("ok", "cell_error", "kernel_died", "timeout")
-
 
 def frame_json(frame: Frame, ev: Evidence | None) -> dict[str, Any]:
     count = None

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ..agent.layout import ENV_DUMP_SIGNAL, ENV_SESSION, STATE, STDERR
+from ..agent.layout import ENV_DUMP_SIGNAL, ENV_SESSION, STATE, STDERR, dump_signal
 from ..probe import procfs
 from .signals import FORWARDED, Forwarder, die_with_parent, load_libc
 from .tee import StderrTee
@@ -32,10 +32,6 @@ def _note_signal(signum: int, frame: object) -> None:
 
 class SupervisionUnavailable(Exception):
     """Supervision cannot start here; the kernel runs plain instead."""
-
-
-def dump_signal() -> int:
-    return int(signal.SIGRTMIN) + 6
 
 
 def is_ipykernel(argv: list[str]) -> bool:
@@ -156,7 +152,7 @@ class Supervisor:
         from ..probe.limits import find_memory_source
         from ..probe.system import address_space_limits
         from .recovery import recover_stale_sessions
-        from .sampler import Sampler
+        from .sampler import MARKS, Sampler
 
         source: MemorySource = find_memory_source(pid)
         self.source = source
@@ -181,7 +177,7 @@ class Supervisor:
             }
         )
         self.sampler = Sampler(source, self.session, pid, self.started, self.dump_signal)
-        marks = [int(source.limit.limit_bytes * m) for m in (0.5, 0.75, 0.9, 0.95)]
+        marks = [int(source.limit.limit_bytes * m) for m in MARKS]
         self.watch = source.watch(marks) if source.limit.kind != "system" else None
         self.sampler.sample()
         if "session" not in self.options:  # a caller's own session dir is not ours to scan
