@@ -609,3 +609,15 @@ def test_read_state_without_a_state_file(tmp_path: Path) -> None:
 def test_state_file_reader_rejects_foreign_data(tmp_path: Path) -> None:
     (tmp_path / STATE).write_bytes(b"JUNK" + b"\0" * (STATE_SIZE - 4))
     assert read_state(str(tmp_path)) is None
+
+
+def test_rss_at_kill_reads_the_oom_killers_line() -> None:
+    from kernel_doctor.supervisor.collect import rss_at_kill
+
+    line = (
+        "Memory cgroup out of memory: Killed process 4242 (python) total-vm:1862796kB, "
+        "anon-rss:1045724kB, file-rss:16648kB, shmem-rss:8kB, UID:0 pgtables:2228kB"
+    )
+    assert rss_at_kill((line,), 4242) == (1045724 + 16648 + 8) * 1024
+    assert rss_at_kill((line,), 4243) is None  # another process's kill
+    assert rss_at_kill(("segfault at 0 ip …",), 4242) is None

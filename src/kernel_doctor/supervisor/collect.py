@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from ..agent.layout import DUMPS, FATAL, STDERR, read_cells, read_state
@@ -61,6 +62,12 @@ def collect(
         if recorded is not None and limit is not None and recorded <= limit.limit_bytes * 1.1:
             peak = max(peak or 0, recorded)
 
+    kernel_log = tuple(procfs.kernel_log_lines(pid)) if pid else ()
+    at_kill = rss_at_kill(kernel_log, pid)
+    if at_kill is not None:
+        # The OOM killer's own figure: right even when the fill outran our sampling.
+        kernel_peak = max(kernel_peak or 0, at_kill)
+
     memory = MemoryEvidence(
         limit=limit,
         timeline=downsample(counted, TIMELINE_POINTS),
@@ -89,7 +96,7 @@ def collect(
         dumps=tuple(_dumps(directory, events)),
         fatal=tuple(parse_faulthandler(_read(os.path.join(directory, FATAL)))),
         stderr_tail=stderr_tail,
-        kernel_log=tuple(procfs.kernel_log_lines(pid)) if pid else (),
+        kernel_log=kernel_log,
         connection_file=meta.get("connection_file"),
         supervisor_lost=supervisor_lost,
     )
@@ -122,6 +129,19 @@ def cells_from(records: list[dict[str, Any]]) -> tuple[CellRun, ...]:
                 error=record.get("error"),
             )
     return tuple(cells[k] for k in sorted(cells))
+
+
+_KILLED = re.compile(r"anon-rss:(\d+)kB, file-rss:(\d+)kB, shmem-rss:(\d+)kB")
+
+
+def rss_at_kill(lines: tuple[str, ...], pid: int) -> int | None:
+    """The victim's RSS from the kernel's "Killed process PID …" line, in bytes."""
+    for line in lines:
+        if f"Killed process {pid} " in line:
+            found = _KILLED.search(line)
+            if found:
+                return sum(int(v) for v in found.groups()) * 1024
+    return None
 
 
 def downsample(points: list[tuple[float, int]], limit: int) -> tuple[tuple[float, int], ...]:
