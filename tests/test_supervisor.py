@@ -36,6 +36,20 @@ def supervise(
     )
 
 
+def start_sleeping_kernel(runtime: Path, **popen: Any) -> subprocess.Popen[Any]:
+    """A supervised kernel stand-in that sleeps, launched as jupyter_client launches
+    kernels (its own session and process group); returns once its session exists."""
+    sup = subprocess.Popen(
+        [*SUPERVISE, "--", sys.executable, "-c", "import time; time.sleep(60)"],
+        env=env_with(runtime),
+        start_new_session=True,
+        **popen,
+    )
+    sessions = runtime / "kernel-doctor" / "sessions"
+    wait_for(lambda: next(sessions.glob("*/meta.json"), None))
+    return sup
+
+
 def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -186,13 +200,8 @@ def test_death_that_took_the_supervisor_is_reported_at_next_start(
 
 def test_stale_session_of_a_requested_kill_is_dropped_silently(tmp_path: Path) -> None:
     sessions = tmp_path / "kernel-doctor" / "sessions"
-    sup = subprocess.Popen(
-        [*SUPERVISE, "--", sys.executable, "-c", "import time; time.sleep(60)"],
-        env=env_with(tmp_path),
-        start_new_session=True,
-    )
+    sup = start_sleeping_kernel(tmp_path)
     try:
-        wait_for(lambda: next(sessions.glob("*/meta.json"), None))
         os.killpg(sup.pid, signal.SIGKILL)  # what jupyter_client's restart does
         sup.wait()
     finally:
@@ -213,16 +222,8 @@ def test_kernel_gets_a_higher_oom_score(tmp_path: Path) -> None:
 
 
 def test_group_sigterm_is_a_requested_shutdown(tmp_path: Path) -> None:
-    sessions = tmp_path / "kernel-doctor" / "sessions"
-    sup = subprocess.Popen(
-        [*SUPERVISE, "--", sys.executable, "-c", "import time; time.sleep(60)"],
-        env=env_with(tmp_path),
-        start_new_session=True,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sup = start_sleeping_kernel(tmp_path, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: next(sessions.glob("*/meta.json"), None))
         os.killpg(sup.pid, signal.SIGTERM)  # jupyter_client's terminate
         _, err = sup.communicate(timeout=20)
     finally:

@@ -159,13 +159,17 @@ def downsample(points: list[tuple[float, int]], limit: int) -> tuple[tuple[float
 
 
 def _dumps(directory: str, events: list[dict[str, Any]]) -> list[Any]:
-    text = _read(os.path.join(directory, DUMPS))
-    if not text:
+    # The events record byte offsets into the file: split the bytes, then decode.
+    try:
+        with open(os.path.join(directory, DUMPS), "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    if not data:
         return []
     offsets = sorted({int(e.get("offset") or 0) for e in events if e.get("event") == "dump"})
     if not offsets or offsets[0] != 0:
         offsets.insert(0, 0)
-    data = text.encode()
     parts = []
     for i, start in enumerate(offsets):
         end = offsets[i + 1] if i + 1 < len(offsets) else len(data)
