@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -118,3 +119,24 @@ def notebook(tmp_path: Path) -> Any:
         return make_notebook(tmp_path, cells, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Any:
+    """A 64 KiB tmpfs, filled up: a real ENOSPC for every write."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        (mount / "runtime").mkdir()
+        with contextlib.suppress(OSError), open(mount / "filler", "wb") as f:
+            f.write(b"x" * 128 * 1024)
+        yield mount / "runtime"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -132,34 +132,81 @@ def test_one_agent_a_kernel(shell: Any, tmp_path: Path, monkeypatch: pytest.Monk
     assert len(starts) == 1
 
 
-def test_full_disk_leaves_the_kernel_running(tmp_path: Path) -> None:
+def test_full_disk_leaves_the_kernel_running(full_disk: Path) -> None:
+    import os
     import subprocess
     import sys
 
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    code = (
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\n"
+        "ip.run_line_magic('load_ext', 'kernel_doctor')\n"
+        "ip.run_cell('print(6 * 7)', store_history=True)\n"
     )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, ENV_SESSION: str(full_disk)},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "42" in done.stdout
+    assert "kernel-doctor: the agent is off" in done.stderr
+
+
+def test_wake_pipe_is_taken_once_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from kernel_doctor.agent.layout import ENV_WAKE_FD
+    from kernel_doctor.agent.recorder import _take_wake_fd
+
+    r, w = os.pipe()
     try:
-        (mount / "filler").write_bytes(b"x" * 60_000)  # leaves less than one page
-        code = (
-            "from IPython.core.interactiveshell import InteractiveShell\n"
-            "ip = InteractiveShell.instance()\n"
-            "ip.run_line_magic('load_ext', 'kernel_doctor')\n"
-            "ip.run_cell('print(6 * 7)', store_history=True)\n"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            env={**__import__("os").environ, ENV_SESSION: str(mount)},
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        assert "42" in done.stdout
-        assert "kernel-doctor: the agent is off" in done.stderr
+        os.set_inheritable(w, True)
+        monkeypatch.setenv(ENV_WAKE_FD, str(w))
+        assert _take_wake_fd() == w
+        # Gone from the environment: a process started from the kernel never writes
+        # to whatever has that number there. Closed on exec, and never blocking.
+        assert ENV_WAKE_FD not in os.environ
+        assert not os.get_inheritable(w) and not os.get_blocking(w)
+        assert _take_wake_fd() is None
+        with open(os.devnull, "wb") as f:  # not a pipe: refused
+            monkeypatch.setenv(ENV_WAKE_FD, str(f.fileno()))
+            assert _take_wake_fd() is None
+        monkeypatch.setenv(ENV_WAKE_FD, "not-a-number")
+        assert _take_wake_fd() is None
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        os.close(r)
+        os.close(w)
+
+
+def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from kernel_doctor.agent.layout import ENV_WAKE_FD
+
+    r, w = os.pipe()
+    monkeypatch.setenv(ENV_SESSION, str(tmp_path))
+    monkeypatch.setenv(ENV_WAKE_FD, str(w))
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "kernel_doctor")
+    try:
+        ip.run_cell("a = 1", store_history=True)
+        ip.run_cell("b = 2", store_history=True)
+        assert os.read(r, 100) == b"cc"
+        # Nobody reads: the pipe fills, and cells keep running.
+        for i in range(20_000):
+            ip.run_cell(f"c = {i % 7}", store_history=True)
+        assert ip.user_ns["c"] == 19_999 % 7
+        os.close(r)  # the supervisor is gone
+        result = ip.run_cell("d = 4", store_history=True)
+        assert result.success and ip.user_ns["d"] == 4
+    finally:
+        ip.run_line_magic("unload_ext", "kernel_doctor")
+        InteractiveShell.clear_instance()
+        os.close(w)

@@ -283,3 +283,18 @@ def test_death_report_is_stored_and_shown(notebook: Any, tmp_path: Path, capsys:
     code, _ = run_cli(["reports"])
     assert code == 0
     assert report["id"] in capsys.readouterr().out
+
+
+def test_fast_fill_in_a_function_with_sampling_only(
+    notebook: Any, tmp_path: Path, cgroup_parent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No cgroup usage events (cgroup v2 has none): the agent's wake-up at the cell's
+    # start is what gets a stack dump taken while bytearray() memsets the limit full.
+    monkeypatch.setenv("KERNEL_DOCTOR_EVENTS", "0")
+    define = "def fill(n):\n    a = 1\n    return bytearray(n)\n"
+    path = notebook([define, "y = 2\nfill(1 << 30)"])
+    code, report = run(path, tmp_path, "--memory-limit", LIMIT)
+    assert code == 3
+    assert_death(report, "out_of_memory", 1, 2)
+    innermost = report["stack"][-1]
+    assert (innermost["function"], innermost["cell_index"], innermost["line"]) == ("fill", 0, 3)

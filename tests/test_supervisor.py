@@ -60,16 +60,88 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
     raise AssertionError("timed out waiting")
 
 
-def test_unwritable_runtime_dir_runs_the_kernel_plain(tmp_path: Path) -> None:
+CRASH_AFTER_A_WHILE = (
+    "import os, time; print('kernel ran', flush=True); time.sleep(0.5); os.abort()"
+)
+
+
+def test_unwritable_runtime_dir_still_diagnoses(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    done = supervise(blocker, "--", sys.executable, "-c", "print('kernel ran')")
-    assert done.returncode == 0
+    done = supervise(blocker, "--", sys.executable, "-c", CRASH_AFTER_A_WHILE)
+    assert done.returncode == -signal.SIGABRT
     assert done.stdout == "kernel ran\n"
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("kernel-doctor: warning: cannot write to the runtime dir (Not a")
+    assert f"/kernel-doctor-{os.getuid()}/sessions" in lines[0]
+    assert any("SIGABRT" in line for line in lines[1:])
+    assert lines[-1].startswith(
+        f"kernel-doctor: warning: could not write the report to {blocker}/kernel-doctor/reports/"
+    )
+    assert blocker.read_text() == ""
+
+
+def test_unwritable_session_dir_runs_the_kernel_plain(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    done = supervise(
+        tmp_path,
+        "--session",
+        str(blocker / "s"),
+        "--",
+        sys.executable,
+        "-c",
+        "import os; print(os.getppid())",
+    )
+    assert done.returncode == 0
+    assert done.stdout.strip() == str(os.getpid())  # exec'd in place: no supervisor
     warning = done.stderr.strip().splitlines()
     assert len(warning) == 1
-    assert warning[0].startswith("kernel-doctor: cannot write evidence")
+    assert warning[0].startswith("kernel-doctor: cannot write evidence (Not a directory")
     assert warning[0].endswith("starting the kernel unsupervised")
+
+
+def test_full_disk_kernel_runs_and_diagnosis_reaches_stderr(full_disk: Path) -> None:
+    from jupyter_client.manager import KernelManager
+
+    from kernel_doctor.launch import supervisor_command
+
+    class Supervised(KernelManager):
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            return [*supervisor_command(), *super().format_kernel_cmd(extra_arguments)]
+
+    old = os.environ["JUPYTER_RUNTIME_DIR"]
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(full_disk)
+    stderr = open(full_disk.parent.parent / "stderr.txt", "w+")  # noqa: SIM115
+    km = Supervised(kernel_name="python3", connection_file=str(full_disk.parent.parent / "c.json"))
+    try:
+        km.start_kernel(stderr=stderr)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            reply = kc.execute_interactive("x = 6 * 7\nprint(x)", timeout=30)
+            assert reply["content"]["status"] == "ok"
+            kc.execute("import os\nos.abort()")
+            deadline = time.monotonic() + 20
+            while km.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            kc.stop_channels()
+        assert not km.is_alive()
+        km.provisioner.process.wait(10)  # type: ignore[union-attr]
+        stderr.seek(0)
+        text = stderr.read()
+        assert "kernel-doctor: warning: cannot write evidence (No space left on device)" in text
+        assert "kernel-doctor: Native crash (SIGABRT)" in text
+        assert "could not write the report to" in text
+        assert "No space left on device" in text.splitlines()[-1]
+        assert not list(full_disk.glob("kernel-doctor/reports/*.json"))
+    finally:
+        os.environ["JUPYTER_RUNTIME_DIR"] = old
+        km.shutdown_kernel(now=True)
+        km.cleanup_resources()
+        stderr.close()
 
 
 def test_disabled_runs_plain_without_a_word(tmp_path: Path) -> None:

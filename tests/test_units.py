@@ -621,3 +621,13 @@ def test_rss_at_kill_reads_the_oom_killers_line() -> None:
     assert rss_at_kill((line,), 4242) == (1045724 + 16648 + 8) * 1024
     assert rss_at_kill((line,), 4243) is None  # another process's kill
     assert rss_at_kill(("segfault at 0 ip …",), 4242) is None
+
+
+def test_kernel_log_records_are_timed() -> None:
+    # /dev/kmsg stamps records in microseconds of CLOCK_MONOTONIC; lines logged
+    # before the kernel started (an earlier process with the same pid) are skipped.
+    from kernel_doctor.probe.procfs import _kmsg_seconds
+
+    record = "6,1234,5123456789,-;Memory cgroup out of memory: Killed process 42 (python)"
+    assert _kmsg_seconds(record) == 5123.456789
+    assert _kmsg_seconds("garbage without fields") == float("inf")

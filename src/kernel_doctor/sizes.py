@@ -23,6 +23,7 @@ _UNITS = {
     "tb": 1024**4,
     "tib": 1024**4,
 }
+MAX_SIZE = 2**62  # cgroups read anything above as "no limit"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 
@@ -35,7 +36,12 @@ def parse_size(text: str) -> int:
             f"cannot read {text!r} as a memory size: use a number with an optional unit, "
             "e.g. 512M, 1.5G or 2GiB"
         )
-    value = int(float(match.group(1)) * _UNITS[unit])
+    try:
+        value = int(float(match.group(1)) * _UNITS[unit])
+    except OverflowError:  # more digits than a float holds
+        value = MAX_SIZE + 1
+    if value > MAX_SIZE:
+        raise UsageError(f"memory size {text!r} is larger than any machine's memory")
     if value <= 0:
         raise UsageError(f"memory size {text!r} must be more than zero")
     return value

@@ -28,6 +28,9 @@ from typing import Any
 
 ENV_SESSION = "KERNEL_DOCTOR_SESSION"
 ENV_DUMP_SIGNAL = "KERNEL_DOCTOR_DUMP_SIGNAL"
+# A pipe's write end the agent pokes when a cell starts, so the supervisor samples a
+# new cell at once instead of at its next idle tick (a fill can outrun that).
+ENV_WAKE_FD = "KERNEL_DOCTOR_WAKE_FD"
 
 
 def dump_signal() -> int:

@@ -7,6 +7,7 @@ import faulthandler
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -14,7 +15,16 @@ import time
 from types import CodeType, FrameType
 from typing import IO, Any
 
-from .layout import CELLS, DUMPS, ENV_DUMP_SIGNAL, ENV_SESSION, FATAL, STATE, StateFile
+from .layout import (
+    CELLS,
+    DUMPS,
+    ENV_DUMP_SIGNAL,
+    ENV_SESSION,
+    ENV_WAKE_FD,
+    FATAL,
+    STATE,
+    StateFile,
+)
 
 # While a cell runs the watcher looks at the main thread this often. A tick costs a
 # few microseconds; 20 ms keeps the recorded line fresh for all but the fastest deaths
@@ -36,8 +46,11 @@ TIMED_EXEC = "<timed exec>"
 
 
 class Agent:
-    def __init__(self, shell: Any, session_dir: str, dump_signal: int | None) -> None:
+    def __init__(
+        self, shell: Any, session_dir: str, dump_signal: int | None, wake_fd: int | None = None
+    ) -> None:
         self.shell = shell
+        self.wake_fd = wake_fd
         self.session_dir = session_dir
         self.dump_signal = dump_signal
         self.main_ident = threading.main_thread().ident or 0
@@ -68,7 +81,7 @@ class Agent:
             session_dir = tempfile.mkdtemp(prefix="kernel-doctor-")
         sig_text = os.environ.get(ENV_DUMP_SIGNAL, "")
         dump_signal = int(sig_text) if sig_text.isdigit() else None
-        agent = cls(shell, session_dir, dump_signal)
+        agent = cls(shell, session_dir, dump_signal, _take_wake_fd())
         agent._install()
         return agent
 
@@ -142,6 +155,13 @@ class Agent:
             self._cell = cell
             self._cell_frame = None
             self._write_state(busy=True)
+        if self.wake_fd is not None:
+            try:
+                os.write(self.wake_fd, b"c")
+            except BlockingIOError:
+                pass  # the supervisor has not read the last pokes yet: it is awake
+            except OSError:
+                self.wake_fd = None  # the supervisor is gone
         if self._parked:
             self._wake.set()
 
@@ -291,6 +311,24 @@ class Agent:
 _CELL_FILE = re.compile(r"(/ipykernel_\d+/\d+\.py$)|(^<ipython-input-\d+-[0-9a-f]+>$)")
 _audit_target: Agent | None = None
 _audit_installed = False
+
+
+def _take_wake_fd() -> int | None:
+    """The supervisor's wake-up pipe, if this kernel was given one. The variable is
+    removed so that no process started from this kernel writes to whatever has that
+    number there; the pipe must really be a pipe, and never blocks or leaks."""
+    text = os.environ.pop(ENV_WAKE_FD, "")
+    if not text.isdigit():
+        return None
+    fd = int(text)
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return None
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+    except OSError:
+        return None
+    return fd
 
 
 def _install_audit_hook(agent: Agent) -> None:

@@ -55,6 +55,8 @@ def _read_notebook(path: str) -> Any:
         data = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"notebook {path!r} is not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise UsageError(f"notebook {path!r} is nested too deeply to be a notebook") from None
     if not isinstance(data, dict) or ("cells" not in data and "worksheets" not in data):
         raise UsageError(f"{path!r} is JSON but not a Jupyter notebook (no 'cells')")
     major = data.get("nbformat")
@@ -107,20 +109,27 @@ def _check_writable(flag: str, path: str) -> None:
         raise UsageError(f"{flag} {path!r}: the directory {directory!r} is not writable")
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     # Check every input before anything starts, so bad input costs nothing.
     nb = _read_notebook(args.notebook)
     timeout = _timeout(args.timeout)
     limit = parse_size(args.memory_limit) if args.memory_limit is not None else None
-    if args.output and not args.inplace:
-        try:
-            same = os.path.samefile(args.output, args.notebook)
-        except OSError:
-            same = False
-        if same:
-            raise UsageError(
-                f"--output {args.output!r} is the input notebook; add --inplace to overwrite it"
-            )
+    if args.output and not args.inplace and _same_file(args.output, args.notebook):
+        raise UsageError(
+            f"--output {args.output!r} is the input notebook; add --inplace to overwrite it"
+        )
+    if args.report_json and _same_file(args.report_json, args.notebook):
+        raise UsageError(
+            f"--report-json {args.report_json!r} is the input notebook; "
+            "give the report a file of its own"
+        )
     for flag, target in (("--output", args.output), ("--report-json", args.report_json)):
         if target:
             _check_writable(flag, target)

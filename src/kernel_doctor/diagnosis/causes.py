@@ -83,10 +83,6 @@ def _near_limit(ev: Evidence, share: float = 0.8) -> bool:
     return mem.timeline[-1][1] >= share * mem.limit.limit_bytes
 
 
-def _logged_kill(ev: Evidence) -> bool:
-    return any(f"Killed process {ev.pid} " in line for line in ev.kernel_log)
-
-
 def _oom_counted(ev: Evidence) -> bool:
     before, after = ev.memory.oom_kills_before, ev.memory.oom_kills_after
     if before is not None and after is not None and after > before:
@@ -127,7 +123,21 @@ def _cause(ev: Evidence) -> tuple[str, list[str]]:
                     "its frames filled memory"
                 )
             return "out_of_memory", facts
-        facts.append("the OOM kill counter did not change, so this SIGKILL came from outside")
+        if before is not None and after is not None:
+            facts.append("the OOM-kill counter did not change, so this SIGKILL came from outside")
+            return "killed", facts
+        # No counter to read (no cgroup, or not readable) and no kernel log: judge by
+        # how full memory was when the kill came.
+        if _near_limit(ev):
+            facts.append(
+                "the OOM-kill counter could not be read, but memory was near the limit when "
+                "the SIGKILL came: most likely the OOM killer"
+            )
+            return "out_of_memory", facts
+        facts.append(
+            "the OOM-kill counter could not be read, and memory was well below the limit: "
+            "most likely killed from outside"
+        )
         return "killed", facts
     if ev.signal in CRASH_SIGNALS:
         if ev.fatal:
@@ -197,7 +207,6 @@ def _locate(ev: Evidence, cell: CellRun | None) -> tuple[int | None, tuple[Frame
                 return line, crash.frames, []
     crash = pick_thread(ev.fatal, main)
     state_line = ev.state.get("line") if ev.state.get("seq") == cell.seq else None
-    float(ev.state.get("t") or 0.0)
     best_dump: StackDump | None = None
     for threads in ev.dumps:
         dump = pick_thread(threads, main)

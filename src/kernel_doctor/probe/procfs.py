@@ -68,8 +68,10 @@ def raise_oom_score(delta: int = 500) -> None:
         pass
 
 
-def kernel_log_lines(pid: int, limit: int = 20) -> list[str]:
-    """Kernel log lines that name ``pid`` (OOM kills, segfaults), where readable.
+def kernel_log_lines(pid: int, limit: int = 20, since: float = 0.0) -> list[str]:
+    """Kernel log lines that name ``pid`` (OOM kills, segfaults), where readable,
+    logged after ``since`` (CLOCK_MONOTONIC seconds, the clock /dev/kmsg stamps
+    records with) so that an earlier process with the same pid is not blamed.
 
     /dev/kmsg needs CAP_SYSLOG or dmesg_restrict=0; most users have neither, so an
     empty list is normal and never an error.
@@ -91,6 +93,8 @@ def kernel_log_lines(pid: int, limit: int = 20) -> list[str]:
             if not record:
                 break
             text = record.decode(errors="replace")
+            if since and _kmsg_seconds(text) < since:
+                continue
             message = text.split(";", 1)[-1].splitlines()[0] if ";" in text else text
             # "oom-kill:constraint=…" repeats what "Killed process" says, less readably.
             if any(n in message for n in needles) and not message.startswith("oom-kill:"):
@@ -98,6 +102,14 @@ def kernel_log_lines(pid: int, limit: int = 20) -> list[str]:
     finally:
         os.close(fd)
     return lines[-limit:]
+
+
+def _kmsg_seconds(record: str) -> float:
+    """The time of a /dev/kmsg record ("prio,seq,usec,flags;message"), in seconds."""
+    try:
+        return int(record.split(",", 3)[2]) / 1e6
+    except (IndexError, ValueError):
+        return float("inf")  # unreadable: keep the line
 
 
 def signal_name(signum: int) -> str:

@@ -20,7 +20,7 @@ REPORT_FILE = "report.json"
 def reports_dir() -> str:
     from ..supervisor.session import REPORTS, runtime_dir
 
-    return os.path.join(runtime_dir(), REPORTS)
+    return os.path.join(runtime_dir(create=False), REPORTS)
 
 
 def write_json(path: str, document: dict[str, Any]) -> None:
@@ -47,7 +47,6 @@ def publish(
     """Store the report and tell stderr. Returns the stored path (None if unwritable)."""
     report_id = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(ev.ended))}-{ev.pid}"
     document = death_report(ev, dx, report_id)
-    stored: str | None = None
     problems = []
     for path in (os.path.join(session_dir, REPORT_FILE), extra_path):
         if path:
@@ -55,11 +54,11 @@ def publish(
                 write_json(path, document)
             except OSError as exc:
                 problems.append(f"{path}: {exc.strerror or exc}")
+    stored: str | None = os.path.join(reports_dir(), f"{report_id}.json")
     try:
-        stored = os.path.join(reports_dir(), f"{report_id}.json")
-        write_json(stored, document)
+        write_json(str(stored), document)
     except OSError as exc:
-        problems.append(f"{stored or 'the runtime dir'}: {exc.strerror or exc}")
+        problems.append(f"{stored}: {exc.strerror or exc}")
         stored = None
     lines = [] if quiet else [f"kernel-doctor: {dx.summary}"]
     if not quiet:

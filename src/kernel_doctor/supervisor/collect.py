@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
 
 from ..agent.layout import DUMPS, FATAL, STDERR, read_cells, read_state
@@ -27,8 +28,9 @@ def collect(
     source: MemorySource | None = None,
     sampler: Sampler | None = None,
     supervisor_lost: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> Evidence:
-    meta = read_meta(directory)
+    meta = meta or read_meta(directory)
     events = read_events(directory)
     records = read_cells(directory)
     samples = read_samples(directory)
@@ -62,7 +64,10 @@ def collect(
         if recorded is not None and limit is not None and recorded <= limit.limit_bytes * 1.1:
             peak = max(peak or 0, recorded)
 
-    kernel_log = tuple(procfs.kernel_log_lines(pid)) if pid else ()
+    started = float(meta.get("started") or 0.0)
+    # The kernel log is stamped with CLOCK_MONOTONIC; a second of slack for the clocks.
+    since = started - (time.time() - time.monotonic()) - 1.0 if started else 0.0
+    kernel_log = tuple(procfs.kernel_log_lines(pid, since=since)) if pid else ()
     at_kill = rss_at_kill(kernel_log, pid)
     if at_kill is not None:
         # The OOM killer's own figure: right even when the fill outran our sampling.
@@ -83,7 +88,7 @@ def collect(
     return Evidence(
         kernel_argv=tuple(meta.get("kernel_argv") or ()),
         pid=pid,
-        started=float(meta.get("started") or 0.0),
+        started=started,
         ended=ended,
         exit_code=exit_code,
         signal=signum,

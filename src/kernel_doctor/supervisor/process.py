@@ -11,13 +11,21 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ..agent.layout import ENV_DUMP_SIGNAL, ENV_SESSION, STATE, STDERR, dump_signal
+from ..agent.layout import (
+    ENV_DUMP_SIGNAL,
+    ENV_SESSION,
+    ENV_WAKE_FD,
+    STATE,
+    STDERR,
+    dump_signal,
+)
 from ..probe import procfs
 from .signals import FORWARDED, Forwarder, die_with_parent, load_libc
 from .tee import StderrTee
 
 if TYPE_CHECKING:
     from ..probe.base import MemorySource
+    from .session import Session
 
 AGENT_BOOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "agent", "_boot")
 AGENT_MODULE = "kernel_doctor_boot"
@@ -44,17 +52,10 @@ class Supervisor:
         # ipykernel to watch it (JPY_PARENT_PID) expects the kernel to follow it out.
         self.original_ppid = os.getppid()
         self.follow_launcher = bool(os.environ.get("JPY_PARENT_PID"))
-        from .session import Session
-
         self.kernel_argv = kernel_argv
         self.options = options
         self.cgroup = options.get("cgroup")
-        try:
-            self.session = Session(options["session"]) if "session" in options else Session.create()
-        except OSError as exc:
-            raise SupervisionUnavailable(
-                f"cannot write evidence ({exc.strerror or exc}: {exc.filename or ''})"
-            ) from exc
+        self.session = self._open_session()
         # KERNEL_DOCTOR_AGENT=0: supervise without loading the agent into the kernel.
         self.agent = is_ipykernel(kernel_argv) and os.environ.get("KERNEL_DOCTOR_AGENT") != "0"
         self.dump_signal = dump_signal() if self.agent else None
@@ -63,6 +64,31 @@ class Supervisor:
         self.started = time.monotonic()
 
     # -- start -------------------------------------------------------------------
+
+    def _open_session(self) -> Session:
+        from .session import Session, fallback_sessions_dir
+
+        if "session" in self.options:
+            try:
+                return Session(self.options["session"])
+            except OSError as exc:
+                raise SupervisionUnavailable(f"cannot write evidence ({_why(exc)})") from exc
+        try:
+            return Session.create()
+        except OSError as exc:
+            # An unwritable runtime dir costs the stored report, not the diagnosis.
+            try:
+                session = Session.create(fallback_sessions_dir())
+            except OSError as again:
+                raise SupervisionUnavailable(
+                    f"cannot write evidence ({_why(exc)}; {_why(again)})"
+                ) from again
+            sys.stderr.write(
+                f"kernel-doctor: warning: cannot write to the runtime dir ({_why(exc)}); "
+                f"evidence goes to {os.path.dirname(session.directory)} and a death's "
+                "diagnosis to this log only\n"
+            )
+            return session
 
     def _kernel_command(self) -> tuple[list[str], dict[str, str]]:
         argv = list(self.kernel_argv)
@@ -73,6 +99,7 @@ class Supervisor:
             env["JPY_PARENT_PID"] = str(os.getpid())
         if self.agent and self.dump_signal is not None:
             env[ENV_DUMP_SIGNAL] = str(self.dump_signal)
+            env[ENV_WAKE_FD] = str(self.wake_w)
             path = env.get("PYTHONPATH")
             env["PYTHONPATH"] = AGENT_BOOT + (os.pathsep + path if path else "")
             argv.append(f"--IPKernelApp.extra_extensions={AGENT_MODULE}")
@@ -89,16 +116,19 @@ class Supervisor:
                 f.write(str(os.getpid()))
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        self.cell_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         argv, env = self._kernel_command()
         read_fd, write_fd = os.pipe()
         self.supervisor_pid = os.getpid()
         load_libc()
+        os.set_inheritable(self.wake_w, self.agent)
         try:
             process = subprocess.Popen(
                 argv, env=env, stderr=write_fd, close_fds=False, preexec_fn=self._child_setup
             )
         finally:
             os.close(write_fd)
+            os.close(self.wake_w)
         self.tee = StderrTee(read_fd, 2, os.path.join(self.session.directory, STDERR))
         self.tee.start()
         return process
@@ -176,9 +206,17 @@ class Supervisor:
                 "rlimits": address_space_limits(),
             }
         )
+        if self.session.write_error is not None:
+            sys.stderr.write(
+                f"kernel-doctor: warning: cannot write evidence ({_why(self.session.write_error)})"
+                "; a death's diagnosis will be less precise\n"
+            )
         self.sampler = Sampler(source, self.session, pid, self.started, self.dump_signal)
         marks = [int(source.limit.limit_bytes * m) for m in MARKS]
-        self.watch = source.watch(marks) if source.limit.kind != "system" else None
+        # KERNEL_DOCTOR_EVENTS=0 samples without cgroup notifications: what cgroup v2
+        # offers for usage marks, so benchmarks can measure that case on v1 too.
+        events = os.environ.get("KERNEL_DOCTOR_EVENTS") != "0"
+        self.watch = source.watch(marks) if events and source.limit.kind != "system" else None
         self.sampler.sample()
         if "session" not in self.options:  # a caller's own session dir is not ours to scan
             recover_stale_sessions(os.path.dirname(self.session.directory), self.session.directory)
@@ -188,6 +226,8 @@ class Supervisor:
         poller.register(wake_r, select.POLLIN)
         if self.watch is not None:
             poller.register(self.watch.fd, self.watch.events)
+        if self.agent:
+            poller.register(self.cell_r, select.POLLIN)
         state_path = os.path.join(self.session.directory, STATE)
         self._next_tail_save = 0.0
         while True:
@@ -198,6 +238,14 @@ class Supervisor:
                 elif self.watch is not None and fd == self.watch.fd:
                     self.source.drain()
                     self.sampler.next_due = 0
+                elif fd == self.cell_r:  # a cell started: sample it from its start
+                    try:
+                        if os.read(self.cell_r, 4096):
+                            self.sampler.next_due = 0
+                        else:  # no writer left: the kernel is ending
+                            poller.unregister(self.cell_r)
+                    except BlockingIOError:
+                        pass
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 return status
@@ -287,6 +335,7 @@ class Supervisor:
             stderr_tail=tee.tail() if (tee := getattr(self, "tee", None)) else "",
             source=source,
             sampler=getattr(self, "sampler", None),
+            meta=self.session.meta,
         )
         from ..diagnosis import diagnose
         from ..reports.store import publish
@@ -306,6 +355,10 @@ class Supervisor:
         )
         if not keep:
             self.session.remove()
+
+
+def _why(exc: OSError) -> str:
+    return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc)
 
 
 def connection_file(argv: list[str]) -> str | None:

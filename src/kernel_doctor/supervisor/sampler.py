@@ -77,17 +77,21 @@ class Sampler:
             state = self.state.read()
             if state is not None:
                 self.last_state = state
-        counted = self.source.counted()
         statm = self._statm.read()
         own = int(statm.split()[1]) * procfs.PAGE_SIZE if statm else None
+        if not own:
+            # The kernel is exiting (a zombie's statm reads zeros) and its memory is
+            # being freed: a sample now would end the timeline on a false low.
+            self.next_due = now + self.interval()
+            return
+        counted = self.source.counted()
         if self._count % TREE_EVERY == 0:
             children = procfs.tree(self.kernel_pid)[1:]
             self._children_rss = sum(procfs.rss_bytes(p) or 0 for p in children)
         self._count += 1
-        kernel = (own or 0) + self._children_rss
-        if own is not None:
-            self.last_kernel = kernel
-            self.peak_kernel = max(self.peak_kernel, kernel)
+        kernel = own + self._children_rss
+        self.last_kernel = kernel
+        self.peak_kernel = max(self.peak_kernel, kernel)
         if counted is not None:
             self.peak_counted = max(self.peak_counted, counted)
             self.session.sample(now - self.started, counted, kernel)

@@ -14,23 +14,42 @@ SESSIONS = "sessions"
 REPORTS = "reports"
 
 
-def runtime_dir() -> str:
-    """kernel-doctor's folder in the Jupyter runtime dir (created, mode 0700)."""
+def runtime_dir(create: bool = True) -> str:
+    """kernel-doctor's folder in the Jupyter runtime dir (mode 0700 when created)."""
     base = os.environ.get("JUPYTER_RUNTIME_DIR")
     if not base:  # jupyter_core knows the platform rules; it costs ~5 ms to import
         from jupyter_core.paths import jupyter_runtime_dir
 
         base = jupyter_runtime_dir()
     path = os.path.join(base, "kernel-doctor")
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    if create:
+        os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
 
+def fallback_sessions_dir() -> str:
+    """Where evidence goes when the runtime dir cannot be written: a private folder
+    in the temp dir, refused if someone else made it first."""
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"kernel-doctor-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(path):
+        raise PermissionError(13, "not a private folder of this user", path)
+    return os.path.join(path, SESSIONS)
+
+
 class Session:
-    """Append-only files the supervisor writes while the kernel runs."""
+    """Append-only files the supervisor writes while the kernel runs.
+
+    Writes that fail (a full disk) are dropped: the kernel matters more than its
+    evidence. What the diagnosis cannot do without is also kept in memory."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
+        self.meta: dict[str, Any] = {}
+        self.write_error: OSError | None = None
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._events = os.open(
             os.path.join(directory, EVENTS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
@@ -46,10 +65,16 @@ class Session:
         return cls(os.path.join(root, name))
 
     def write_meta(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
         path = os.path.join(self.directory, META)
-        with open(path + ".tmp", "w") as f:
-            json.dump(meta, f)
-        os.replace(path + ".tmp", path)
+        try:
+            with open(path + ".tmp", "w") as f:
+                json.dump(meta, f)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            self.write_error = exc
+            with contextlib.suppress(OSError):
+                os.unlink(path + ".tmp")
 
     def event(self, kind: str, **fields: Any) -> None:
         record = {"event": kind, "t": time.time(), **fields}
