@@ -7,27 +7,20 @@ bytes as before, and no file made or removed next to it. None of these starts a 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-import traceback
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 
 import kernel_doctor
 from conftest import make_notebook, run_cli
-from kernel_doctor.commands import main
 
 PREFIX = "kernel-doctor: error: "
 NOBODY = 65534
@@ -319,57 +312,44 @@ def open_dir() -> Iterator[Path]:
 Access = tuple[str, int, bool]  # (path, os.access mode, the answer a test needs)
 
 
+# Runs in a fresh process: imports everything while it may still read site-packages
+# (uid 65534 cannot enter /root, where this Python may live), then drops to 65534.
+UNPRIVILEGED = """
+import json, os, sys
+import nbformat
+from kernel_doctor.commands import main, run
+import jupyter_client.kernelspec, rich.console, kernel_doctor.batch  # noqa
+argv, need, drop = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3] == "1"
+nbformat.validator.get_validator(version=4, version_minor=5)
+if drop:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+if any(os.access(path, mode) != wanted for path, mode, wanted in need):
+    sys.exit(77)
+sys.exit(main(argv))
+"""
+
+
 def run_unprivileged(argv: list[str], need: list[Access]) -> tuple[int, str, str]:
-    """``main(argv)`` in a forked child, as uid/gid 65534 when we are root (who reads
+    """``main(argv)`` in a fresh process, as uid/gid 65534 when we are root (who reads
     and writes any file), else as ourselves. A child whose os.access answers differ
     from ``need`` exits 77, a skip. Returns (exit status, stdout, stderr)."""
-    if threading.active_count() > 1:
-        pytest.skip("other threads are running: fork() is unsafe here")
     drop = os.geteuid() == 0
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, 3.12+
-            pid = os.fork()
-        if pid == 0:  # the child: never return into pytest
-            code = 70
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-                if drop:
-                    os.setgroups([])
-                    os.setgid(NOBODY)
-                    os.setuid(NOBODY)
-                if any(os.access(path, mode) != wanted for path, mode, wanted in need):
-                    code = 77
-                else:
-                    code = main(argv)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(BaseException):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        deadline = time.monotonic() + 60
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail(f"kernel-doctor {argv} did not finish in 60 s")
-            time.sleep(0.005)
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode()
-    if code == 77:
+    src = str(Path(kernel_doctor.__file__).parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", UNPRIVILEGED, json.dumps(argv), json.dumps(need), str(int(drop))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": src},
+        check=False,
+    )
+    if proc.returncode == 77:
         who = f"uid {NOBODY}" if drop else "this user"
         pytest.skip(f"{who} has other access than the test needs to {need}")
-    return code, stdout, stderr
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_unreadable_notebook(open_dir: Path) -> None:
@@ -394,8 +374,6 @@ def test_output_in_an_unwritable_directory(open_dir: Path, flag: str) -> None:
     locked = open_dir / "locked"
     locked.mkdir(mode=0o555)
     os.chmod(locked, 0o555)  # whatever the umask
-    # The schema is read from site-packages, which uid 65534 may not reach: load it here.
-    nbformat.validate(nbformat.read(str(path), as_version=4))
     target = locked / "out.ipynb"
     before = digest(path)
     need = [(str(path), os.R_OK, True), (str(locked), os.X_OK, True)]

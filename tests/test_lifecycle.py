@@ -8,124 +8,47 @@ plain ipykernel kernelspec and on its supervised twin (the same argv behind
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
 import os
-import queue
 import resource
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
 
-KERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-SUPERVISE = [sys.executable, "-m", "kernel_doctor.supervise", "--"]
+from kernels import (
+    COUNT_SIGINTS,
+    REPLY_TIMEOUT,
+    START_CHILDREN,
+    SUPERVISE,
+    Kernels,
+    assert_works,
+    describe,
+    execute,
+    expression,
+    interrupt,
+    iopub_until,
+    is_idle,
+    reap_within,
+    set_child_subreaper,
+    shell_reply,
+    wait_gone,
+    write_kernelspecs,
+)
+
 KINDS = ["plain", "supervised"]
-STARTUP_TIMEOUT = 60.0
-REPLY_TIMEOUT = 30.0
 # How long an interrupt may take to turn into a KeyboardInterrupt reply.
 INTERRUPT_LATENCY = 5.0
-# After the first SIGINT reached the counting cell, how long it keeps counting so
-# that a duplicate (the supervisor forwards pid-only signals after 0.1 s) shows up.
-DUPLICATE_WINDOW = 0.6
-
-# Counts every SIGINT the kernel takes while it runs; returns via user_expressions.
-COUNT_SIGINTS = """\
-import signal as _kd_signal, time as _kd_time
-_kd_hits = 0
-def _kd_count(signum, frame):
-    global _kd_hits
-    _kd_hits += 1
-_kd_previous = _kd_signal.signal(_kd_signal.SIGINT, _kd_count)
-try:
-    print("armed", flush=True)
-    _kd_end = _kd_time.monotonic() + 10
-    while _kd_hits == 0 and _kd_time.monotonic() < _kd_end:
-        _kd_time.sleep(0.005)
-    _kd_end = _kd_time.monotonic() + {window}
-    while _kd_time.monotonic() < _kd_end:
-        _kd_time.sleep(0.005)
-finally:
-    _kd_signal.signal(_kd_signal.SIGINT, _kd_previous)
-""".replace("{window}", repr(DUPLICATE_WINDOW))
 
 SLEEP_CELL = "import time\nprint('sleeping', flush=True)\ntime.sleep(30)"
 
-# A child of the kernel; the second one ignores SIGINT and SIGTERM, so only SIGKILL
-# (sent to the whole process group) ends it.
-START_CHILDREN = """\
-import signal as _kd_signal, subprocess as _kd_subprocess
-def _kd_deaf():
-    _kd_signal.signal(_kd_signal.SIGINT, _kd_signal.SIG_IGN)
-    _kd_signal.signal(_kd_signal.SIGTERM, _kd_signal.SIG_IGN)
-_kd_sleep = _kd_subprocess.Popen(["sleep", "300"])
-_kd_deaf_sleep = _kd_subprocess.Popen(["sleep", "300"], preexec_fn=_kd_deaf)
-"""
-
 
 # -- kernels -------------------------------------------------------------------------
-
-
-def write_kernelspecs(root: Path) -> Path:
-    kernels = root / "kernels"
-    for name, argv in (("plain", KERNEL_ARGV), ("supervised", SUPERVISE + KERNEL_ARGV)):
-        spec_dir = kernels / f"kd-{name}"
-        spec_dir.mkdir(parents=True)
-        spec = {"argv": argv, "display_name": f"kd {name}", "language": "python"}
-        (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    return kernels
-
-
-@dataclass
-class Kernel:
-    kind: str
-    km: KernelManager
-    kc: BlockingKernelClient | None = None
-    seen: dict[int, psutil.Process] = field(default_factory=dict)
-
-    @property
-    def process(self) -> subprocess.Popen[bytes]:
-        provisioner = self.km.provisioner
-        assert provisioner is not None and provisioner.process is not None
-        return provisioner.process
-
-    def connect(self) -> BlockingKernelClient:
-        if self.kc is not None:
-            self.kc.stop_channels()
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
-        return self.kc
-
-    def tree(self) -> list[psutil.Process]:
-        """The launched process and all its descendants, remembered for clean-up."""
-        root = psutil.Process(self.process.pid)
-        found = [root, *root.children(recursive=True)]
-        for proc in found:
-            self.seen.setdefault(proc.pid, proc)
-        return found
-
-    def kernel_process(self) -> psutil.Process:
-        """The ipykernel process itself (the launched one, or the supervisor's child)."""
-        for proc in self.tree():
-            try:
-                cmdline = proc.cmdline()
-            except psutil.NoSuchProcess:
-                continue
-            # The sentinel is a fork of the supervisor: it has the supervisor's argv.
-            if "ipykernel_launcher" in cmdline and "kernel_doctor.supervise" not in cmdline:
-                return proc
-        raise AssertionError("no ipykernel process in the kernel's tree")
 
 
 @pytest.fixture
@@ -137,134 +60,14 @@ def kernelspecs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def start_kernel(kernelspecs: Path) -> Iterator[Any]:
-    started: list[Kernel] = []
-
-    def start(kind: str) -> Kernel:
-        ksm = KernelSpecManager(kernel_dirs=[str(kernelspecs)])
-        km = KernelManager(kernel_name=f"kd-{kind}", kernel_spec_manager=ksm)
-        assert km.kernel_spec is not None
-        assert km.kernel_spec.argv == (SUPERVISE if kind == "supervised" else []) + KERNEL_ARGV
-        kernel = Kernel(kind, km)
-        started.append(kernel)
-        km.start_kernel()
-        kernel.connect()
-        # The supervisor fails open: make sure the supervised twin really is supervised
-        # (ipykernel is the launched process's child), and the plain one plain.
-        launched = kernel.process.pid
-        ipykernel = kernel.kernel_process()
-        if kind == "supervised":
-            assert ipykernel.ppid() == launched
-            assert "kernel_doctor.supervise" in psutil.Process(launched).cmdline()
-        else:
-            assert ipykernel.pid == launched
-        return kernel
-
+    kernels = Kernels(kernelspecs)
     try:
-        yield start
+        yield kernels.start
     finally:
-        for kernel in started:
-            if kernel.kc is not None:
-                kernel.kc.stop_channels()
-            try:
-                if kernel.km.has_kernel:
-                    kernel.km.shutdown_kernel(now=True)
-            finally:
-                # Only processes of this kernel's tree, which this test started.
-                for proc in alive(kernel.seen.values()):
-                    try:
-                        proc.kill()
-                    except psutil.NoSuchProcess:
-                        pass
-
-
-def alive(procs: Any) -> list[psutil.Process]:
-    """The processes of ``procs`` still running (a zombie has ended: it only waits to
-    be reaped by whoever inherited it)."""
-    running = []
-    for proc in procs:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                running.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return running
-
-
-def wait_gone(procs: Any, timeout: float) -> list[psutil.Process]:
-    """Poll until every process in ``procs`` has ended; what is left at the deadline."""
-    procs = list(procs)
-    deadline = time.monotonic() + timeout
-    while True:
-        left = alive(procs)
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.01)
-
-
-def describe(procs: list[psutil.Process]) -> list[str]:
-    out = []
-    for proc in procs:
-        try:
-            out.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())}")
-        except psutil.NoSuchProcess:
-            out.append(f"{proc.pid} (gone)")
-    return out
+        kernels.close()
 
 
 # -- messages ------------------------------------------------------------------------
-
-
-def shell_reply(kc: BlockingKernelClient, msg_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no reply to {msg_id} within {timeout} s"
-        try:
-            msg = kc.get_shell_msg(timeout=remaining)
-        except queue.Empty:
-            raise AssertionError(f"no reply to {msg_id} within {timeout} s") from None
-        if msg["parent_header"].get("msg_id") == msg_id:
-            return msg
-
-
-def iopub_until(
-    kc: BlockingKernelClient, msg_id: str, done: Any, timeout: float = REPLY_TIMEOUT
-) -> list[dict[str, Any]]:
-    """IOPub messages whose parent is ``msg_id``, up to and including the first for
-    which ``done(msg)`` is true."""
-    deadline = time.monotonic() + timeout
-    got = []
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            assert remaining > 0
-            msg = kc.get_iopub_msg(timeout=remaining)
-        except (AssertionError, queue.Empty):
-            raise AssertionError(f"IOPub: nothing more within {timeout} s; got {got}") from None
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        got.append(msg)
-        if done(msg):
-            return got
-
-
-def is_idle(msg: dict[str, Any]) -> bool:
-    return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
-
-
-def execute(
-    kc: BlockingKernelClient, code: str, **expressions: str
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run ``code`` to its end: (the execute_reply's content, its IOPub messages)."""
-    msg_id = kc.execute(code, allow_stdin=False, user_expressions=expressions)
-    messages = iopub_until(kc, msg_id, is_idle)
-    return shell_reply(kc, msg_id, REPLY_TIMEOUT)["content"], messages
-
-
-def expression(reply: dict[str, Any], name: str) -> str:
-    result = reply["user_expressions"][name]
-    assert result["status"] == "ok", result
-    return str(result["data"]["text/plain"])
 
 
 def summary(messages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
@@ -288,12 +91,6 @@ def summary(messages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
         else:
             out.append((kind, content))
     return out
-
-
-def assert_works(kc: BlockingKernelClient) -> None:
-    reply, _ = execute(kc, "6 * 7", answer="6 * 7")
-    assert reply["status"] == "ok", reply
-    assert expression(reply, "answer") == "42"
 
 
 # -- 1. a healthy cell ---------------------------------------------------------------
@@ -320,13 +117,6 @@ def test_execute_iopub_identical(kind: str, start_kernel: Any) -> None:
 
 
 # -- 2./3. interrupts ----------------------------------------------------------------
-
-
-def interrupt(kernel: Kernel, how: str) -> None:
-    if how == "group":
-        kernel.km.interrupt_kernel()  # killpg(pgid, SIGINT)
-    else:
-        os.kill(kernel.process.pid, signal.SIGINT)  # the launched pid only, as VS Code
 
 
 @pytest.mark.parametrize("how", ["group", "pid"])
@@ -448,35 +238,6 @@ def test_kill(kind: str, start_kernel: Any) -> None:
 
 
 # -- 7. the supervisor killed alone --------------------------------------------------
-
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def set_child_subreaper(on: bool) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-
-
-def reap_within(pids: list[int], timeout: float) -> dict[int, int]:
-    """Wait statuses of ``pids`` (orphans this process adopted as a subreaper) that
-    end before the deadline."""
-    statuses: dict[int, int] = {}
-    deadline = time.monotonic() + timeout
-    while len(statuses) < len(pids) and time.monotonic() < deadline:
-        for pid in pids:
-            if pid in statuses:
-                continue
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # not adopted yet: its parent is still there
-                continue
-            if done:
-                statuses[pid] = status
-        time.sleep(0.005)
-    return statuses
 
 
 def test_supervisor_sigkill_takes_kernel_along(start_kernel: Any) -> None:

@@ -648,11 +648,18 @@ def _oom_counted(ev: Evidence) -> bool:
     return _oom_counter_rose(ev) or any("out of memory" in line.lower() for line in ev.kernel_log)
 
 
+def _near_limit(ev: Evidence, share: float) -> bool:
+    limit, timeline = ev.memory.limit, ev.memory.timeline
+    return limit is not None and bool(timeline) and timeline[-1][1] >= share * limit.limit_bytes
+
+
 def _is_not_a_death(ev: Evidence) -> bool:
     """diagnose's docstring: None for a requested shutdown or a clean exit; rebuilt
-    evidence (supervisor lost) counts only an OOM kill."""
+    evidence (supervisor lost) counts only an OOM kill of a kernel that was near the
+    limit (or that the kernel log names)."""
     if ev.supervisor_lost:
-        return not _oom_counted(ev)
+        logged = any(f"Killed process {ev.pid} " in line for line in ev.kernel_log)
+        return not (_oom_counted(ev) and (_near_limit(ev, 0.5) or logged))
     ending = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL)
     if ev.requested is not None and (ev.exit_code is not None or ev.signal in ending):
         return True
@@ -668,7 +675,12 @@ def _started(ev: Evidence) -> bool:
 
 def _expected_causes(ev: Evidence) -> set[str]:
     if ev.signal == signal.SIGKILL or (ev.supervisor_lost and _oom_counted(ev)):
-        return {"out_of_memory"} if _oom_counted(ev) else {"killed"}
+        if _oom_counted(ev):
+            return {"out_of_memory"}
+        if None in (ev.memory.oom_kills_before, ev.memory.oom_kills_after):
+            # No counter to read: judged by how full memory was at the kill.
+            return {"out_of_memory"} if _near_limit(ev, 0.8) else {"killed"}
+        return {"killed"}
     if ev.signal in CRASH_SIGNALS:
         deep = any(len(d.frames) >= 50 for d in ev.fatal)
         if ev.signal in (signal.SIGSEGV, signal.SIGBUS) and deep:
@@ -719,7 +731,7 @@ def test_diagnose_is_total_and_follows_the_decision_table(ev: Evidence) -> None:
     if d.cause in ("killed", "native_crash"):
         assert ev.signal is not None and signal_name(ev.signal) in d.summary
     if d.cause == "killed":
-        assert "not out of memory" in d.summary
+        assert "not out of memory" in d.summary or "well below the limit" in d.summary
     if d.cause == "exit":
         assert f"code {ev.exit_code}" in d.summary
     if d.cause == "out_of_memory":
@@ -734,9 +746,13 @@ def test_diagnose_is_total_and_follows_the_decision_table(ev: Evidence) -> None:
 def test_sigkill_with_an_oom_kill_is_out_of_memory(
     ev: Evidence, before: int, more: int, lost: bool
 ) -> None:
+    # A lost supervisor's leftovers count an OOM kill only for a kernel that was
+    # near the limit when last sampled (the counter is read later, at recovery).
+    limit = LIMITS[1] if lost else ev.memory.limit
+    timeline = ((1.0, LIMITS[1].limit_bytes),) if lost else ev.memory.timeline
     memory = MemoryEvidence(
-        limit=ev.memory.limit,
-        timeline=ev.memory.timeline,
+        limit=limit,
+        timeline=timeline,
         peak_bytes=ev.memory.peak_bytes,
         kernel_peak_bytes=ev.memory.kernel_peak_bytes,
         oom_kills_before=before,

@@ -534,10 +534,17 @@ def test_ends_that_are_not_deaths() -> None:
 
 
 def test_supervisor_lost_with_oom_kill_is_out_of_memory() -> None:
-    memory = MemoryEvidence(limit=LIMIT, oom_kills_before=1, oom_kills_after=2)
+    full = ((5.0, LIMIT.limit_bytes - 1024),)
+    memory = MemoryEvidence(limit=LIMIT, timeline=full, oom_kills_before=1, oom_kills_after=2)
     d = diagnose(_evidence(memory=memory, supervisor_lost=True))
     assert d is not None and d.cause == "out_of_memory"
     assert any("supervisor was killed" in fact for fact in d.evidence)
+    # The counter is read at recovery, maybe long after: an idle kernel far below the
+    # limit is not blamed for another process's OOM kill in a shared cgroup.
+    idle = MemoryEvidence(
+        limit=LIMIT, timeline=((5.0, 10 * 1024**2),), oom_kills_before=1, oom_kills_after=2
+    )
+    assert diagnose(_evidence(memory=idle, supervisor_lost=True)) is None
 
 
 # ------------------------------------------------------------------ downsample

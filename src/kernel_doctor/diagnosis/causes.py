@@ -66,8 +66,11 @@ def _not_a_death(ev: Evidence) -> bool:
     if ev.supervisor_lost:
         # Rebuilt from leftovers: only an OOM kill (a whole-container one that took
         # the supervisor too) counts; otherwise the group was killed on purpose
-        # (jupyter_client's restart and shutdown send SIGKILL to the group).
-        return not _oom_counted(ev)
+        # (jupyter_client's restart and shutdown send SIGKILL to the group). The
+        # counter is read now, not at the death: an OOM kill of another process in a
+        # shared cgroup since then must not be blamed on an idle kernel, so the
+        # kernel must have been near the limit at its last sample too.
+        return not (_oom_counted(ev) and (_near_limit(ev, 0.5) or _logged_oom_kill(ev)))
     if ev.requested is not None and (
         ev.exit_code is not None
         or ev.signal in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL)
@@ -81,6 +84,10 @@ def _near_limit(ev: Evidence, share: float = 0.8) -> bool:
     if mem.limit is None or not mem.timeline:
         return False
     return mem.timeline[-1][1] >= share * mem.limit.limit_bytes
+
+
+def _logged_oom_kill(ev: Evidence) -> bool:
+    return any(f"Killed process {ev.pid} " in line for line in ev.kernel_log)
 
 
 def _oom_counted(ev: Evidence) -> bool:
@@ -305,6 +312,12 @@ def _summary(cause: str, ev: Evidence, cell: CellRun | None, line: int | None) -
         return f"The kernel exited by itself with code {ev.exit_code}{where}."
     if cause == "killed":
         name = signal_name(ev.signal) if ev.signal else "a signal"
+        mem = ev.memory
+        if ev.signal == signal.SIGKILL and None in (mem.oom_kills_before, mem.oom_kills_after):
+            return (
+                f"The kernel was killed by {name}{where}, most likely from outside: "
+                "memory was well below the limit."
+            )
         return f"The kernel was killed by {name} from outside{where}; it was not out of memory."
     if cause == "startup_failure":
         last = _last_error_line(ev.stderr_tail)

@@ -248,6 +248,7 @@ class Supervisor:
                         pass
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
+                self._note_late_signals(wake_r)
                 return status
             if time.monotonic() >= self.sampler.next_due:
                 if self.sampler.state is None and self.agent:
@@ -277,6 +278,20 @@ class Supervisor:
             if not group:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
+
+    def _note_late_signals(self, wake_r: int) -> None:
+        """Signals that arrived while we were busy (e.g. waiting out GROUP_WINDOW for
+        an earlier one) and whose effect, the kernel's end, we saw first: a group-wide
+        SIGTERM then still means the end was asked for."""
+        try:
+            data = os.read(wake_r, 512)
+        except OSError:
+            return
+        for sig in data:
+            if sig in ENDING and self.requested is None:
+                self.requested = procfs.signal_name(sig)
+            if sig != signal.SIGCHLD:
+                self.session.event("signal", signal=procfs.signal_name(sig), group=None)
 
     def _wait_plain(self, pid: int, wake_r: int) -> int:
         """Wait for the kernel without supervision, still forwarding signals."""

@@ -30,6 +30,10 @@ GROUP_WINDOW = 0.1
 # A sentinel report older than this belongs to an earlier signal.
 STALE = 1.0
 PR_SET_PDEATHSIG = 1
+# What the sentinel gets when the supervisor dies: it then ends the supervisor's
+# process group, so that the kernel's own children do not outlive a supervisor
+# killed alone (the kernel itself dies of its own PR_SET_PDEATHSIG).
+SUPERVISOR_DIED = signal.SIGRTMIN + 7
 
 _libc: ctypes.CDLL | None = None
 
@@ -49,6 +53,14 @@ def load_libc() -> None:
         _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _end_group_of(leader: int) -> None:
+    """SIGKILL the process group ``leader`` led, only if it led one: a supervisor
+    started inside someone else's group (a shell's job) must not take that along."""
+    with contextlib.suppress(OSError):
+        if os.getpgid(0) == leader:
+            os.killpg(leader, signal.SIGKILL)
+
+
 class Forwarder:
     """Decides, for each signal the supervisor takes, whether the kernel needs a copy."""
 
@@ -57,19 +69,22 @@ class Forwarder:
         parent = os.getpid()
         # Blocked across the fork, so a signal arriving meanwhile waits in the sentinel
         # (inherited mask) instead of killing it.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, (*FORWARDED, SUPERVISOR_DIED))
         pid = os.fork()
         if pid == 0:  # the sentinel
             try:
                 os.close(read_fd)
                 signal.set_wakeup_fd(-1)
-                die_with_parent()
+                die_with_parent(SUPERVISOR_DIED)
                 if os.getppid() != parent:
                     os._exit(0)
                 for sig in FORWARDED:
                     signal.signal(sig, signal.SIG_DFL)
                 while True:
-                    taken = signal.sigwait(FORWARDED)
+                    taken = signal.sigwait((*FORWARDED, SUPERVISOR_DIED))
+                    if taken == SUPERVISOR_DIED:
+                        _end_group_of(parent)
+                        os._exit(0)
                     os.write(write_fd, bytes([int(taken)]))
             finally:
                 os._exit(0)
