@@ -16,6 +16,7 @@ import compileall
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -42,9 +43,12 @@ class Supervised(KernelManager):
 
 def start(kind: str) -> tuple[KernelManager, Any, float]:
     for attempt in range(3):
-        km = (Supervised if kind == "supervised" else KernelManager)(kernel_name="python3")
+        km = (KernelManager if kind == "plain" else Supervised)(kernel_name="python3")
         t0 = time.perf_counter()
-        km.start_kernel()
+        if kind == "no agent":  # the supervisor alone: splits its cost from the agent's
+            km.start_kernel(env={**os.environ, "KERNEL_DOCTOR_AGENT": "0"})
+        else:
+            km.start_kernel()
         kc = km.client()
         kc.start_channels()
         try:
@@ -85,13 +89,13 @@ def round_trips(kc: Any, cells: int) -> list[float]:
 
 
 def bench_round_trip(batches: int, cells: int) -> dict[str, list[float]]:
-    kernels = {kind: start(kind) for kind in ("plain", "supervised")}
-    medians: dict[str, list[float]] = {"plain": [], "supervised": []}
+    kernels = {kind: start(kind) for kind in ("plain", "supervised", "no agent")}
+    medians: dict[str, list[float]] = {kind: [] for kind in kernels}
     try:
         for kind in kernels:
             round_trips(kernels[kind][1], 20)  # warm up
         for _ in range(batches):
-            for kind in random.sample(list(kernels), 2):
+            for kind in random.sample(list(kernels), len(kernels)):
                 medians[kind].append(statistics.median(round_trips(kernels[kind][1], cells)))
     finally:
         for km, kc, _ in kernels.values():
@@ -220,9 +224,9 @@ def soak(cycles: int) -> int:
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", tests], env=env).returncode
 
 
-def ratio(values: dict[str, list[float]]) -> tuple[float, float, float]:
-    """Median ratio supervised/plain and a bootstrap 95 % interval."""
-    plain, sup = values["plain"], values["supervised"]
+def ratio(values: dict[str, list[float]], kind: str = "supervised") -> tuple[float, float, float]:
+    """Median ratio ``kind``/plain and a bootstrap 95 % interval."""
+    plain, sup = values["plain"], values[kind]
     point = statistics.median(sup) / statistics.median(plain)
     boots = []
     for _ in range(2000):
@@ -237,9 +241,35 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--soak", nargs="?", type=int, const=200, metavar="N")
+    parser.add_argument(
+        "--only",
+        choices=["start", "roundtrip", "capture"],
+        help="one measurement, printed only (RESULTS.md is left alone)",
+    )
     args = parser.parse_args()
+    # Sessions and the reports of the deaths we cause stay out of the user's runtime dir.
+    runtime = tempfile.mkdtemp(prefix="kd-bench-runtime-")
+    os.environ["JUPYTER_RUNTIME_DIR"] = runtime
+    try:
+        return run(args)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.soak:
         return soak(args.soak)
+    if args.only:
+        compileall.compile_dir(os.path.dirname(kernel_doctor.__file__), quiet=1)
+        if args.only == "capture":
+            print(line_capture(3 if args.quick else 20))
+            return 0
+        values = bench_start(12) if args.only == "start" else bench_round_trip(30, 100)
+        median = {k: statistics.median(v) * 1000 for k, v in values.items()}
+        print(f"{args.only}: {median} ms, ratio {ratio(values)}")
+        if "no agent" in values:
+            print(f"without the agent: ratio {ratio(values, 'no agent')}")
+        return 0
     compileall.compile_dir(os.path.dirname(kernel_doctor.__file__), quiet=1)
     q = args.quick
     starts = bench_start(4 if q else 12)

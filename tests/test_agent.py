@@ -11,6 +11,16 @@ import pytest
 from kernel_doctor.agent.layout import ENV_SESSION, read_cells, read_state
 
 
+def records(session: Path) -> list[dict[str, Any]]:
+    """The flight record, after the agent wrote what it holds back (clean ends)."""
+    from kernel_doctor.agent import running_agent
+
+    agent = running_agent()
+    if agent is not None:
+        agent._flush()
+    return read_cells(str(session))
+
+
 @pytest.fixture
 def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from ipykernel.compiler import XCachingCompiler
@@ -31,14 +41,18 @@ def test_flight_record(shell: Any, tmp_path: Path) -> None:
     shell.run_cell("x = 1", store_history=True)
     shell.run_cell("y = 2", store_history=False)  # housekeeping: not a cell
     shell.run_cell("def g():\n    return 1 / 0\n\ng()", store_history=True)
-    records = read_cells(str(tmp_path))
-    kinds = [(r["event"], r.get("seq")) for r in records]
+    # A cell that raised has its end record on disk at once; a clean end may wait
+    # for the next write, and the state record says it ended meanwhile.
+    on_disk = read_cells(str(tmp_path))
+    assert on_disk[-1]["event"] == "end" and on_disk[-1]["error"]["line"] == 4
+    written = records(tmp_path)
+    kinds = [(r["event"], r.get("seq")) for r in written]
     assert kinds == [("ready", None), ("start", 1), ("end", 1), ("start", 2), ("end", 2)]
-    assert records[1]["source"] == "x = 1"
-    error = records[4]["error"]
+    assert written[1]["source"] == "x = 1"
+    error = written[4]["error"]
     assert error["type"] == "ZeroDivisionError"
     assert error["line"] == 4
-    assert records[2]["file"] in shell.compile._filename_map
+    assert written[2]["file"] in shell.compile._filename_map
     state = read_state(str(tmp_path))
     assert state is not None and state["busy"] is False
 
@@ -47,7 +61,7 @@ def test_identical_sources_share_a_file(shell: Any, tmp_path: Path) -> None:
     shell.run_cell("z = 3", store_history=True)
     shell.run_cell("w = 4", store_history=True)
     shell.run_cell("z = 3", store_history=True)
-    ends = [r for r in read_cells(str(tmp_path)) if r["event"] == "end"]
+    ends = [r for r in records(tmp_path) if r["event"] == "end"]
     assert ends[0]["file"] == ends[2]["file"] != ends[1]["file"]
 
 
@@ -96,7 +110,7 @@ def test_running_line_inside_time_magic(shell: Any, tmp_path: Path) -> None:
 def test_execution_counts_match_ipython(shell: Any, tmp_path: Path) -> None:
     # IPython 8 and 9 count at different moments; the record must match the result.
     results = [shell.run_cell(f"v = {i}", store_history=True) for i in range(3)]
-    starts = [r for r in read_cells(str(tmp_path)) if r["event"] == "start"]
+    starts = [r for r in records(tmp_path) if r["event"] == "start"]
     assert [r["execution_count"] for r in starts] == [r.execution_count for r in results]
 
 
@@ -109,7 +123,7 @@ def test_hooks_never_raise_into_the_users_output(shell: Any, tmp_path: Path, cap
     )
     shell.run_cell(cell, store_history=True)
     assert "Error in callback" not in capsys.readouterr().out
-    end = [r for r in read_cells(str(tmp_path)) if r["event"] == "end"][-1]
+    end = [r for r in records(tmp_path) if r["event"] == "end"][-1]
     # IPython 8 reports Odd; IPython 9 reports the RuntimeError its traceback
     # formatting hit. Either way the cell's end is on record and nothing escaped.
     if end["error"]["type"] == "Odd":
@@ -128,7 +142,7 @@ def test_one_agent_a_kernel(shell: Any, tmp_path: Path, monkeypatch: pytest.Monk
     shell.run_line_magic("load_ext", "kernel_doctor_boot")
     shell.run_line_magic("load_ext", "kernel_doctor.agent")
     shell.run_cell("once = 1", store_history=True)
-    starts = [r for r in read_cells(str(tmp_path)) if r["event"] == "start"]
+    starts = [r for r in records(tmp_path) if r["event"] == "start"]
     assert len(starts) == 1
 
 

@@ -638,3 +638,15 @@ def test_kernel_log_records_are_timed() -> None:
     record = "6,1234,5123456789,-;Memory cgroup out of memory: Killed process 42 (python)"
     assert _kmsg_seconds(record) == 5123.456789
     assert _kmsg_seconds("garbage without fields") == float("inf")
+
+
+def test_a_clean_end_not_yet_written_is_read_from_the_state() -> None:
+    from kernel_doctor.evidence import CellRun
+    from kernel_doctor.supervisor.collect import ended_by_state
+
+    cells = (CellRun(seq=1, execution_count=1, cell_id=None, source="x", started=5.0),)
+    ended = ended_by_state(cells, {"busy": False, "seq": 1, "t": 6.5})
+    assert ended[-1].ended == 6.5
+    # Busy, or idle after another cell: the cell is still the running one.
+    assert ended_by_state(cells, {"busy": True, "seq": 1, "t": 6.5}) == cells
+    assert ended_by_state(cells, {"busy": False, "seq": 0, "t": 6.5}) == cells

@@ -72,6 +72,8 @@ class Evidence:
     kernel_log: tuple[str, ...] = ()
     connection_file: str | None = None
     supervisor_lost: bool = False  # rebuilt from what a dead supervisor left
+    kernel_name: str | None = None  # the kernelspec's name, where a twin passed it
+    session_name: str | None = None  # JPY_SESSION_NAME: the notebook, under a server
 
     @property
     def running_cell(self) -> CellRun | None:

@@ -31,6 +31,8 @@ ENV_DUMP_SIGNAL = "KERNEL_DOCTOR_DUMP_SIGNAL"
 # A pipe's write end the agent pokes when a cell starts, so the supervisor samples a
 # new cell at once instead of at its next idle tick (a fill can outrun that).
 ENV_WAKE_FD = "KERNEL_DOCTOR_WAKE_FD"
+ENV_REPORTS = "KERNEL_DOCTOR_REPORTS"  # where stored reports are, for %doctor
+NOTICE = "notice.json"  # the previous kernel's death, for the next cell to show
 
 
 def dump_signal() -> int:
@@ -82,7 +84,10 @@ class StateFile:
         self._seq = 0
 
     def write(self, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload, separators=(",", ":")).encode()
+        self.write_bytes(json.dumps(payload, separators=(",", ":")).encode())
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write an encoded JSON object."""
         if len(data) > STATE_SIZE - _HEADER.size:
             data = json.dumps({"truncated": True}).encode()
         self._seq += 1

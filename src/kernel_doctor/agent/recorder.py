@@ -22,6 +22,7 @@ from .layout import (
     ENV_SESSION,
     ENV_WAKE_FD,
     FATAL,
+    NOTICE,
     STATE,
     StateFile,
 )
@@ -61,6 +62,8 @@ class Agent:
         self._dumps: IO[bytes] = open(os.path.join(session_dir, DUMPS), "ab")  # noqa: SIM115
         self._fatal: IO[bytes] = open(os.path.join(session_dir, FATAL), "ab")  # noqa: SIM115
         self._seq = 0
+        self._pid = os.getpid()
+        self._pending = b""  # clean end records not written yet (see _post_run_cell)
         # IPython 9 counts a cell before pre_run_cell fires; IPython 8 after it ran.
         self._count_ahead = _ipython_major() >= 9
         self._cell: dict[str, Any] | None = None
@@ -71,6 +74,8 @@ class Agent:
         self._cell_frame: FrameType | None = None
         self._run_code_name = "run_code"
         self._watcher = threading.Thread(target=self._watch, name="kernel-doctor", daemon=True)
+        # The previous kernel's death, left by the supervisor: shown by the first cell.
+        self._notice_due = True
 
     @classmethod
     def start(cls, shell: Any) -> Agent:
@@ -93,6 +98,9 @@ class Agent:
             faulthandler.register(self.dump_signal, file=self._dumps, all_threads=True)
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
+        from .magics import register
+
+        register(self.shell)
         _install_audit_hook(self)
         atexit.register(self._at_exit)
         self._watcher.start()
@@ -111,6 +119,7 @@ class Agent:
         self.shell.events.unregister("post_run_cell", self.post_run_cell)
         atexit.unregister(self._at_exit)
         self._watcher.join(timeout=1)
+        self._flush()
         os.close(self._cells)
         self._state.close()
         if self.dump_signal is None:
@@ -138,6 +147,9 @@ class Agent:
     def _pre_run_cell(self, info: Any) -> None:
         if not info.store_history:
             return  # frontends' housekeeping requests are not cells
+        if self._notice_due:
+            self._notice_due = False
+            self._show_notice()
         self._seq += 1
         count = getattr(self.shell, "execution_count", None)
         if isinstance(count, int) and self._count_ahead:
@@ -150,11 +162,13 @@ class Agent:
             "cell_id": getattr(info, "cell_id", None),
             "source": info.raw_cell,
         }
-        self._append(cell)
+        data = json.dumps(cell).encode() + b"\n"
         with self._lock:
+            data, self._pending = self._pending + data, b""
             self._cell = cell
             self._cell_frame = None
             self._write_state(busy=True)
+        self._write(data)
         if self.wake_fd is not None:
             try:
                 os.write(self.wake_fd, b"c")
@@ -164,6 +178,20 @@ class Agent:
                 self.wake_fd = None  # the supervisor is gone
         if self._parked:
             self._wake.set()
+
+    def _show_notice(self) -> None:
+        """Displayed from pre_run_cell, it is the first output of the cell about to
+        run, sent with that cell's request as its parent."""
+        path = os.path.join(self.session_dir, NOTICE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = json.load(f)["text"]
+            os.unlink(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        from IPython.display import display
+
+        display({"text/plain": str(text)}, raw=True)  # type: ignore[no-untyped-call]
 
     def _post_run_cell(self, result: Any) -> None:
         info = getattr(result, "info", None)
@@ -183,7 +211,16 @@ class Agent:
         error = result.error_in_exec or result.error_before_exec
         if error is not None:
             record["error"] = _describe_error(error, filename)
-        self._append(record)
+        data = json.dumps(record).encode() + b"\n"
+        with self._lock:
+            if error is None:
+                # A clean end goes out with the next cell's start, or with the
+                # watcher's next idle tick: one write a cell instead of two. Until
+                # then the state record (not busy, this seq) says the cell ended.
+                self._pending += data
+                return
+            data, self._pending = self._pending + data, b""
+        self._write(data)  # an error's details are on disk before the reply
 
     def statement_started(self, code: CodeType) -> None:
         """IPython runs each top-level statement of a cell through exec(); note its line
@@ -201,26 +238,36 @@ class Agent:
     # -- records -----------------------------------------------------------------
 
     def _append(self, record: dict[str, Any]) -> None:
+        data = json.dumps(record).encode() + b"\n"
+        with self._lock:
+            data, self._pending = self._pending + data, b""
+        self._write(data)
+
+    def _flush(self) -> None:
+        with self._lock:
+            data, self._pending = self._pending, b""
+        if data:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         try:
-            os.write(self._cells, json.dumps(record).encode() + b"\n")
+            os.write(self._cells, data)
         except OSError:
             pass  # a full disk must not break the user's cell
 
     def _write_state(self, *, busy: bool, **extra: Any) -> None:
-        # Callers hold self._lock: the watcher thread writes the same record.
+        # Callers hold self._lock: the watcher thread writes the same record. Built
+        # by hand, not json.dumps: this runs twice a cell (floats' repr is JSON).
         cell = self._cell
-        self._state.write(
-            {
-                "pid": os.getpid(),
-                "main_thread": self.main_ident,
-                "dump_signal": self.dump_signal,
-                "busy": busy,
-                "seq": cell["seq"] if cell else None,
-                "started": cell["t"] if cell else None,
-                "t": time.time(),
-                **extra,
-            }
+        text = (
+            f'{{"pid":{self._pid},"main_thread":{self.main_ident},'
+            f'"dump_signal":{"null" if self.dump_signal is None else self.dump_signal},'
+            f'"busy":{"true" if busy else "false"},"seq":{self._seq},'
+            f'"started":{repr(cell["t"]) if cell else "null"},"t":{time.time()!r}'
         )
+        if extra:
+            text += "," + json.dumps(extra)[1:-1]
+        self._state.write_bytes((text + "}").encode())
 
     def _cell_filename(self, cell: dict[str, Any]) -> str | None:
         # IPython's compile cache maps each cell's code file name to its execution
@@ -257,6 +304,8 @@ class Agent:
                 idle_since = time.monotonic()
                 time.sleep(WATCH_INTERVAL)
                 continue
+            if self._pending:
+                self._flush()
             if time.monotonic() - idle_since > PARK_AFTER:
                 self._parked = True
                 if self._cell is None:  # a cell that started just now finds us parked

@@ -15,12 +15,15 @@ from typing import NoReturn
 
 from .. import __version__
 from .._errors import ExitCode, KernelDoctorError, UsageError
-from . import reports_cmd, run, show
+from . import install, reports_cmd, run, show, status, uninstall
 
 COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "run": (run, "execute a notebook under supervision and diagnose any kernel death"),
     "show": (show, "show one stored death report (ID or 'latest')"),
     "reports": (reports_cmd, "list stored death reports, newest first"),
+    "install": (install, "install supervised twins of kernelspecs"),
+    "uninstall": (uninstall, "remove the kernelspecs that install wrote"),
+    "status": (status, "show which kernelspecs are supervised and whether the agent loads"),
 }
 
 

@@ -75,6 +75,8 @@ def death_report(ev: Evidence, dx: Diagnosis, report_id: str) -> dict[str, Any]:
             "pid": ev.pid,
             "argv": list(ev.kernel_argv),
             "connection_file": ev.connection_file,
+            "name": ev.kernel_name,
+            "session_name": ev.session_name,
             "started": ev.started,
             "ended": ev.ended,
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -15,6 +16,10 @@ from ..evidence import Evidence
 from .model import death_report
 
 REPORT_FILE = "report.json"
+# Stored reports are named "<YYYYmmdd-HHMMSS>-<kernel pid>.json": newest sorts last.
+REPORT_NAME = re.compile(r"^\d{8}-\d{6}-\d+\.json$")
+KEEP_REPORTS = 200
+KEEP_DAYS = 30
 
 
 def reports_dir() -> str:
@@ -41,6 +46,37 @@ def write_json(path: str, document: dict[str, Any]) -> None:
         raise
 
 
+def _setting(name: str, default: int) -> int:
+    text = os.environ.get(name, "")
+    return int(text) if text.isdigit() else default
+
+
+def prune(directory: str, now: float | None = None) -> list[str]:
+    """Remove reports beyond the newest KERNEL_DOCTOR_KEEP_REPORTS (default 200) and
+    those older than KERNEL_DOCTOR_KEEP_DAYS (default 30); returns what went."""
+    keep = _setting("KERNEL_DOCTOR_KEEP_REPORTS", KEEP_REPORTS)
+    days = _setting("KERNEL_DOCTOR_KEEP_DAYS", KEEP_DAYS)
+    now = time.time() if now is None else now
+    try:
+        names = sorted((n for n in os.listdir(directory) if REPORT_NAME.match(n)), reverse=True)
+    except OSError:
+        return []
+    removed = []
+    for i, name in enumerate(names):
+        path = os.path.join(directory, name)
+        try:
+            old = now - os.stat(path).st_mtime > days * 86400
+        except OSError:
+            continue
+        if i >= keep or old:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, f".{name[: -len('.json')]}.shown"))
+    return removed
+
+
 def publish(
     ev: Evidence, dx: Diagnosis, session_dir: str, extra_path: str | None, *, quiet: bool = False
 ) -> str | None:
@@ -60,6 +96,8 @@ def publish(
     except OSError as exc:
         problems.append(f"{stored}: {exc.strerror or exc}")
         stored = None
+    else:
+        prune(os.path.dirname(str(stored)))
     lines = [] if quiet else [f"kernel-doctor: {dx.summary}"]
     if not quiet:
         lines += [f"kernel-doctor:   {fact}" for fact in dx.evidence[:6]]

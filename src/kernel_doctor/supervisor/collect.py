@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -31,6 +32,7 @@ def collect(
     meta: dict[str, Any] | None = None,
 ) -> Evidence:
     meta = meta or read_meta(directory)
+    state = read_state(directory) or {}
     events = read_events(directory)
     records = read_cells(directory)
     samples = read_samples(directory)
@@ -96,14 +98,16 @@ def collect(
         agent_ready=any(r.get("event") == "ready" for r in records),
         clean_exit=any(r.get("event") == "exit" for r in records),
         memory=memory,
-        cells=cells_from(records),
-        state=read_state(directory) or {},
+        cells=ended_by_state(cells_from(records), state),
+        state=state,
         dumps=tuple(_dumps(directory, events)),
         fatal=tuple(parse_faulthandler(_read(os.path.join(directory, FATAL)))),
         stderr_tail=stderr_tail,
         kernel_log=kernel_log,
         connection_file=meta.get("connection_file"),
         supervisor_lost=supervisor_lost,
+        kernel_name=meta.get("kernel_name"),
+        session_name=meta.get("session_name"),
     )
 
 
@@ -134,6 +138,18 @@ def cells_from(records: list[dict[str, Any]]) -> tuple[CellRun, ...]:
                 error=record.get("error"),
             )
     return tuple(cells[k] for k in sorted(cells))
+
+
+def ended_by_state(cells: tuple[CellRun, ...], state: dict[str, Any]) -> tuple[CellRun, ...]:
+    """The agent writes a clean cell's end record a little late; its state record,
+    not busy after that cell, already says the cell ended."""
+    if cells and cells[-1].ended is None:
+        last = cells[-1]
+        if state.get("busy") is False and state.get("seq") == last.seq:
+            t = state.get("t")
+            ended = float(t) if isinstance(t, (int, float)) else last.started
+            return (*cells[:-1], dataclasses.replace(last, ended=ended))
+    return cells
 
 
 _KILLED = re.compile(r"anon-rss:(\d+)kB, file-rss:(\d+)kB, shmem-rss:(\d+)kB")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..agent.layout import (
     ENV_DUMP_SIGNAL,
+    ENV_REPORTS,
     ENV_SESSION,
     ENV_WAKE_FD,
     STATE,
@@ -56,6 +57,9 @@ class Supervisor:
         self.options = options
         self.cgroup = options.get("cgroup")
         self.session = self._open_session()
+        from .session import REPORTS, runtime_dir
+
+        self.reports = os.path.join(runtime_dir(create=False), REPORTS)
         # KERNEL_DOCTOR_AGENT=0: supervise without loading the agent into the kernel.
         self.agent = is_ipykernel(kernel_argv) and os.environ.get("KERNEL_DOCTOR_AGENT") != "0"
         self.dump_signal = dump_signal() if self.agent else None
@@ -100,6 +104,7 @@ class Supervisor:
         if self.agent and self.dump_signal is not None:
             env[ENV_DUMP_SIGNAL] = str(self.dump_signal)
             env[ENV_WAKE_FD] = str(self.wake_w)
+            env[ENV_REPORTS] = self.reports
             path = env.get("PYTHONPATH")
             env["PYTHONPATH"] = AGENT_BOOT + (os.pathsep + path if path else "")
             argv.append(f"--IPKernelApp.extra_extensions={AGENT_MODULE}")
@@ -195,6 +200,8 @@ class Supervisor:
                 "kernel_argv": self.kernel_argv,
                 "started": self.started_epoch,
                 "connection_file": connection_file(self.kernel_argv),
+                "kernel_name": self.options.get("kernel-name"),
+                "session_name": os.environ.get("JPY_SESSION_NAME") or None,
                 "agent": self.agent,
                 "limit": {
                     "limit_bytes": source.limit.limit_bytes,
@@ -220,6 +227,10 @@ class Supervisor:
         self.sampler.sample()
         if "session" not in self.options:  # a caller's own session dir is not ours to scan
             recover_stale_sessions(os.path.dirname(self.session.directory), self.session.directory)
+        if self.agent:
+            from ..reports.notice import leave_notice
+
+            leave_notice(self.session.directory, self.session.meta)
 
     def _loop(self, pid: int, wake_r: int) -> int:
         poller = select.poll()
@@ -230,6 +241,7 @@ class Supervisor:
             poller.register(self.cell_r, select.POLLIN)
         state_path = os.path.join(self.session.directory, STATE)
         self._next_tail_save = 0.0
+        forced = False  # a cgroup event asked for a sample, busy or not
         while True:
             timeout = max(0.0, self.sampler.next_due - time.monotonic())
             for fd, _ in poller.poll(timeout * 1000):
@@ -238,10 +250,11 @@ class Supervisor:
                 elif self.watch is not None and fd == self.watch.fd:
                     self.source.drain()
                     self.sampler.next_due = 0
+                    forced = True
                 elif fd == self.cell_r:  # a cell started: sample it from its start
                     try:
                         if os.read(self.cell_r, 4096):
-                            self.sampler.next_due = 0
+                            self.sampler.cell_started()
                         else:  # no writer left: the kernel is ending
                             poller.unregister(self.cell_r)
                     except BlockingIOError:
@@ -253,7 +266,8 @@ class Supervisor:
             if time.monotonic() >= self.sampler.next_due:
                 if self.sampler.state is None and self.agent:
                     self.sampler.attach_state(state_path)
-                self.sampler.sample()
+                self.sampler.sample(force=forced)
+                forced = False
                 if time.monotonic() >= self._next_tail_save:
                     self.tee.save(if_changed=True)
                     self._next_tail_save = time.monotonic() + TAIL_SAVE_INTERVAL

@@ -19,6 +19,10 @@ YOUNG_CELL = 0.1
 YOUNG_INTERVAL = 0.05
 IDLE_INTERVAL = 1.0  # the kernel waits for the user, however full memory is
 BLIND_INTERVAL = 0.25  # no agent (non-Python kernels): we cannot tell busy from idle
+# The agent pokes us when a cell starts; we look this much later. Most cells are over
+# by then, and a look at an idle kernel costs one read of the state file, where a
+# sample at every cell start would cost a few per cent of a trivial cell's round trip.
+CELL_LOOK = 0.01
 # Fractions of the limit at which the agent is asked for a stack dump, so that the
 # allocating line is on disk before the OOM killer's SIGKILL. A mark re-arms once
 # usage falls this far below it.
@@ -52,6 +56,7 @@ class Sampler:
         self._count = 0
         self._armed = [True] * len(MARKS)
         self.next_due = 0.0
+        self._idle_due = 0.0
         self._statm = Reader(f"/proc/{kernel_pid}/statm")
 
     def attach_state(self, path: str) -> None:
@@ -71,12 +76,19 @@ class Sampler:
             return YOUNG_INTERVAL
         return BUSY_INTERVAL
 
-    def sample(self) -> None:
+    def cell_started(self) -> None:
+        self.next_due = min(self.next_due, time.monotonic() + CELL_LOOK)
+
+    def sample(self, force: bool = False) -> None:
         now = time.monotonic()
         if self.state is not None:
             state = self.state.read()
             if state is not None:
                 self.last_state = state
+            if not force and not self.last_state.get("busy") and now < self._idle_due:
+                # Woken for a cell that has already ended: keep the idle rhythm.
+                self.next_due = self._idle_due
+                return
         statm = self._statm.read()
         own = int(statm.split()[1]) * procfs.PAGE_SIZE if statm else None
         if not own:
@@ -97,6 +109,7 @@ class Sampler:
             self.session.sample(now - self.started, counted, kernel)
             self._check_marks(counted)
         self.next_due = now + self.interval()
+        self._idle_due = now + IDLE_INTERVAL
 
     def _check_marks(self, counted: int) -> None:
         fraction = counted / max(1, self.source.limit.limit_bytes)
