@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,19 @@ BOOT = (
     "    os.execvp(kernel[0], kernel)\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
+# Where POSIX has a shell, the twin starts through it: if the supervisor's Python is gone
+# altogether (its environment deleted, as pipx and uv tool uninstalls do), the kernel
+# still starts plain. $0 is that Python; BOOT and the kernel's argv follow.
+GUARD = (
+    'if [ -x "$0" ]; then exec "$0" "$@"; fi\n'
+    'while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done\n'
+    "shift\n"
+    'echo "kernel-doctor: $0 is not there any more; starting the kernel unsupervised" >&2\n'
+    'exec "$@"\n'
+)
+SHELL = "/bin/sh"
+# BOOT's first two lines, for status to import kernel-doctor as BOOT does.
+DROP_CWD = BOOT[: BOOT.index("try:")]
 # argv[0] values jupyter_client replaces with its own Python when it launches a spec.
 BARE_PYTHON = {"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"}
 
@@ -60,15 +74,38 @@ def _manager() -> Any:
     return KernelSpecManager()
 
 
-def _load(resource_dir: str) -> dict[str, Any]:
+def _builtin(resource_dir: str) -> dict[str, Any] | None:
+    """The kernel.json of ipykernel's built-in python3, which Jupyter offers from
+    ipykernel's own resource dir (logos, no kernel.json) where no python3 kernelspec
+    is installed as files."""
     try:
-        with open(os.path.join(resource_dir, "kernel.json"), encoding="utf-8") as f:
+        from ipykernel.kernelspec import RESOURCES, get_kernel_dict
+    except Exception:
+        return None
+    if os.path.realpath(resource_dir) != os.path.realpath(RESOURCES):
+        return None
+    return dict(get_kernel_dict())
+
+
+def _load(resource_dir: str) -> dict[str, Any]:
+    path = os.path.join(resource_dir, "kernel.json")
+    if not os.path.exists(path):
+        builtin = _builtin(resource_dir)
+        if builtin is not None:
+            return builtin
+    try:
+        with open(path, encoding="utf-8") as f:
             value = json.load(f)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the kernelspec in {resource_dir}: {exc}") from exc
     if not isinstance(value, dict) or not isinstance(value.get("argv"), list):
         raise UsageError(f"the kernelspec in {resource_dir} has no argv list")
     return value
+
+
+def supervisor_at(argv: list[str] | tuple[str, ...]) -> int:
+    """The index of the supervisor's Python in a twin's argv (after the shell guard)."""
+    return 3 if len(argv) > 3 and argv[0] == SHELL and argv[2] == GUARD else 0
 
 
 def _info(name: str, resource_dir: str) -> SpecInfo:
@@ -98,6 +135,7 @@ def all_specs() -> list[SpecInfo]:
 
 def find(name: str) -> SpecInfo:
     specs = {s.name: s for s in all_specs()}
+    name = name.lower()  # Jupyter's kernel names are case-insensitive
     if name not in specs:
         known = ", ".join(sorted(specs)) or "none"
         raise UsageError(f"no kernelspec named {name!r} (installed: {known})")
@@ -112,15 +150,9 @@ def twin_spec(source: SpecInfo, display_name: str | None, kernel_name: str) -> d
         # jupyter_client swaps a bare "python" for its own interpreter, but only in
         # argv[0]; behind the supervisor it would be looked up on PATH instead.
         argv[0] = sys.executable
-    spec["argv"] = [
-        sys.executable,
-        "-c",
-        BOOT,
-        "--kernel-name",
-        kernel_name,
-        "--",
-        *argv,
-    ]
+    command = [sys.executable, "-c", BOOT, "--kernel-name", kernel_name, "--", *argv]
+    guarded = os.name == "posix" and os.access(SHELL, os.X_OK)
+    spec["argv"] = [SHELL, "-c", GUARD, *command] if guarded else command
     spec["display_name"] = display_name or f"{source.display_name} (kernel-doctor)"
     metadata = dict(spec.get("metadata") or {})
     metadata[MARK] = {"source": source.name, "version": __version__, "python": sys.executable}
@@ -148,16 +180,22 @@ def install(
             )
     manager = _manager()
     existing = manager.find_kernel_specs()
-    done = []
+    # Every target is checked before any is written: all of them, or none.
+    planned = []
     for info in infos:
-        target = name or f"{info.name}{SUFFIX}"
-        if target in existing:
-            other = _info(target, existing[target])
-            if other.twin_of is None:
+        target = _valid_name(name or f"{info.name}{SUFFIX}")
+        destination = _destination(manager, target, user=user, prefix=prefix)
+        # The destination is what install_kernel_spec would replace; the spec Jupyter
+        # finds under that name now is what the twin would shadow.
+        for where in (destination, existing.get(target)):
+            if where and os.path.lexists(where) and not _ours(target, where):
                 raise UsageError(
-                    f"a kernelspec named {target!r} already exists at {existing[target]} "
+                    f"a kernelspec named {target!r} already exists at {where} "
                     "and was not written by kernel-doctor; pick another --name"
                 )
+        planned.append((info, target))
+    done = []
+    for info, target in planned:
         with tempfile.TemporaryDirectory(prefix="kernel-doctor-spec-") as tmp:
             staged = os.path.join(tmp, target)
             shutil.copytree(info.resource_dir, staged)
@@ -174,9 +212,40 @@ def install(
     return done
 
 
+def _valid_name(name: str) -> str:
+    """``name`` as Jupyter stores it (lower case), refused unless it is a plain
+    kernel name: install_kernel_spec replaces whatever directory it names."""
+    name = name.lower()
+    if not re.fullmatch(r"[a-z0-9._-]+", name) or not name.strip("."):
+        raise UsageError(
+            f"invalid kernelspec name {name!r}: use ASCII letters, digits and - . _ (not only dots)"
+        )
+    return name
+
+
+def _destination(manager: Any, name: str, *, user: bool, prefix: str | None) -> str:
+    """Where ``install_kernel_spec`` puts kernelspec ``name`` (as its own
+    ``_get_destination_dir`` works it out)."""
+    if user:
+        return os.path.join(str(manager.user_kernel_dir), name)
+    if prefix:
+        return os.path.join(os.path.abspath(prefix), "share", "jupyter", "kernels", name)
+    from jupyter_core.paths import SYSTEM_JUPYTER_PATH
+
+    return os.path.join(SYSTEM_JUPYTER_PATH[0], "kernels", name)
+
+
+def _ours(name: str, resource_dir: str) -> bool:
+    try:
+        return _info(name, resource_dir).twin_of is not None
+    except UsageError:  # unreadable, or not a kernelspec at all: not ours either
+        return False
+
+
 def uninstall(names: list[str]) -> list[tuple[str, str]]:
     """Remove the named twins (all twins when ``names`` is empty)."""
     specs = {s.name: s for s in all_specs()}
+    names = [n.lower() for n in names]  # Jupyter's kernel names are case-insensitive
     if names:
         for n in names:
             if n not in specs:
@@ -204,13 +273,22 @@ def check(spec: SpecInfo) -> str:
     if not spec.supervised:
         return "not supervised"
     argv = list(spec.argv)
-    supervisor_python = argv[0]
-    if not _runs(supervisor_python, "import kernel_doctor.supervise"):
+    at = supervisor_at(argv)
+    # jupyter_client runs a bare "python" in argv[0] as its own interpreter.
+    supervisor_python = sys.executable if argv[at] in BARE_PYTHON else argv[at]
+    if shutil.which(supervisor_python) is None:
+        if at:
+            return f"{supervisor_python} is not there any more: starts plain, with a warning"
+        return f"cannot start: {supervisor_python} is not there any more"
+    # As the bootstrap imports it: not from the working directory.
+    if not _runs(supervisor_python, DROP_CWD + "import kernel_doctor.supervise"):
         return f"kernel-doctor missing in {supervisor_python}: starts plain, with a warning"
     kernel = argv[argv.index("--") + 1 :] if "--" in argv else []
+    if kernel and shutil.which(kernel[0]) is None:
+        return f"cannot start: the kernel's command {kernel[0]} is not there any more"
     if not any("ipykernel" in part for part in kernel[:4]):
         return "supervised (no agent: not an IPython kernel)"
-    if not kernel or not _runs(kernel[0], "import IPython, ipykernel"):
+    if not _runs(kernel[0], "import IPython, ipykernel"):
         return "supervised; the agent cannot load (no IPython in the kernel's Python)"
     return "supervised, agent loads"
 
