@@ -65,12 +65,33 @@ def test_identical_sources_share_a_file(shell: Any, tmp_path: Path) -> None:
     assert ends[0]["file"] == ends[2]["file"] != ends[1]["file"]
 
 
+def peeker(session: str) -> Any:
+    """Reads the agent's state 0.15 s from now in another thread; call the result to
+    get what it read."""
+    import threading
+    import time
+
+    seen: dict[str, Any] = {}
+
+    def read() -> None:
+        time.sleep(0.15)
+        seen.update(read_state(session) or {})
+
+    thread = threading.Thread(target=read)
+    thread.start()
+
+    def result() -> dict[str, Any]:
+        thread.join()
+        return seen
+
+    return result
+
+
 def test_running_line_is_recorded(shell: Any, tmp_path: Path) -> None:
-    cell = (
-        "import time\n"
-        "from kernel_doctor.agent.layout import read_state\n"
-        f"time.sleep(0.2); seen = read_state({str(tmp_path)!r})\n"
-    )
+    # The state is read from another thread while the cell's line sleeps: read from
+    # the cell itself, a watcher tick could land inside read_state().
+    cell = f"import time\npeek = peeker({str(tmp_path)!r})\ntime.sleep(0.3)\nseen = peek()\n"
+    shell.user_ns["peeker"] = peeker
     shell.run_cell(cell, store_history=True)
     seen = shell.user_ns["seen"]
     assert seen["busy"] is True
@@ -81,15 +102,16 @@ def test_running_line_is_recorded(shell: Any, tmp_path: Path) -> None:
 def test_running_line_in_deep_recursion(shell: Any, tmp_path: Path) -> None:
     cell = (
         "import sys, time\n"
-        "from kernel_doctor.agent.layout import read_state\n"
+        f"peek = peeker({str(tmp_path)!r})\n"
         "def down(n):\n"
         "    if n == 0:\n"
-        "        time.sleep(0.2)\n"
-        f"        return read_state({str(tmp_path)!r})\n"
+        "        time.sleep(0.3)\n"
+        "        return peek()\n"
         "    return down(n - 1)\n"
         "sys.setrecursionlimit(20000)\n"
         "seen = down(5000)\n"
     )
+    shell.user_ns["peeker"] = peeker
     shell.run_cell(cell, store_history=True)
     seen = shell.user_ns["seen"]
     assert seen["line"] == 9  # the cell's own line, 5000 frames up

@@ -650,3 +650,17 @@ def test_a_clean_end_not_yet_written_is_read_from_the_state() -> None:
     # Busy, or idle after another cell: the cell is still the running one.
     assert ended_by_state(cells, {"busy": True, "seq": 1, "t": 6.5}) == cells
     assert ended_by_state(cells, {"busy": False, "seq": 0, "t": 6.5}) == cells
+
+
+def test_native_crash_advice_names_the_package_below_the_cell_not_ipython() -> None:
+    from kernel_doctor.diagnosis.advice import _native_module
+    from kernel_doctor.evidence import Frame
+
+    ipython = "/usr/lib/python3.11/site-packages/IPython/core/interactiveshell.py"
+    cell = "/tmp/ipykernel_42/123456789.py"
+    ctypes = "/usr/lib/python3.11/ctypes/__init__.py"
+    numpy = "/env/lib/python3.11/site-packages/numpy/core/fromnumeric.py"
+    stack = (Frame(ipython, 3577, "run_code"), Frame(cell, 2, "<module>"))
+    assert _native_module((*stack, Frame(ctypes, 519, "string_at")), "") == "ctypes"
+    assert _native_module((*stack, Frame(numpy, 86, "_wrapreduction")), "") == "numpy"
+    assert _native_module(stack, "") is None  # the crash was in the cell's own line

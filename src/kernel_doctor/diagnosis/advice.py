@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from ..evidence import Evidence, Frame
 from ..sizes import format_size
+from .stacks import user_frames
+
+_STDLIB = re.compile(r"/lib/python3\.\d+/([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _native_module(stack: Sequence[Frame], stderr: str) -> str | None:
-    for frame in reversed(stack):
+    """The package whose code ran innermost below the cell: an installed package, or
+    a standard-library module such as ctypes. The kernel's own machinery above the
+    cell (IPython, ipykernel) is never the answer."""
+    for frame in reversed(user_frames(tuple(stack))):
         if "site-packages/" in frame.file:
             return frame.file.split("site-packages/", 1)[1].split("/", 1)[0]
+        found = _STDLIB.search(frame.file)
+        if found:
+            return found.group(1)
     return None
 
 

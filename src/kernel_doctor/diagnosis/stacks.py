@@ -72,6 +72,15 @@ def is_cell_file(path: str) -> bool:
     return bool(CELL_FILE.search(path))
 
 
+def user_frames(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
+    """The stack from the outermost cell frame inwards: the kernel's own machinery
+    above it (ipykernel, IPython, asyncio) says nothing about the death."""
+    for i, frame in enumerate(stack):
+        if is_cell_file(frame.file):
+            return stack[i:]
+    return stack
+
+
 def cell_line(
     frames: Sequence[Frame],
     running: CellRun | None,

@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import __version__
 from ..diagnosis import Diagnosis
-from ..diagnosis.stacks import is_cell_file
+from ..diagnosis.stacks import user_frames
 from ..evidence import Evidence, Frame
 from ..probe.procfs import signal_name
 
@@ -28,15 +28,6 @@ def frame_json(frame: Frame, ev: Evidence | None) -> dict[str, Any]:
         "cell_index": None,  # the notebook's position; filled in by `run`
         "execution_count": count,
     }
-
-
-def user_frames(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
-    """The stack from the outermost cell frame inwards: the kernel's own machinery
-    above it (ipykernel, IPython, asyncio) says nothing about the death."""
-    for i, frame in enumerate(stack):
-        if is_cell_file(frame.file):
-            return stack[i:]
-    return stack
 
 
 def death_report(ev: Evidence, dx: Diagnosis, report_id: str) -> dict[str, Any]:

@@ -60,7 +60,8 @@ def find_previous(meta: dict[str, Any], now: float | None = None) -> dict[str, A
         if not same or kernel.get("pid") == meta.get("kernel_pid"):
             continue
         try:
-            fd = os.open(claim_marker(directory, str(report.get("id"))), os.O_CREAT | os.O_EXCL)
+            marker = claim_marker(directory, str(report.get("id")))
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             continue  # shown already, or being shown by another kernel
         except OSError:

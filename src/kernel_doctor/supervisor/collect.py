@@ -59,8 +59,11 @@ def collect(
     if sampler is not None:
         kernel_peak = max(kernel_peak or 0, sampler.peak_kernel) or None
         peak = max(peak or 0, sampler.peak_counted) or None
+    before = meta.get("peak_before")
     if source is not None:
         recorded = source.peak()
+        if isinstance(before, int) and recorded is not None and recorded <= before:
+            recorded = None  # set before this kernel started
         # The cgroup's own high-water mark sees peaks between our samples (v1 may
         # show a little over the limit: kernel memory is charged there too).
         if recorded is not None and limit is not None and recorded <= limit.limit_bytes * 1.1:

@@ -210,6 +210,9 @@ class Supervisor:
                     "path": source.limit.path,
                 },
                 "oom_kills_before": self.oom_before,
+                # The cgroup's high-water mark covers its whole life, earlier kernels'
+                # included: it says something about this kernel only if it rises.
+                "peak_before": source.peak(),
                 "rlimits": address_space_limits(),
             }
         )

@@ -97,11 +97,17 @@ class Sampler:
             self.next_due = now + self.interval()
             return
         counted = self.source.counted()
-        if self._count % TREE_EVERY == 0:
+        if self._count % TREE_EVERY == 0 or self._children_rss:
+            # Listed every time while the kernel has children (their memory moves
+            # fast, e.g. a pipeline of tools), every TREE_EVERY samples otherwise.
             children = procfs.tree(self.kernel_pid)[1:]
             self._children_rss = sum(procfs.rss_bytes(p) or 0 for p in children)
         self._count += 1
         kernel = own + self._children_rss
+        if counted is not None and self.source.limit.kind != "system":
+            # Summed RSS counts shared pages once per process; the kernel's processes
+            # cannot hold more than their cgroup counts.
+            kernel = min(kernel, counted)
         self.last_kernel = kernel
         self.peak_kernel = max(self.peak_kernel, kernel)
         if counted is not None:
