@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     interpreter = python_start(5 if q else 20)
     capture_runs = 3 if q else 20
     captured = line_capture(capture_runs)
-    s_ratio, t_ratio = ratio(starts), ratio(trips)
+    s_ratio, t_ratio, n_ratio = ratio(starts), ratio(trips), ratio(trips, "no agent")
     ms = lambda v: statistics.median(v) * 1000  # noqa: E731
     lines = [
         "# Benchmark results",
@@ -298,6 +298,9 @@ def run(args: argparse.Namespace) -> int:
         f"| trivial cell round trip (median of {len(trips['plain'])} batch medians) | "
         f"{ms(trips['plain']):.2f} ms | {ms(trips['supervised']):.2f} ms | "
         f"{t_ratio[0]:.3f} ({t_ratio[1]:.3f}–{t_ratio[2]:.3f}) | ≤ 1.02 |",
+        f"| … the supervisor alone (`KERNEL_DOCTOR_AGENT=0`) | {ms(trips['plain']):.2f} ms | "
+        f"{ms(trips['no agent']):.2f} ms | {n_ratio[0]:.3f} ({n_ratio[1]:.3f}–{n_ratio[2]:.3f})"
+        " | – |",
         f"| agent's own cost per cell, measured in the kernel | – | {agent:.1f} µs | – | ≤ 85 µs |",
         f"| supervisor RSS / PSS with sentinel | – | {sup['rss_mib']:.1f} MiB / "
         f"{sup['pss_mib_with_sentinel']:.1f} MiB | – | ≤ 20 MB |",
