@@ -409,3 +409,16 @@ def test_console_command_refuses_with_one_line(notebook: Any, extra: list[str]) 
     )
     check_refusal(proc.returncode, proc.stdout, proc.stderr)
     assert digest(path) == before
+
+
+@pytest.mark.parametrize("value", ["0%", "150%", "abc%", "lots", "1.5X"])
+def test_bad_guard_threshold(notebook: Any, capsys: Any, value: str) -> None:
+    path = notebook(["x = 1"])
+    line = refused(capsys, ["run", str(path), "--guard", value], path)
+    assert value in line
+
+
+def test_guard_and_no_guard_together(notebook: Any, capsys: Any) -> None:
+    path = notebook(["x = 1"])
+    line = refused(capsys, ["run", str(path), "--guard", "80%", "--no-guard"], path)
+    assert "not allowed with argument" in line

@@ -39,7 +39,7 @@ def assert_death(report: dict[str, Any], cause: str, index: int, line: int | Non
 
 def test_oom_one_big_allocation(notebook: Any, tmp_path: Path, cgroup_parent: str) -> None:
     path = notebook(["x = 1", "y = 2\ndata = bytearray(600 * 1024**2)\nprint('unreachable')"])
-    code, report = run(path, tmp_path, "--memory-limit", LIMIT)
+    code, report = run(path, tmp_path, "--memory-limit", LIMIT, "--no-guard")
     assert code == 3
     assert_death(report, "out_of_memory", 1, 2)
     memory = report["memory"]
@@ -60,7 +60,7 @@ def test_oom_gradual_growth(notebook: Any, tmp_path: Path, cgroup_parent: str) -
         "    chunks.append(bytearray(10 * 1024**2))\n"
         "    time.sleep(0.01)\n"
     )
-    code, report = run(notebook([cell]), tmp_path, "--memory-limit", LIMIT)
+    code, report = run(notebook([cell]), tmp_path, "--memory-limit", LIMIT, "--no-guard")
     assert code == 3
     assert report["cause"] == "out_of_memory"
     assert report["cell"]["index"] == 0
@@ -76,7 +76,7 @@ def test_oom_inside_function_defined_in_another_cell(
         "def grow():\n    out = []\n    while True:\n        out.append(bytearray(10 * 1024**2))\n"
     )
     path = notebook([define, "import time\ntime.sleep(0.1)\ngrow()"], markdown_first=True)
-    code, report = run(path, tmp_path, "--memory-limit", LIMIT)
+    code, report = run(path, tmp_path, "--memory-limit", LIMIT, "--no-guard")
     assert code == 3
     # Index counts the markdown cell: the running cell is the third cell.
     assert_death(report, "out_of_memory", 2, 3)
@@ -90,7 +90,7 @@ def test_pure_python_recursion_dies_of_memory(
     # Python 3.11+ keeps pure-Python frames on the heap: raised past the limit, the
     # recursion grows memory until the OOM killer ends it.
     cell = "import sys\nsys.setrecursionlimit(10**8)\ndef r(n):\n    return r(n + 1) + 1\nr(0)"
-    code, report = run(notebook([cell]), tmp_path, "--memory-limit", LIMIT)
+    code, report = run(notebook([cell]), tmp_path, "--memory-limit", LIMIT, "--no-guard")
     assert code == 3
     assert_death(report, "out_of_memory", 0, 5)
     assert any("runaway recursion in r()" in fact for fact in report["evidence"])
@@ -293,7 +293,7 @@ def test_fast_fill_in_a_function_with_sampling_only(
     monkeypatch.setenv("KERNEL_DOCTOR_EVENTS", "0")
     define = "def fill(n):\n    a = 1\n    return bytearray(n)\n"
     path = notebook([define, "y = 2\nfill(1 << 30)"])
-    code, report = run(path, tmp_path, "--memory-limit", LIMIT)
+    code, report = run(path, tmp_path, "--memory-limit", LIMIT, "--no-guard")
     assert code == 3
     assert_death(report, "out_of_memory", 1, 2)
     innermost = report["stack"][-1]

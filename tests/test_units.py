@@ -664,3 +664,42 @@ def test_native_crash_advice_names_the_package_below_the_cell_not_ipython() -> N
     assert _native_module((*stack, Frame(ctypes, 519, "string_at")), "") == "ctypes"
     assert _native_module((*stack, Frame(numpy, 86, "_wrapreduction")), "") == "numpy"
     assert _native_module(stack, "") is None  # the crash was in the cell's own line
+
+
+def test_guard_threshold_settings() -> None:
+    from kernel_doctor.supervisor.guard import threshold
+
+    limit = 1000 * 1024**2
+    assert threshold(None, limit) == (int(limit * 0.9), "90%")
+    assert threshold("80%", limit) == (int(limit * 0.8), "80%")
+    assert threshold("500M", limit) == (500 * 1024**2, "500m")
+    assert threshold("5G", limit) == (limit, "5g")  # never above the limit itself
+    assert threshold("off", limit) is None
+    assert threshold("banana", limit) == (int(limit * 0.9), "90%")  # never silently off
+
+
+def test_guard_trips_on_growth_during_a_cell_not_on_a_full_kernel(tmp_path: Path) -> None:
+    import os
+    import signal as signals
+
+    from kernel_doctor.probe.base import MemoryLimit
+    from kernel_doctor.supervisor.guard import Guard
+
+    MiB = 1024**2
+    limit = MemoryLimit(300 * MiB, "cgroup-v1", "cgroup v1 memory limit of /x", "/x")
+    guard = Guard("90%", limit, str(tmp_path))
+    pid = os.getpid()
+    old = signals.signal(signals.SIGUSR1, lambda *a: None)  # SigCgt says we catch it
+    try:
+        usr1 = int(signals.SIGUSR1)
+        assert not guard.check({"busy": True, "seq": 1}, 280 * MiB, pid, usr1)  # full at start
+        assert not guard.check({"busy": True, "seq": 1}, 285 * MiB, pid, usr1)  # small growth
+        assert not guard.check({"busy": False, "seq": 1}, 290 * MiB, pid, usr1)
+        assert not guard.check({"busy": True, "seq": 2}, 200 * MiB, pid, usr1)  # new cell
+        assert not guard.check({"busy": True, "seq": 2}, 260 * MiB, pid, usr1)  # below 90 %
+        assert guard.check({"busy": True, "seq": 2}, 275 * MiB, pid, usr1)  # grew past it
+        written = (tmp_path / "guard.json").read_text()
+        assert '"seq": 2' in written and '"usage_bytes": 288358400' in written
+        assert not guard.check({"busy": True, "seq": 2}, 280 * MiB, pid, usr1)  # not again yet
+    finally:
+        signals.signal(signals.SIGUSR1, old)

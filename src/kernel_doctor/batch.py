@@ -18,6 +18,8 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from ._errors import ExitCode
 from .agent.layout import read_cells, read_state
+from .diagnosis.stacks import user_frames
+from .evidence import Frame
 from .launch import SupervisedKernelManager
 from .probe.create import LimitedCgroup
 from .reports.model import empty_report
@@ -25,6 +27,7 @@ from .reports.store import REPORT_FILE
 from .sizes import format_size
 from .supervisor.session import read_meta, read_samples
 
+AGENT_DIR = os.path.join(os.path.dirname(__file__), "agent")
 # How long to wait for the supervisor to finish its report after nbclient saw the
 # kernel die. The supervisor exits only after writing it, so this is a ceiling.
 REPORT_WAIT = 10.0
@@ -65,9 +68,12 @@ def _execute(
     cgroup: LimitedCgroup | None,
     allow_errors: bool,
     log: Any = None,
+    guard: str | None = None,
     session_dir: str,
 ) -> BatchResult:
     options = {"session": session_dir, "quiet": "1"}
+    if guard is not None:
+        options["guard"] = guard
     if cgroup is not None and cgroup.path:
         options["cgroup"] = cgroup.path
     km = SupervisedKernelManager(
@@ -204,10 +210,33 @@ def _cell_error_report(nb: Any, index: int | None, session_dir: str) -> dict[str
         f"Cell {index} [{count}]{line} raised {name}: {message}".rstrip(": ")
         + ". The kernel is alive: this is an error in the cell, not a kernel death."
     )
+    frames = [Frame(str(f), int(ln), str(fn)) for f, ln, fn in error.get("stack", [])]
     report["stack"] = [
-        {"file": f, "line": ln, "function": fn, "cell_index": None, "execution_count": None}
-        for f, ln, fn in error.get("stack", [])
+        {
+            "file": f.file,
+            "line": f.line,
+            "function": f.function,
+            "cell_index": None,
+            "execution_count": None,
+        }
+        # From the cell inwards, without the agent's own guard handler.
+        for f in user_frames(tuple(frames))
+        if not f.file.startswith(AGENT_DIR)
     ]
+    guard = error.get("guard")
+    if isinstance(guard, dict):  # the memory guard stopped the cell; the kernel lives
+        report["guard"] = {
+            "tripped": True,
+            "layer": guard.get("layer"),
+            "usage_bytes": guard.get("usage_bytes"),
+            "limit_bytes": guard.get("limit_bytes"),
+        }
+        report["summary"] = (
+            f"Cell {index} [{count}]{line} was stopped by the memory guard: "
+            f"{format_size(guard.get('usage_bytes'))} of the "
+            f"{format_size(guard.get('limit_bytes'))} limit. The kernel is alive, with "
+            "its variables."
+        )
     return report
 
 

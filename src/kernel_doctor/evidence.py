@@ -74,6 +74,7 @@ class Evidence:
     supervisor_lost: bool = False  # rebuilt from what a dead supervisor left
     kernel_name: str | None = None  # the kernelspec's name, where a twin passed it
     session_name: str | None = None  # JPY_SESSION_NAME: the notebook, under a server
+    guard: dict[str, Any] = field(default_factory=dict)  # its setting, and "signals" sent
 
     @property
     def running_cell(self) -> CellRun | None:

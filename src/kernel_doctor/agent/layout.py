@@ -32,6 +32,7 @@ ENV_DUMP_SIGNAL = "KERNEL_DOCTOR_DUMP_SIGNAL"
 # new cell at once instead of at its next idle tick (a fill can outrun that).
 ENV_WAKE_FD = "KERNEL_DOCTOR_WAKE_FD"
 ENV_REPORTS = "KERNEL_DOCTOR_REPORTS"  # where stored reports are, for %doctor
+GUARD = "guard.json"  # what the supervisor saw when it tripped the memory guard
 NOTICE = "notice.json"  # the previous kernel's death, for the next cell to show
 
 
@@ -41,6 +42,13 @@ def dump_signal() -> int:
     import signal
 
     return int(signal.SIGRTMIN) + 6
+
+
+def guard_signal() -> int:
+    """The signal that tells the agent the memory guard tripped (SIGRTMIN+8)."""
+    import signal
+
+    return int(signal.SIGRTMIN) + 8
 
 
 CELLS = "cells.jsonl"

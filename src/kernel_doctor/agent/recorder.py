@@ -96,6 +96,9 @@ class Agent:
         faulthandler.enable(file=self._fatal, all_threads=True)
         if self.dump_signal is not None:
             faulthandler.register(self.dump_signal, file=self._dumps, all_threads=True)
+            from .guard import install
+
+            install(self)  # a supervisor is there to trip it
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
         from .magics import register
@@ -441,9 +444,13 @@ def _describe_error(error: BaseException, filename: str | None) -> dict[str, Any
         message = str(error)[:2000]
     except Exception:  # a user exception whose __str__ raises
         message = f"<{type(error).__name__}: message unavailable>"
-    return {
+    described: dict[str, Any] = {
         "type": type(error).__name__,
         "message": message,
         "line": line,
         "stack": stack[-50:],
     }
+    guard = getattr(error, "guard", None)
+    if isinstance(error, MemoryError) and isinstance(guard, dict):
+        described["guard"] = guard  # KernelDoctorMemoryError: the guard stopped the cell
+    return described

@@ -35,6 +35,14 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-errors", action="store_true", help="keep going after a cell raises"
     )
+    guard = parser.add_mutually_exclusive_group()
+    guard.add_argument(
+        "--guard",
+        metavar="THRESHOLD",
+        help="stop a cell with MemoryError when its growth passes this share or size of "
+        "the limit (default 90%%)",
+    )
+    guard.add_argument("--no-guard", action="store_true", help="let memory growth run")
 
 
 def _read_notebook(path: str) -> Any:
@@ -109,6 +117,22 @@ def _check_writable(flag: str, path: str) -> None:
         raise UsageError(f"{flag} {path!r}: the directory {directory!r} is not writable")
 
 
+def _guard(text: str | None) -> str | None:
+    if text is None:
+        return None
+    value = text.strip()
+    if value.endswith("%"):
+        try:
+            share = float(value[:-1])
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 100:
+            raise UsageError(f"--guard {text!r}: give a percentage above 0 and up to 100%")
+        return value
+    parse_size(value)  # a size, or a one-line error naming the forms it reads
+    return value
+
+
 def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -134,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         if target:
             _check_writable(flag, target)
     kernel = _kernel_name(nb, args.kernel)
+    guard = "off" if args.no_guard else _guard(args.guard)
 
     from rich.console import Console
 
@@ -155,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=timeout,
         cgroup=cgroup,
         allow_errors=args.allow_errors,
+        guard=guard,
         log=lambda text: err.print(f"kernel-doctor: {text}", style="dim"),
     )
     if args.output:

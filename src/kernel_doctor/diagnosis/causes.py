@@ -129,6 +129,7 @@ def _cause(ev: Evidence) -> tuple[str, list[str]]:
                     f"the last stack dump before the kill is runaway recursion in {recursing}(): "
                     "its frames filled memory"
                 )
+            facts.extend(_guard_facts(ev))
             return "out_of_memory", facts
         if before is not None and after is not None:
             facts.append("the OOM-kill counter did not change, so this SIGKILL came from outside")
@@ -175,6 +176,23 @@ def _cause(ev: Evidence) -> tuple[str, list[str]]:
             facts.append("it exited without a shutdown request (os._exit(0) or similar)")
         return "exit", facts
     return "unknown", facts
+
+
+def _guard_facts(ev: Evidence) -> list[str]:
+    """Why the memory guard, when it was on, did not save the kernel."""
+    guard = ev.guard
+    if not guard.get("enabled"):
+        return []
+    on = f"the memory guard was on (at {guard.get('threshold')})"
+    if guard.get("signals"):
+        return [
+            f"{on} and signalled the cell, but the growth was inside one long call into C "
+            "code, which Python cannot interrupt, and the OOM killer came first"
+        ]
+    return [
+        f"{on} but no sample saw the cell past it before the kill: the memory filled "
+        "faster than it samples (one oversized allocation, or growth inside one C call)"
+    ]
 
 
 def last_dump_recursion(ev: Evidence) -> str | None:

@@ -110,6 +110,10 @@ def collect(
         connection_file=meta.get("connection_file"),
         supervisor_lost=supervisor_lost,
         kernel_name=meta.get("kernel_name"),
+        guard={
+            **(meta.get("guard") or {}),
+            "signals": sum(1 for e in events if e.get("event") == "guard"),
+        },
         session_name=meta.get("session_name"),
     )
 

@@ -222,6 +222,13 @@ class Supervisor:
                 "; a death's diagnosis will be less precise\n"
             )
         self.sampler = Sampler(source, self.session, pid, self.started, self.dump_signal)
+        if self.agent:
+            from .guard import ENV_GUARD, Guard
+
+            setting = self.options.get("guard") or os.environ.get(ENV_GUARD)
+            self.sampler.guard = Guard(setting, source.limit, self.session.directory)
+            self.session.meta["guard"] = self.sampler.guard.describe()
+            self.session.write_meta(self.session.meta)
         marks = [int(source.limit.limit_bytes * m) for m in MARKS]
         # KERNEL_DOCTOR_EVENTS=0 samples without cgroup notifications: what cgroup v2
         # offers for usage marks, so benchmarks can measure that case on v1 too.

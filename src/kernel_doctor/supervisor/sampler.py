@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import time
 
-from ..agent.layout import StateFile
+from ..agent.layout import StateFile, guard_signal
 from ..probe import procfs
 from ..probe.base import MemorySource
 from ..probe.files import Reader
+from .guard import Guard
 from .session import Session
 
 BUSY_INTERVAL = 0.02  # a cell has been running for a while (the agent says so)
@@ -47,6 +48,8 @@ class Sampler:
         self.kernel_pid = kernel_pid
         self.started = started  # time.monotonic() at the kernel's start
         self.dump_signal = dump_signal
+        self.guard: Guard | None = None  # set by the supervisor for agent kernels
+        self.guard_signal = guard_signal() if dump_signal is not None else None
         self.state: StateFile | None = None
         self.last_state: dict[str, object] = {}
         self.peak_counted = 0
@@ -114,6 +117,10 @@ class Sampler:
             self.peak_counted = max(self.peak_counted, counted)
             self.session.sample(now - self.started, counted, kernel)
             self._check_marks(counted)
+            if self.guard is not None and self.guard.check(
+                self.last_state, counted, self.kernel_pid, self.guard_signal
+            ):
+                self.session.event("guard", usage=counted, seq=self.last_state.get("seq"))
         self.next_due = now + self.interval()
         self._idle_due = now + IDLE_INTERVAL
 

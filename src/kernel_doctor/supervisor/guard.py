@@ -1,0 +1,101 @@
+"""The memory guard's supervisor half: notice a cell growing past the threshold.
+
+A kernel that merely holds a lot must keep working, so the guard trips on growth
+during a cell, not on a full kernel: the running cell must have added at least
+GROWTH_MIN since its first sample, and memory must be past the threshold. The agent
+(``kernel_doctor.agent.guard``) turns the signal into a MemoryError in that cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from ..agent.layout import GUARD
+from ..probe import procfs
+from ..probe.base import MemoryLimit
+
+ENV_GUARD = "KERNEL_DOCTOR_GUARD"
+DEFAULT = "90%"
+# Growth within the cell that counts as the cell's doing: small cells of a kernel
+# that holds most of its limit never get near it.
+GROWTH_MIN_SHARE = 0.02
+GROWTH_MIN_BYTES = 16 * 1024**2
+RESEND = 0.5  # seconds: a signal that landed outside the cell's code is sent again
+TRIES = 6
+
+
+def threshold(setting: str | None, limit: int) -> tuple[int, str] | None:
+    """(bytes, as the user wrote it) from "90%", "1.5G" or "off"; None when off.
+    An unreadable setting falls back to the default: the guard must not vanish."""
+    text = (setting or DEFAULT).strip().lower()
+    if text in ("off", "0", "no", "false", "none"):
+        return None
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100
+            if not 0 < share <= 1:
+                raise ValueError(text)
+            return int(limit * share), text
+        from ..sizes import parse_size
+
+        return min(parse_size(text), limit), text
+    except Exception:
+        return int(limit * 0.9), DEFAULT
+
+
+class Guard:
+    def __init__(self, setting: str | None, limit: MemoryLimit, session_dir: str) -> None:
+        found = threshold(setting, limit.limit_bytes)
+        self.enabled = found is not None
+        self.bytes, self.text = found if found is not None else (0, "off")
+        self.limit = limit
+        self.session_dir = session_dir
+        self.growth_min = max(GROWTH_MIN_BYTES, int(limit.limit_bytes * GROWTH_MIN_SHARE))
+        self._seq: Any = None
+        self._base = 0
+        self._sent = 0.0
+        self._tries = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "threshold": self.text, "threshold_bytes": self.bytes}
+
+    def check(self, state: dict[str, Any], counted: int, pid: int, signum: int | None) -> bool:
+        """Called at each sample; True when it signalled the kernel."""
+        if not self.enabled or signum is None:
+            return False
+        if not state.get("busy"):
+            return False
+        seq = state.get("seq")
+        if seq != self._seq:
+            # The cell's growth counts from its first sample: the agent wakes us 10 ms
+            # into each cell. (The last sample before the cell may be up to 20 ms
+            # before the previous cell ended, so it can miss that cell's last growth.)
+            self._seq, self._base, self._sent, self._tries = seq, counted, 0.0, 0
+        if counted < self.bytes or counted - self._base < self.growth_min:
+            return False
+        now = time.monotonic()
+        if self._tries >= TRIES or now - self._sent < RESEND:
+            return False
+        if not procfs.catches(pid, signum):
+            return False
+        record = {
+            "seq": seq,
+            "usage_bytes": counted,
+            "limit_bytes": self.limit.limit_bytes,
+            "limit_source": self.limit.source,
+            "threshold_text": self.text,
+            "threshold_bytes": self.bytes,
+        }
+        path = os.path.join(self.session_dir, GUARD)
+        try:
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(record, f)
+            os.replace(path + ".tmp", path)
+            os.kill(pid, signum)
+        except OSError:
+            return False
+        self._sent, self._tries = now, self._tries + 1
+        return True

@@ -1,0 +1,141 @@
+"""The memory guard in real kernels in real memory cgroups (300 MB): a cell whose
+growth passes the threshold is stopped with a MemoryError, the kernel lives on with
+its variables, and a kernel that merely holds a lot is left alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from conftest import run_cli
+
+LIMIT = "300M"
+GROW = "chunks = []\nfor i in range(100):\n    chunks.append(bytearray(10 * 1024**2))\n"
+
+
+def run(path: Path, tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any], Any]:
+    out = tmp_path / "out.ipynb"
+    code, report = run_cli(
+        ["run", str(path), "--memory-limit", LIMIT, "-o", str(out), *extra],
+        tmp_path / "report.json",
+    )
+    assert report is not None
+    return code, report, nbformat.read(str(out), as_version=4)
+
+
+def text_of(cell: Any) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def assert_stopped(report: dict[str, Any], index: int, line: int) -> None:
+    assert report["outcome"] == "cell_error", report["summary"]
+    assert report["cell"]["index"] == index
+    assert report["line"] == line
+    guard = report["guard"]
+    assert guard["tripped"] is True and guard["layer"] == "threshold"
+    assert guard["limit_bytes"] == 300 * 1024**2
+    assert 0.9 * guard["limit_bytes"] <= guard["usage_bytes"] <= guard["limit_bytes"]
+    assert "stopped by the memory guard" in report["summary"]
+
+
+def test_gradual_growth_is_stopped_and_the_kernel_lives(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    path = notebook(["keep = 'earlier'", GROW, "del chunks\nprint(keep)"])
+    code, report, nb = run(path, tmp_path, "--allow-errors")
+    assert code == 1
+    assert_stopped(report, 1, 3)
+    error = next(o for o in nb.cells[1].outputs if o.output_type == "error")
+    assert error.ename == "KernelDoctorMemoryError"
+    assert "of the 300 MiB limit" in error.evalue
+    assert "Biggest variables: chunks (" in error.evalue
+    assert "The kernel and its variables are intact" in error.evalue
+    assert text_of(nb.cells[2]) == "earlier\n"  # same kernel, variables kept
+
+
+def test_growth_in_a_function_from_another_cell(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    define = (
+        "def grow(out):\n    for i in range(100):\n        out.append(bytearray(10 * 1024**2))\n"
+    )
+    path = notebook([define, "held = []\ngrow(held)", "print(len(held) > 0)"])
+    code, report, nb = run(path, tmp_path, "--allow-errors")
+    assert code == 1
+    assert_stopped(report, 1, 2)
+    assert any(f["function"] == "grow" for f in report["stack"]), report["stack"]
+    assert text_of(nb.cells[2]) == "True\n"
+
+
+def test_growth_across_cells_stops_the_cell_that_crosses(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    step = "for i in range(6):\n    held.append(bytearray(10 * 1024**2))\n"
+    cells = ["held = []", *([step] * 6), "print(len(held))"]
+    code, report, _ = run(notebook(cells), tmp_path)
+    assert code == 1  # without --allow-errors the run stops there, as nbclient does
+    assert report["outcome"] == "cell_error" and report["guard"]["tripped"] is True
+    index = report["cell"]["index"]
+    assert 3 <= index <= 6, report["summary"]  # ~60 MiB a cell over a ~60 MiB kernel
+    assert report["line"] == 2
+
+
+# Allocates in 4 MiB steps until the kernel's memory cgroup counts `share` of its limit.
+FILL_TO = """\
+def fill_to(share, held):
+    line = next(l for l in open('/proc/self/cgroup') if ':memory:' in l)
+    base = '/sys/fs/cgroup/memory' + line.strip().split(':', 2)[2]
+    limit = int(open(base + '/memory.limit_in_bytes').read())
+    def counted():
+        stat = dict(l.split() for l in open(base + '/memory.stat'))
+        usage = int(open(base + '/memory.usage_in_bytes').read())
+        return usage - int(stat.get('total_inactive_file', 0))
+    while counted() < share * limit:
+        held.append(bytearray(4 * 1024**2))
+    return counted() / limit
+"""
+
+
+def test_a_kernel_that_holds_a_lot_keeps_running_small_cells(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    # Up to 86 % in one cell, then past the 90 % guard by less than the growth that
+    # counts as a cell's doing (16 MiB), then many small cells at ~91 %.
+    cells = [
+        FILL_TO,
+        "held = []\nfirst = fill_to(0.86, held)",
+        "more = [bytearray(12 * 1024**2)]",
+        *(["x = [i for i in range(1000)]\ny = sum(x)"] * 20),
+        "import threading\nts = [threading.Thread(target=sum, args=(range(1000),)) "
+        "for _ in range(8)]\nfor t in ts: t.start()\nfor t in ts: t.join()",
+        "print(round(first, 2) >= 0.86, len(more))",
+    ]
+    code, report, nb = run(notebook(cells), tmp_path, "--guard", "90%")
+    assert code == 0, report["summary"]
+    assert report["outcome"] == "ok"
+    assert text_of(nb.cells[-1]) == "True 1\n"
+    assert report["memory"]["peak_bytes"] >= 0.9 * 300 * 1024**2  # it really held that
+
+
+def test_guard_off_still_dies_and_is_diagnosed(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    code, report, _ = run(notebook(["keep = 1", GROW]), tmp_path, "--no-guard")
+    assert code == 3
+    assert report["cause"] == "out_of_memory"
+    assert report["cell"]["index"] == 1 and report["line"] == 3
+
+
+def test_a_death_the_guard_could_not_stop_says_so(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    # One memset far past the limit: no Python bytecode runs until it returns, so the
+    # guard's MemoryError never gets raised; the death is diagnosed as before.
+    code, report, _ = run(notebook(["keep = 1", "data = bytearray(600 * 1024**2)"]), tmp_path)
+    assert code == 3
+    assert report["cause"] == "out_of_memory"
+    assert report["cell"]["index"] == 1 and report["line"] == 1
+    facts = [f for f in report["evidence"] if f.startswith("the memory guard was on (at 90%)")]
+    assert len(facts) == 1, report["evidence"]
