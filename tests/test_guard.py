@@ -139,3 +139,26 @@ def test_a_death_the_guard_could_not_stop_says_so(
     assert report["cell"]["index"] == 1 and report["line"] == 1
     facts = [f for f in report["evidence"] if f.startswith("the memory guard was on (at 90%)")]
     assert len(facts) == 1, report["evidence"]
+
+
+def test_doctor_magic_shows_memory_and_turns_the_guard_off(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    cells = [
+        "big = bytearray(50 * 1024**2)",
+        "import time; time.sleep(1.2)",  # an idle sample after the growth
+        "%doctor memory",
+        "%doctor guard off",
+        "%doctor guard",
+        "time.sleep(1.2)\n" + GROW,  # the supervisor reads the new setting meanwhile
+    ]
+    code, report, nb = run(notebook(cells), tmp_path)
+    memory = text_of(nb.cells[2])
+    assert memory.startswith("Memory: ") and "of 300 MiB (cgroup v1 memory limit" in memory
+    assert "Cells that grew memory and kept it:\n  In [1]: +" in memory
+    assert "Biggest variables:\n  big: 50 MiB" in memory
+    assert text_of(nb.cells[3]).startswith("Memory guard: off.")
+    assert text_of(nb.cells[4]).startswith("Memory guard: off.")
+    # With the guard off the growing cell dies, as it would without kernel-doctor.
+    assert code == 3 and report["cause"] == "out_of_memory"
+    assert not any("memory guard" in fact for fact in report["evidence"])

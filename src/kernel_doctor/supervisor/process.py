@@ -366,6 +366,9 @@ class Supervisor:
         source = getattr(self, "source", None)
         if source is not None:
             source.close()
+        guard = getattr(getattr(self, "sampler", None), "guard", None)
+        if guard is not None:  # %doctor guard may have changed it since the start
+            self.session.meta["guard"] = guard.describe()
         evidence = collect(
             self.session.directory,
             status=status,
