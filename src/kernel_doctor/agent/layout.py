@@ -149,3 +149,22 @@ def read_cells(session_dir: str) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def read_samples(directory: str) -> list[tuple[float, int, int]]:
+    try:
+        with open(os.path.join(directory, SAMPLES), "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    usable = len(data) - len(data) % SAMPLE.size
+    return [SAMPLE.unpack_from(data, i) for i in range(0, usable, SAMPLE.size)]
+
+
+def read_meta(directory: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(directory, META)) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from .layout import ENV_REPORTS
+from .layout import ENV_REPORTS, read_meta, read_samples
 
 USAGE = "usage: %doctor [memory | guard [85%|2G|off|on] | deaths | show [ID]]"
 
@@ -113,27 +113,6 @@ def _fmt(num: float | None) -> str:
     return f"{num:.1f} TiB"
 
 
-def _samples(session: str) -> list[tuple[float, int, int]]:
-    from .layout import SAMPLE, SAMPLES
-
-    try:
-        with open(os.path.join(session, SAMPLES), "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
-    usable = len(data) - len(data) % SAMPLE.size
-    return [SAMPLE.unpack_from(data, i) for i in range(0, usable, SAMPLE.size)]
-
-
-def _meta(session: str) -> dict[str, Any]:
-    try:
-        with open(os.path.join(session, "meta.json"), encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def cell_growth(
     records: list[dict[str, Any]], samples: list[tuple[float, int, int]], started: float
 ) -> list[tuple[Any, int]]:
@@ -162,7 +141,7 @@ def memory() -> None:
     from .layout import read_cells
 
     session = agent.session_dir
-    meta, samples = _meta(session), _samples(session)
+    meta, samples = read_meta(session), read_samples(session)
     limit = meta.get("limit") or {}
     if samples:
         _, counted, kernel = samples[-1]
@@ -201,7 +180,7 @@ def guard(words: list[str]) -> None:
             print(USAGE)
             return
         agent.set_guard(setting)
-    meta = _meta(agent.session_dir).get("guard") or {}
+    meta = read_meta(agent.session_dir).get("guard") or {}
     current = agent.guard_setting or meta.get("threshold") or "off"
     if agent.dump_signal is None:
         print("Memory guard: off (this kernel is not supervised).")

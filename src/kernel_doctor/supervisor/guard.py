@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from ..agent.layout import GUARD
+from ..agent.layout import GUARD, META
 from ..probe import procfs
 from ..probe.base import MemoryLimit
 
@@ -110,7 +110,7 @@ class Guard:
 
     def _write_meta(self) -> None:
         """Keep meta.json's guard entry current, for %doctor and the report."""
-        path = os.path.join(self.session_dir, "meta.json")
+        path = os.path.join(self.session_dir, META)
         try:
             with open(path, encoding="utf-8") as f:
                 meta = json.load(f)

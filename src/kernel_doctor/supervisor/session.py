@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from ..agent.layout import EVENTS, META, SAMPLE, SAMPLES
+from ..agent.layout import EVENTS, META, SAMPLE, SAMPLES, read_meta, read_samples
 
 SESSIONS = "sessions"
 REPORTS = "reports"
@@ -111,20 +111,4 @@ def read_events(directory: str) -> list[dict[str, Any]]:
     return records
 
 
-def read_samples(directory: str) -> list[tuple[float, int, int]]:
-    try:
-        with open(os.path.join(directory, SAMPLES), "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
-    usable = len(data) - len(data) % SAMPLE.size
-    return [SAMPLE.unpack_from(data, i) for i in range(0, usable, SAMPLE.size)]
-
-
-def read_meta(directory: str) -> dict[str, Any]:
-    try:
-        with open(os.path.join(directory, META)) as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+__all__ = ["Session", "read_events", "read_meta", "read_samples", "runtime_dir"]
