@@ -162,3 +162,32 @@ def test_doctor_magic_shows_memory_and_turns_the_guard_off(
     # With the guard off the growing cell dies, as it would without kernel-doctor.
     assert code == 3 and report["cause"] == "out_of_memory"
     assert not any("memory guard" in fact for fact in report["evidence"])
+
+
+def test_heavy_output_traffic_is_not_a_trip(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    # Holding ~80 % of the limit while ZMQ carries a flood of output messages.
+    cells = [
+        FILL_TO,
+        "held = []\nfirst = fill_to(0.8, held)",
+        "for i in range(20000):\n    print(i)",
+        "from IPython.display import display\nfor i in range(300):\n    display({'i': i})",
+        "print('done', round(first, 1))",
+    ]
+    code, report, nb = run(notebook(cells), tmp_path)
+    assert code == 0, report["summary"]
+    assert text_of(nb.cells[-1]) == "done 0.8\n"
+
+
+def test_doctor_answers_quickly_with_a_crowded_namespace(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    cells = [
+        "for i in range(100_000):\n    globals()[f'v{i}'] = [i] * 10",
+        "import time\nt0 = time.perf_counter()\n%doctor\nelapsed = time.perf_counter() - t0",
+        "print(elapsed < 0.2, round(elapsed, 3))",
+    ]
+    code, report, nb = run(notebook(cells), tmp_path)
+    assert code == 0, report["summary"]
+    assert text_of(nb.cells[-1]).startswith("True "), text_of(nb.cells[-1])
