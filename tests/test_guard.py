@@ -26,7 +26,14 @@ def run(path: Path, tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any], A
 
 
 def text_of(cell: Any) -> str:
-    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+    """Printed text, and %doctor's answer (a display with HTML and a text fallback)."""
+    parts = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type == "display_data" and "text/html" in output.data:
+            parts.append(output.data["text/plain"] + "\n")
+    return "".join(parts)
 
 
 def assert_stopped(report: dict[str, Any], index: int, line: int) -> None:
@@ -153,6 +160,8 @@ def test_doctor_magic_shows_memory_and_turns_the_guard_off(
         "time.sleep(1.2)\n" + GROW,  # the supervisor reads the new setting meanwhile
     ]
     code, report, nb = run(notebook(cells), tmp_path)
+    html = next(o for o in nb.cells[2].outputs if o.output_type == "display_data")
+    assert "<li><code>big: 50 MiB</code></li>" in html.data["text/html"]
     memory = text_of(nb.cells[2])
     assert memory.startswith("Memory: ") and "of 300 MiB (cgroup v1 memory limit" in memory
     assert "Cells that grew memory and kept it:\n  In [1]: +" in memory

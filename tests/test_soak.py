@@ -276,8 +276,12 @@ def test_simultaneous_crashes(runtime: Path, tmp_path: Path) -> None:
     stderrs = [tmp_path / f"stderr-{i}.log" for i in range(len(CRASHES))]
     try:
         for i in range(len(CRASHES)):
+            # IPC sockets: four kernels picking TCP ports at once can collide.
             write_connection_file(
-                str(connection_files[i]), ip="127.0.0.1", key=os.urandom(16).hex().encode()
+                str(connection_files[i]),
+                transport="ipc",
+                ip=str(tmp_path / f"ipc-{i}"),
+                key=os.urandom(16).hex().encode(),
             )
             with open(stderrs[i], "wb") as err:
                 # As jupyter_client launches a kernel: a session (and group) of its own.

@@ -703,3 +703,14 @@ def test_guard_trips_on_growth_during_a_cell_not_on_a_full_kernel(tmp_path: Path
         assert not guard.check({"busy": True, "seq": 2}, 280 * MiB, pid, usr1)  # not again yet
     finally:
         signals.signal(signals.SIGUSR1, old)
+
+
+def test_doctor_html_lists_indented_lines_and_escapes() -> None:
+    from kernel_doctor.agent.magics import to_html
+
+    html = to_html("Memory: 10 MiB of 1 GiB\nBiggest variables:\n  a<b>: 5 MiB\n  c: 1 MiB")
+    assert html == (
+        '<div class="kernel-doctor"><p><b>Memory: 10 MiB of 1 GiB</b></p>'
+        "<p><b>Biggest variables:</b></p><ul><li><code>a&lt;b&gt;: 5 MiB</code></li>"
+        "<li><code>c: 1 MiB</code></li></ul></div>"
+    )

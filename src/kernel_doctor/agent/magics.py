@@ -52,6 +52,38 @@ def _reports(directory: str) -> list[dict[str, Any]]:
 
 
 def doctor(line: str) -> None:
+    """Shown as one output: HTML in the notebook, the same text where HTML is not."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        _doctor(line)
+    text = buffer.getvalue().rstrip("\n")
+    from IPython.display import display
+
+    display({"text/plain": text, "text/html": to_html(text)}, raw=True)  # type: ignore[no-untyped-call]
+
+
+def to_html(text: str) -> str:
+    """Headings for unindented lines, lists for the indented ones under them."""
+    from html import escape
+
+    parts, in_list = ['<div class="kernel-doctor">'], False
+    for line in text.splitlines():
+        indented = line.startswith("  ")
+        if indented and not in_list:
+            parts.append("<ul>")
+        elif not indented and in_list:
+            parts.append("</ul>")
+        in_list = indented
+        item = escape(line.strip())
+        parts.append(f"<li><code>{item}</code></li>" if indented else f"<p><b>{item}</b></p>")
+    parts.append("</ul></div>" if in_list else "</div>")
+    return "".join(parts)
+
+
+def _doctor(line: str) -> None:
     words = line.split()
     if not words:
         memory()

@@ -230,6 +230,13 @@ class Supervisor:
             self.session.meta["guard"] = self.sampler.guard.describe()
             self.session.write_meta(self.session.meta)
         marks = [int(source.limit.limit_bytes * m) for m in MARKS]
+        guard = self.sampler.guard
+        if guard is not None and guard.enabled:
+            # Woken as usage passes the guard threshold (a little past it, since usage
+            # includes the file cache the guard does not count): between there and the
+            # limit a fast loop may have only a few steps left.
+            extra = int(source.limit.limit_bytes * 0.01)
+            marks.append(min(guard.bytes + extra, int(source.limit.limit_bytes * 0.99)))
         # KERNEL_DOCTOR_EVENTS=0 samples without cgroup notifications: what cgroup v2
         # offers for usage marks, so benchmarks can measure that case on v1 too.
         events = os.environ.get("KERNEL_DOCTOR_EVENTS") != "0"
