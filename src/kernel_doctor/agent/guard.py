@@ -79,7 +79,11 @@ def biggest_variables(
     return sorted(sizes, key=lambda item: item[1], reverse=True)[:count]
 
 
-def _fmt(num: float) -> str:
+def format_bytes(num: float | None) -> str:
+    """Like kernel_doctor.sizes.format_size, which the agent cannot import (it is
+    loaded by path into kernels whose Python may lack kernel-doctor)."""
+    if num is None:
+        return "unknown"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(num) < 1024:
             return f"{num:.0f} {unit}" if unit == "B" or num >= 10 else f"{num:.1f} {unit}"
@@ -91,11 +95,11 @@ def message(guard: dict[str, Any], where: str, variables: list[tuple[str, int]])
     usage, limit = guard.get("usage_bytes") or 0, guard.get("limit_bytes") or 0
     parts = [
         f"kernel-doctor's memory guard stopped this cell{where}: it took memory to "
-        f"{_fmt(usage)} of the {_fmt(limit)} limit ({guard.get('limit_source')}), past "
-        f"the guard at {guard.get('threshold_text')}."
+        f"{format_bytes(usage)} of the {format_bytes(limit)} limit "
+        f"({guard.get('limit_source')}), past the guard at {guard.get('threshold_text')}."
     ]
     if variables:
-        listed = ", ".join(f"{name} ({_fmt(size)})" for name, size in variables)
+        listed = ", ".join(f"{name} ({format_bytes(size)})" for name, size in variables)
         parts.append(f"Biggest variables: {listed}.")
     parts.append(
         "The kernel and its variables are intact: free what you no longer need (del …) "

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+from .guard import format_bytes
 from .layout import ENV_REPORTS, read_meta, read_samples
 
 USAGE = "usage: %doctor [memory | guard [85%|2G|off|on] | deaths | show [ID]]"
@@ -135,16 +136,6 @@ def _agent() -> Any:
     return running_agent()
 
 
-def _fmt(num: float | None) -> str:
-    if num is None:
-        return "unknown"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(num) < 1024:
-            return f"{num:.0f} {unit}" if unit == "B" or num >= 10 else f"{num:.1f} {unit}"
-        num /= 1024
-    return f"{num:.1f} TiB"
-
-
 def cell_growth(
     records: list[dict[str, Any]], samples: list[tuple[float, int, int]], started: float
 ) -> list[tuple[Any, int]]:
@@ -178,8 +169,8 @@ def memory() -> None:
     if samples:
         _, counted, kernel = samples[-1]
         print(
-            f"Memory: {_fmt(counted)} of {_fmt(limit.get('limit_bytes'))} "
-            f"({limit.get('source')}); this kernel's processes {_fmt(kernel)}."
+            f"Memory: {format_bytes(counted)} of {format_bytes(limit.get('limit_bytes'))} "
+            f"({limit.get('source')}); this kernel's processes {format_bytes(kernel)}."
         )
     else:
         print("Memory: no samples (this kernel is not supervised).")
@@ -189,13 +180,13 @@ def memory() -> None:
     if grew:
         print("Cells that grew memory and kept it:")
         for count, added in grew[:10]:
-            print(f"  In [{count}]: +{_fmt(added)}")
+            print(f"  In [{count}]: +{format_bytes(added)}")
     shell = agent.shell
     variables = biggest_variables(shell.user_ns, getattr(shell, "user_ns_hidden", ()), 10)
     if variables:
         print("Biggest variables:")
         for name, size in variables:
-            print(f"  {name}: {_fmt(size)}")
+            print(f"  {name}: {format_bytes(size)}")
 
 
 def guard(words: list[str]) -> None:

@@ -192,8 +192,15 @@ class Supervisor:
         source: MemorySource = find_memory_source(pid)
         self.source = source
         self.oom_before = source.oom_kills()
+        guard = None
+        if self.agent:
+            from .guard import ENV_GUARD, Guard
+
+            setting = self.options.get("guard") or os.environ.get(ENV_GUARD)
+            guard = Guard(setting, source.limit, self.session.directory)
         self.session.write_meta(
             {
+                "guard": guard.describe() if guard is not None else None,
                 "supervisor_pid": os.getpid(),
                 "host": os.uname().nodename,
                 "kernel_pid": pid,
@@ -222,15 +229,8 @@ class Supervisor:
                 "; a death's diagnosis will be less precise\n"
             )
         self.sampler = Sampler(source, self.session, pid, self.started, self.dump_signal)
-        if self.agent:
-            from .guard import ENV_GUARD, Guard
-
-            setting = self.options.get("guard") or os.environ.get(ENV_GUARD)
-            self.sampler.guard = Guard(setting, source.limit, self.session.directory)
-            self.session.meta["guard"] = self.sampler.guard.describe()
-            self.session.write_meta(self.session.meta)
+        self.sampler.guard = guard
         marks = [int(source.limit.limit_bytes * m) for m in MARKS]
-        guard = self.sampler.guard
         if guard is not None and guard.enabled:
             # Woken as usage passes the guard threshold (a little past it, since usage
             # includes the file cache the guard does not count): between there and the
