@@ -18,8 +18,10 @@ import os
 import re
 import resource
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,13 +276,15 @@ def test_simultaneous_crashes(runtime: Path, tmp_path: Path) -> None:
     sessions = [tmp_path / f"session-{i}" for i in range(len(CRASHES))]
     connection_files = [tmp_path / f"kernel-{i}.json" for i in range(len(CRASHES))]
     stderrs = [tmp_path / f"stderr-{i}.log" for i in range(len(CRASHES))]
+    # A Unix socket path holds at most 107 bytes, and CI's tmp_path can be long.
+    ipc_dir = Path(tempfile.mkdtemp(prefix="kd-ipc-", dir="/tmp"))
     try:
         for i in range(len(CRASHES)):
             # IPC sockets: four kernels picking TCP ports at once can collide.
             write_connection_file(
                 str(connection_files[i]),
                 transport="ipc",
-                ip=str(tmp_path / f"ipc-{i}"),
+                ip=str(ipc_dir / str(i)),
                 key=os.urandom(16).hex().encode(),
             )
             with open(stderrs[i], "wb") as err:
@@ -311,7 +315,11 @@ def test_simultaneous_crashes(runtime: Path, tmp_path: Path) -> None:
             kc.load_connection_file()
             clients.append(kc)
             kc.start_channels()
-            kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+            try:
+                kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+            except RuntimeError as error:
+                log = stderrs[i].read_text(errors="replace")[-3000:]
+                raise AssertionError(f"kernel {i} did not start: {error}\n{log}") from error
             supervisor = psutil.Process(proc.pid)
             tree = [supervisor, *supervisor.children(recursive=True)]
             seen.extend(tree)
@@ -349,6 +357,7 @@ def test_simultaneous_crashes(runtime: Path, tmp_path: Path) -> None:
         for leftover in alive(seen):
             with contextlib.suppress(psutil.NoSuchProcess):
                 leftover.kill()
+        shutil.rmtree(ipc_dir, ignore_errors=True)
 
     assert not wait_gone(seen, 5.0), describe(alive(seen))
 
