@@ -47,6 +47,8 @@ def start(kind: str) -> tuple[KernelManager, Any, float]:
         t0 = time.perf_counter()
         if kind == "no agent":  # the supervisor alone: splits its cost from the agent's
             km.start_kernel(env={**os.environ, "KERNEL_DOCTOR_AGENT": "0"})
+        elif kind == "guard off":  # everything but the memory guard: the guard's cost
+            km.start_kernel(env={**os.environ, "KERNEL_DOCTOR_GUARD": "off"})
         else:
             km.start_kernel()
         kc = km.client()
@@ -89,7 +91,7 @@ def round_trips(kc: Any, cells: int) -> list[float]:
 
 
 def bench_round_trip(batches: int, cells: int) -> dict[str, list[float]]:
-    kernels = {kind: start(kind) for kind in ("plain", "supervised", "no agent")}
+    kernels = {kind: start(kind) for kind in ("plain", "supervised", "no agent", "guard off")}
     medians: dict[str, list[float]] = {kind: [] for kind in kernels}
     try:
         for kind in kernels:
@@ -224,9 +226,11 @@ def soak(cycles: int) -> int:
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", tests], env=env).returncode
 
 
-def ratio(values: dict[str, list[float]], kind: str = "supervised") -> tuple[float, float, float]:
-    """Median ratio ``kind``/plain and a bootstrap 95 % interval."""
-    plain, sup = values["plain"], values[kind]
+def ratio(
+    values: dict[str, list[float]], kind: str = "supervised", base: str = "plain"
+) -> tuple[float, float, float]:
+    """Median ratio ``kind``/``base`` and a bootstrap 95 % interval."""
+    plain, sup = values[base], values[kind]
     point = statistics.median(sup) / statistics.median(plain)
     boots = []
     for _ in range(2000):
@@ -269,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.only}: {median} ms, ratio {ratio(values)}")
         if "no agent" in values:
             print(f"without the agent: ratio {ratio(values, 'no agent')}")
+            print(f"guard on / guard off: ratio {ratio(values, 'supervised', 'guard off')}")
         return 0
     compileall.compile_dir(os.path.dirname(kernel_doctor.__file__), quiet=1)
     q = args.quick
@@ -281,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
     capture_runs = 3 if q else 20
     captured = line_capture(capture_runs)
     s_ratio, t_ratio, n_ratio = ratio(starts), ratio(trips), ratio(trips, "no agent")
+    g_ratio = ratio(trips, "supervised", "guard off")
     ms = lambda v: statistics.median(v) * 1000  # noqa: E731
     lines = [
         "# Benchmark results",
@@ -301,6 +307,9 @@ def run(args: argparse.Namespace) -> int:
         f"| … the supervisor alone (`KERNEL_DOCTOR_AGENT=0`) | {ms(trips['plain']):.2f} ms | "
         f"{ms(trips['no agent']):.2f} ms | {n_ratio[0]:.3f} ({n_ratio[1]:.3f}–{n_ratio[2]:.3f})"
         " | – |",
+        f"| … the memory guard: supervised against supervised with the guard off | "
+        f"{ms(trips['guard off']):.2f} ms | {ms(trips['supervised']):.2f} ms | "
+        f"{g_ratio[0]:.3f} ({g_ratio[1]:.3f}–{g_ratio[2]:.3f}) | – |",
         f"| agent's own cost per cell, measured in the kernel | – | {agent:.1f} µs | – | ≤ 85 µs |",
         f"| supervisor RSS / PSS with sentinel | – | {sup['rss_mib']:.1f} MiB / "
         f"{sup['pss_mib_with_sentinel']:.1f} MiB | – | ≤ 20 MB |",

@@ -242,6 +242,37 @@ def kill_adopted(pids: list[int]) -> None:
 # -- messages ------------------------------------------------------------------------
 
 
+def wait_ready(kc: BlockingKernelClient, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """``kc.wait_for_ready`` for a client without a KernelManager, without its liveness
+    test: that one reads one missed heartbeat during a slow start (several kernels
+    starting at once on two cores) as "Kernel died before replying to kernel_info"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the kernel's process exited ({proc.returncode})"
+        kc.kernel_info()
+        try:
+            msg = kc.get_shell_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg["msg_type"] != "kernel_info_reply":
+            continue
+        try:  # IOPub connected too (its first messages are lost until it is)
+            kc.get_iopub_msg(timeout=0.2)
+        except queue.Empty:
+            continue
+        while True:  # drain what the kernel_info requests produced
+            try:
+                kc.get_iopub_msg(timeout=0.1)
+            except queue.Empty:
+                break
+        while True:
+            try:
+                kc.get_shell_msg(timeout=0.1)
+            except queue.Empty:
+                return
+    raise AssertionError(f"no kernel_info_reply within {timeout} s")
+
+
 def shell_reply(kc: BlockingKernelClient, msg_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:

@@ -3,6 +3,7 @@ cause, cell and line. Memory deaths happen inside real memory cgroups (300 MB)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import psutil
 import pytest
 
 from conftest import PY311, run_cli
@@ -231,6 +233,21 @@ def test_timeout(notebook: Any, tmp_path: Path) -> None:
     assert report["cell"]["index"] == 1
     assert report["line"] in (3, 4)
     assert "1.5 s timeout" in report["summary"]
+    # The run ended its kernel (nbclient only ends kernels it started itself): the
+    # loop does not spin on after the run.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and kernels_of_this_process():
+        time.sleep(0.05)
+    assert not kernels_of_this_process()
+
+
+def kernels_of_this_process() -> list[str]:
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "ipykernel_launcher" in " ".join(proc.cmdline()):
+                found.append(" ".join(proc.cmdline()))
+    return found
 
 
 def test_healthy_notebook_has_identical_outputs(notebook: Any, tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ import json
 import os
 import re
 import resource
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +45,7 @@ from kernels import (
     iopub_until,
     is_stream,
     wait_gone,
+    wait_ready,
     write_kernelspecs,
 )
 
@@ -314,10 +315,10 @@ def test_simultaneous_crashes(runtime: Path, tmp_path: Path) -> None:
             kc = BlockingKernelClient(connection_file=str(connection_files[i]))
             kc.load_connection_file()
             clients.append(kc)
-            kc.start_channels()
+            kc.start_channels(hb=False)
             try:
-                kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
-            except RuntimeError as error:
+                wait_ready(kc, proc, STARTUP_TIMEOUT)
+            except AssertionError as error:
                 log = stderrs[i].read_text(errors="replace")[-3000:]
                 raise AssertionError(f"kernel {i} did not start: {error}\n{log}") from error
             supervisor = psutil.Process(proc.pid)

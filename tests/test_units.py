@@ -714,3 +714,86 @@ def test_doctor_html_lists_indented_lines_and_escapes() -> None:
         "<p><b>Biggest variables:</b></p><ul><li><code>a&lt;b&gt;: 5 MiB</code></li>"
         "<li><code>c: 1 MiB</code></li></ul></div>"
     )
+
+
+def test_guard_counts_a_cells_growth_from_the_sample_before_it(tmp_path: Path) -> None:
+    import os
+    import signal as signals
+
+    from kernel_doctor.probe.base import MemoryLimit
+    from kernel_doctor.supervisor.guard import Guard
+
+    MiB = 1024**2
+    limit = MemoryLimit(300 * MiB, "cgroup-v1", "cgroup v1 memory limit of /x", "/x")
+    guard = Guard("90%", limit, str(tmp_path))
+    pid = os.getpid()
+    old = signals.signal(signals.SIGUSR1, lambda *a: None)
+    try:
+        usr1 = int(signals.SIGUSR1)
+        assert not guard.check({"busy": False, "seq": 1}, 200 * MiB, pid, usr1)  # between
+        # The cell's first sample comes after a fast fill: still its own growth.
+        assert guard.check({"busy": True, "seq": 2}, 285 * MiB, pid, usr1)
+    finally:
+        signals.signal(signals.SIGUSR1, old)
+
+
+def test_allocation_ceiling_follows_the_kernel_and_restores_its_limit() -> None:
+    import resource
+    import subprocess
+
+    from kernel_doctor.supervisor.ceiling import STEP, Ceiling
+
+    MiB = 1024**2
+    user_limit = 8 * 1024**3  # a soft limit the user set: the ceiling stays below it
+    child = subprocess.Popen(
+        ["sleep", "30"],
+        preexec_fn=lambda: resource.setrlimit(
+            resource.RLIMIT_DATA, (user_limit, resource.RLIM_INFINITY)
+        ),
+    )
+    try:
+        ceiling = Ceiling(child.pid, 300 * MiB)
+        assert ceiling.reserve >= 128 * 8 * MiB
+        ceiling.update(100 * MiB, 200 * MiB)  # 100 MiB left of the limit
+        expected = 100 * MiB + 100 * MiB + ceiling.reserve
+        assert resource.prlimit(child.pid, resource.RLIMIT_DATA)[0] == expected
+        ceiling.update(100 * MiB + STEP // 2, 200 * MiB)  # too small a move to set
+        assert ceiling.current == expected
+        ceiling.update(100 * MiB, 0)  # room grew: the ceiling follows
+        assert ceiling.current == 100 * MiB + 300 * MiB + ceiling.reserve
+        ceiling.update(16 * 1024**3, 0)  # never above the user's own limit
+        assert ceiling.current == user_limit
+        ceiling.release()
+        assert resource.prlimit(child.pid, resource.RLIMIT_DATA) == (
+            user_limit,
+            resource.RLIM_INFINITY,
+        )
+        assert ceiling.current is None
+        late = Ceiling(child.pid, 300 * MiB)
+    finally:
+        child.kill()
+        child.wait()
+    late.update(MiB, MiB)  # the kernel has exited: this layer turns off, quietly
+    assert late.error is not None and late.current is None
+
+
+def test_allocation_failures_the_agent_recognises() -> None:
+    from kernel_doctor.agent.guard import _request, is_allocation_failure, refusal_note
+
+    torch = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 17179869184 bytes. Error code 12"
+    )
+    assert is_allocation_failure(torch) and _request(torch) == 16 * 1024**3
+    assert is_allocation_failure(MemoryError()) and _request(MemoryError()) is None
+    assert not is_allocation_failure(RuntimeError("something else"))
+    note = refusal_note(
+        {
+            "usage_bytes": 100 * 1024**2,
+            "limit_bytes": 300 * 1024**2,
+            "limit_source": "x",
+            "request_bytes": 16 * 1024**3,
+        }
+    )
+    assert note.startswith("kernel-doctor's memory guard refused this allocation (16 GiB)")
+    assert "leaves 200 MiB, with 100 MiB in use" in note

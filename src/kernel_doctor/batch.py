@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -140,6 +141,11 @@ def _execute(
     except CellTimeoutError:
         outcome, code = "timeout", ExitCode.TIMEOUT
         report = _timeout_report(nb, current, timeout, session_dir)
+    finally:
+        # nbclient shuts down only kernels it started itself, and ours came with our
+        # KernelManager: end it here, or it outlives the run (a timed-out cell keeps
+        # spinning) until our own process exits.
+        _shut_down(client, now=outcome not in ("ok", "cell_error"))
     _add_memory(report, session_dir)
     failed = current if outcome in ("kernel_died", "timeout") else first_error
     if outcome == "kernel_died" and failed is not None:
@@ -149,6 +155,16 @@ def _execute(
 
 def _has_error(cell: Any) -> bool:
     return any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+
+
+def _shut_down(client: NotebookClient, now: bool) -> None:
+    """A healthy kernel gets jupyter_client's shutdown request (no report: it was asked
+    to end); a timed-out or dead one is ended at once. nbclient's own clean-up, which
+    it runs only for kernel managers it made itself."""
+    client.shutdown_kernel = "immediate" if now else "graceful"
+    with contextlib.suppress(Exception):
+        if client.km is not None:
+            client._cleanup_kernel()
 
 
 def _wait_for_supervisor(km: SupervisedKernelManager) -> None:
@@ -231,12 +247,23 @@ def _cell_error_report(nb: Any, index: int | None, session_dir: str) -> dict[str
             "usage_bytes": guard.get("usage_bytes"),
             "limit_bytes": guard.get("limit_bytes"),
         }
-        report["summary"] = (
-            f"Cell {index} [{count}]{line} was stopped by the memory guard: "
-            f"{format_size(guard.get('usage_bytes'))} of the "
-            f"{format_size(guard.get('limit_bytes'))} limit. The kernel is alive, with "
-            "its variables."
-        )
+        if guard.get("layer") == "allocation":
+            request = guard.get("request_bytes")
+            what = f" of {format_size(request)}" if request else ""
+            usage, limit = guard.get("usage_bytes"), guard.get("limit_bytes")
+            left = format_size(max(0, limit - usage)) if limit and usage is not None else "?"
+            report["summary"] = (
+                f"Cell {index} [{count}]{line}: the memory guard refused an allocation"
+                f"{what}, since the {format_size(limit)} limit leaves {left}. The kernel "
+                "is alive, with its variables."
+            )
+        else:
+            report["summary"] = (
+                f"Cell {index} [{count}]{line} was stopped by the memory guard: "
+                f"{format_size(guard.get('usage_bytes'))} of the "
+                f"{format_size(guard.get('limit_bytes'))} limit. The kernel is alive, with "
+                "its variables."
+            )
     return report
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
+import threading
 import time
 from types import FrameType
 from typing import Any
 
-from .layout import GUARD, guard_signal
+from .layout import ENV_DATA_LIMIT, GUARD, guard_signal, read_meta, read_samples
 
 # Measuring the namespace must never be what makes a stopped cell slow.
 SIZE_BUDGET = 0.05  # seconds
@@ -108,8 +110,98 @@ def message(guard: dict[str, Any], where: str, variables: list[tuple[str, int]])
     return " ".join(parts)
 
 
+def _data_limit() -> int | None:
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_DATA)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def _restore_data_limit(original: int) -> None:
+    """In a forked child (multiprocessing): the supervisor moves only the kernel's
+    ceiling, so a child keeps the limit it had before kernel-doctor."""
+    try:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (original, hard))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+# PyTorch's CPU allocator raises RuntimeError, not MemoryError: "DefaultCPUAllocator:
+# can't allocate memory: you tried to allocate 17179869184 bytes."
+_TORCH_FAILURE = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
+
+
+def is_allocation_failure(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and _TORCH_FAILURE.search(str(error)) is not None
+
+
+def _request(error: BaseException) -> int | None:
+    size = getattr(error, "_total_size", None)  # NumPy's _ArrayMemoryError
+    if isinstance(size, int):
+        return size
+    match = _TORCH_FAILURE.search(str(error)) if isinstance(error, RuntimeError) else None
+    return int(match.group(1)) if match else None
+
+
+def allocation_refusal(agent: Any, error: BaseException) -> dict[str, Any] | None:
+    """The guard's record when ``error`` is a MemoryError from the allocation layer:
+    the supervisor's ceiling (RLIMIT_DATA) was in force and the request did not fit."""
+    original = getattr(agent, "data_limit", None)
+    ceiling = _data_limit()
+    if original is None or ceiling is None or ceiling == original:
+        return None  # no ceiling of ours: an ordinary MemoryError
+    request = _request(error)
+    if request is not None:
+        try:
+            with open("/proc/self/statm") as f:
+                data = int(f.read().split()[5]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            data = 0
+        if data + request <= ceiling:
+            return None  # it fitted under the ceiling: refused by something else
+    meta = read_meta(agent.session_dir)
+    limit = meta.get("limit") or {}
+    samples = read_samples(agent.session_dir)
+    return {
+        "tripped": True,
+        "layer": "allocation",
+        "usage_bytes": samples[-1][1] if samples else None,
+        "limit_bytes": limit.get("limit_bytes"),
+        "limit_source": limit.get("source"),
+        "request_bytes": request,
+        "ceiling_bytes": ceiling,
+    }
+
+
+def refusal_note(guard: dict[str, Any]) -> str:
+    """Printed under the MemoryError's traceback, which is the allocator's own."""
+    usage, limit = guard.get("usage_bytes"), guard.get("limit_bytes")
+    request = guard.get("request_bytes")
+    what = f"this allocation ({format_bytes(request)})" if request else "this allocation"
+    left = format_bytes(max(0, limit - usage)) if limit and usage is not None else "unknown"
+    return (
+        f"kernel-doctor's memory guard refused {what} at once: the "
+        f"{format_bytes(limit)} limit ({guard.get('limit_source')}) leaves {left}, with "
+        f"{format_bytes(usage)} in use. The kernel and its variables are intact: work "
+        "in smaller pieces (chunks, dtype=float32, memory-mapped files), then go on.\n"
+    )
+
+
 def install(agent: Any) -> None:
     """Install the handler; the supervisor checks SigCgt before it signals."""
+    given = os.environ.get(ENV_DATA_LIMIT, "")
+    # The supervisor may have set its ceiling already; it says what was there before.
+    agent.data_limit = int(given) if given.lstrip("-").isdigit() else _data_limit()
+    if agent.data_limit is not None:
+        original = agent.data_limit
+        os.register_at_fork(after_in_child=lambda: _restore_data_limit(original))
 
     def handler(signum: int, frame: FrameType | None) -> None:
         path = os.path.join(agent.session_dir, GUARD)
@@ -121,6 +213,12 @@ def install(agent: Any) -> None:
         cell = agent._cell
         if cell is None or guard.get("seq") != cell.get("seq") or frame is None:
             return  # the cell it was meant for is over
+        thread = agent.cell_thread
+        elsewhere = thread is not None and thread != threading.main_thread().ident
+        if elsewhere:  # a subshell's cell: Python runs signal handlers in the main thread
+            frame = sys._current_frames().get(thread)
+            if frame is None:
+                return
         cell_frame = agent._find_cell_frame(frame, 10_000)
         if cell_frame is None:
             return  # not in the cell's own code (IPython's machinery): next time
@@ -129,13 +227,31 @@ def install(agent: Any) -> None:
         where = f" (In [{count}], line {line})" if count is not None else ""
         guard = {**guard, "tripped": True, "layer": "threshold"}
         guard.pop("seq", None)
-        raise KernelDoctorMemoryError(
-            message(
-                guard,
-                where,
-                biggest_variables(agent.shell.user_ns, getattr(agent.shell, "user_ns_hidden", ())),
-            ),
+        text = message(
             guard,
+            where,
+            biggest_variables(agent.shell.user_ns, getattr(agent.shell, "user_ns_hidden", ())),
         )
+        if elsewhere:
+            _raise_in_thread(thread, text, guard)
+            return
+        raise KernelDoctorMemoryError(text, guard)
 
     signal.signal(guard_signal(), handler)
+
+
+def _raise_in_thread(thread: int, text: str, guard: dict[str, Any]) -> None:
+    """Raise KernelDoctorMemoryError in another thread at its next bytecode. CPython
+    raises an asynchronous exception by calling its class with no arguments, so the
+    message travels in a one-off subclass of the same name."""
+    import ctypes
+
+    def init(self: KernelDoctorMemoryError) -> None:
+        KernelDoctorMemoryError.__init__(self, text, guard)
+
+    carrier = type(
+        "KernelDoctorMemoryError",
+        (KernelDoctorMemoryError,),
+        {"__init__": init, "__module__": KernelDoctorMemoryError.__module__},
+    )
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(carrier))

@@ -32,6 +32,9 @@ ENV_DUMP_SIGNAL = "KERNEL_DOCTOR_DUMP_SIGNAL"
 # new cell at once instead of at its next idle tick (a fill can outrun that).
 ENV_WAKE_FD = "KERNEL_DOCTOR_WAKE_FD"
 ENV_REPORTS = "KERNEL_DOCTOR_REPORTS"  # where stored reports are, for %doctor
+# RLIMIT_DATA's soft value before the memory guard's ceiling, which the supervisor may
+# set before the agent loads (so a refusal can be told from an ordinary MemoryError).
+ENV_DATA_LIMIT = "KERNEL_DOCTOR_DATA_LIMIT"
 GUARD = "guard.json"  # what the supervisor saw when it tripped the memory guard
 NOTICE = "notice.json"  # the previous kernel's death, for the next cell to show
 

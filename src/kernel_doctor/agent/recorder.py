@@ -66,6 +66,9 @@ class Agent:
         self._pending = b""  # clean end records not written yet (see _post_run_cell)
         # %doctor guard's setting, passed to the supervisor in the state record.
         self.guard_setting: str | None = None
+        # RLIMIT_DATA's soft value before the supervisor's ceiling (agent/guard.py).
+        self.data_limit: int | None = None
+        self.cell_thread: int | None = None  # the thread running the current cell
         self._guard_json = ""
         # IPython 9 counts a cell before pre_run_cell fires; IPython 8 after it ran.
         self._count_ahead = _ipython_major() >= 9
@@ -98,7 +101,11 @@ class Agent:
     def _install(self) -> None:
         faulthandler.enable(file=self._fatal, all_threads=True)
         if self.dump_signal is not None:
-            faulthandler.register(self.dump_signal, file=self._dumps, all_threads=True)
+            # The signal's thread only (the main thread, which Linux prefers for a
+            # process-directed signal): walking other threads' frames while they run
+            # Python (the main thread may be in a call that released the GIL) read
+            # freed frames and crashed the kernel in 2 of 16 runs of a fast fill.
+            faulthandler.register(self.dump_signal, file=self._dumps, all_threads=False)
             from .guard import install
 
             install(self)  # a supervisor is there to trip it
@@ -172,18 +179,24 @@ class Agent:
         with self._lock:
             data, self._pending = self._pending + data, b""
             self._cell = cell
+            # ipykernel 7 runs a subshell's cells in a thread of its own.
+            self.cell_thread = threading.get_ident()
             self._cell_frame = None
             self._write_state(busy=True)
         self._write(data)
+        self._poke(b"c")
+        if self._parked:
+            self._wake.set()
+
+    def _poke(self, what: bytes) -> None:
+        """Wake the supervisor: a cell starts (b"c") or ends (b"e")."""
         if self.wake_fd is not None:
             try:
-                os.write(self.wake_fd, b"c")
+                os.write(self.wake_fd, what)
             except BlockingIOError:
                 pass  # the supervisor has not read the last pokes yet: it is awake
             except OSError:
                 self.wake_fd = None  # the supervisor is gone
-        if self._parked:
-            self._wake.set()
 
     def _show_notice(self) -> None:
         """Displayed from pre_run_cell, it is the first output of the cell about to
@@ -210,6 +223,7 @@ class Agent:
             self._cell = None
             self._cell_frame = None
             self._write_state(busy=False)
+        self._poke(b"e")
         record: dict[str, Any] = {"event": "end", "seq": cell["seq"], "t": time.time()}
         filename = self._cell_filename(cell)
         if filename:
@@ -217,6 +231,8 @@ class Agent:
         error = result.error_in_exec or result.error_before_exec
         if error is not None:
             record["error"] = _describe_error(error, filename)
+            if "guard" not in record["error"]:
+                self._allocation_refused(error, record["error"])
         data = json.dumps(record).encode() + b"\n"
         with self._lock:
             if error is None:
@@ -227,6 +243,19 @@ class Agent:
                 return
             data, self._pending = self._pending + data, b""
         self._write(data)  # an error's details are on disk before the reply
+
+    def _allocation_refused(self, error: BaseException, described: dict[str, Any]) -> None:
+        if self.dump_signal is None:
+            return  # no supervisor, no ceiling
+        from .guard import allocation_refusal, is_allocation_failure, refusal_note
+
+        if not is_allocation_failure(error):
+            return
+
+        guard = allocation_refusal(self, error)
+        if guard is not None:
+            described["guard"] = guard
+            sys.stderr.write(refusal_note(guard))
 
     def statement_started(self, code: CodeType) -> None:
         """IPython runs each top-level statement of a cell through exec(); note its line

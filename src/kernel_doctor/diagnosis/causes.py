@@ -184,14 +184,21 @@ def _guard_facts(ev: Evidence) -> list[str]:
     if not guard.get("enabled"):
         return []
     on = f"the memory guard was on (at {guard.get('threshold')})"
+    allocation = guard.get("allocation") or {}
+    if allocation and not allocation.get("error"):
+        reserve = allocation.get("reserve_bytes") or 0
+        on += (
+            f"; its allocation layer refuses only what exceeds the room left plus "
+            f"{reserve // 1024**2} MiB for thread stacks, and each allocation here fitted"
+        )
     if guard.get("signals"):
         return [
-            f"{on} and signalled the cell, but the growth was inside one long call into C "
+            f"{on}; it signalled the cell, but the growth was inside one long call into C "
             "code, which Python cannot interrupt, and the OOM killer came first"
         ]
     return [
-        f"{on} but no sample saw the cell past it before the kill: the memory filled "
-        "faster than it samples (one oversized allocation, or growth inside one C call)"
+        f"{on}; no sample saw the cell past the threshold before the kill: the memory "
+        "filled faster than it samples (growth inside one C call)"
     ]
 
 

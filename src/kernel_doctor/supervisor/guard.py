@@ -16,6 +16,7 @@ from typing import Any
 from ..agent.layout import GUARD, META
 from ..probe import procfs
 from ..probe.base import MemoryLimit
+from .ceiling import Ceiling
 
 ENV_GUARD = "KERNEL_DOCTOR_GUARD"
 DEFAULT = "90%"
@@ -25,6 +26,9 @@ GROWTH_MIN_SHARE = 0.02
 GROWTH_MIN_BYTES = 16 * 1024**2
 RESEND = 0.5  # seconds: a signal that landed outside the cell's code is sent again
 TRIES = 6
+# Within this share of the limit below the threshold, the supervisor samples the moment
+# a cell starts or ends, so each cell's growth counts from exactly its start.
+NEAR_SHARE = 0.25
 
 
 def threshold(setting: str | None, limit: int) -> tuple[int, str] | None:
@@ -47,13 +51,22 @@ def threshold(setting: str | None, limit: int) -> tuple[int, str] | None:
 
 
 class Guard:
-    def __init__(self, setting: str | None, limit: MemoryLimit, session_dir: str) -> None:
+    def __init__(
+        self,
+        setting: str | None,
+        limit: MemoryLimit,
+        session_dir: str,
+        ceiling: Ceiling | None = None,
+    ) -> None:
         self.limit = limit
+        self.ceiling = ceiling  # the allocation layer, where the kernel's rlimit is ours
         self.configure(setting)
         self.session_dir = session_dir
         self.growth_min = max(GROWTH_MIN_BYTES, int(limit.limit_bytes * GROWTH_MIN_SHARE))
+        self.near = max(0, self.bytes - int(limit.limit_bytes * NEAR_SHARE))
         self._seq: Any = None
         self._base = 0
+        self._last: int | None = None
         self._sent = 0.0
         self._tries = 0
 
@@ -62,9 +75,27 @@ class Guard:
         found = threshold(setting, self.limit.limit_bytes)
         self.enabled = found is not None
         self.bytes, self.text = found if found is not None else (0, "off")
+        self.near = max(0, self.bytes - int(self.limit.limit_bytes * NEAR_SHARE))
+        if not self.enabled and self.ceiling is not None:
+            self.ceiling.release()
 
     def describe(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "threshold": self.text, "threshold_bytes": self.bytes}
+        described: dict[str, Any] = {
+            "enabled": self.enabled,
+            "threshold": self.text,
+            "threshold_bytes": self.bytes,
+        }
+        if self.ceiling is not None:
+            described["allocation"] = {
+                **self.ceiling.describe(),
+                "error": self.ceiling.error,
+            }
+        return described
+
+    def follow(self, data_bytes: int, counted: int) -> None:
+        """Move the allocation layer's ceiling with the kernel (each sample)."""
+        if self.enabled and self.ceiling is not None:
+            self.ceiling.update(data_bytes, counted)
 
     def check(self, state: dict[str, Any], counted: int, pid: int, signum: int | None) -> bool:
         """Called at each sample; True when it signalled the kernel."""
@@ -72,16 +103,19 @@ class Guard:
         if isinstance(wanted, str) and wanted != self.setting:
             self.configure(wanted)  # %doctor guard, from the agent's state record
             self._write_meta()
+        last, self._last = self._last, counted
         if not self.enabled or signum is None:
             return False
         if not state.get("busy"):
             return False
         seq = state.get("seq")
         if seq != self._seq:
-            # The cell's growth counts from its first sample: the agent wakes us 10 ms
-            # into each cell. (The last sample before the cell may be up to 20 ms
-            # before the previous cell ended, so it can miss that cell's last growth.)
-            self._seq, self._base, self._sent, self._tries = seq, counted, 0.0, 0
+            # The cell's growth counts from the sample before its first: near the
+            # threshold that one was taken as the previous cell ended (the agent pokes
+            # us at each cell's start and end), and the cell's own first sample may
+            # come after a fast fill. Far below the threshold, a stale base is harmless.
+            base = counted if last is None else min(last, counted)
+            self._seq, self._base, self._sent, self._tries = seq, base, 0.0, 0
         if counted < self.bytes or counted - self._base < self.growth_min:
             return False
         now = time.monotonic()

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..agent.layout import (
+    ENV_DATA_LIMIT,
     ENV_DUMP_SIGNAL,
     ENV_REPORTS,
     ENV_SESSION,
@@ -105,6 +106,10 @@ class Supervisor:
             env[ENV_DUMP_SIGNAL] = str(self.dump_signal)
             env[ENV_WAKE_FD] = str(self.wake_w)
             env[ENV_REPORTS] = self.reports
+            with contextlib.suppress(ImportError, OSError, ValueError):
+                import resource
+
+                env[ENV_DATA_LIMIT] = str(resource.getrlimit(resource.RLIMIT_DATA)[0])
             path = env.get("PYTHONPATH")
             env["PYTHONPATH"] = AGENT_BOOT + (os.pathsep + path if path else "")
             argv.append(f"--IPKernelApp.extra_extensions={AGENT_MODULE}")
@@ -194,10 +199,17 @@ class Supervisor:
         self.oom_before = source.oom_kills()
         guard = None
         if self.agent:
+            from .ceiling import Ceiling
             from .guard import ENV_GUARD, Guard
 
             setting = self.options.get("guard") or os.environ.get(ENV_GUARD)
-            guard = Guard(setting, source.limit, self.session.directory)
+            ceiling = None
+            if sys.platform.startswith("linux"):  # RLIMIT_DATA counts as measured there
+                try:
+                    ceiling = Ceiling(pid, source.limit.limit_bytes)
+                except (OSError, ValueError):
+                    ceiling = None  # the threshold layer still works
+            guard = Guard(setting, source.limit, self.session.directory, ceiling)
         self.session.write_meta(
             {
                 "guard": guard.describe() if guard is not None else None,
@@ -268,10 +280,11 @@ class Supervisor:
                     self.source.drain()
                     self.sampler.next_due = 0
                     forced = True
-                elif fd == self.cell_r:  # a cell started: sample it from its start
+                elif fd == self.cell_r:  # a cell started or ended
                     try:
-                        if os.read(self.cell_r, 4096):
-                            self.sampler.cell_started()
+                        pokes = os.read(self.cell_r, 4096)
+                        if pokes:
+                            self.sampler.poked(pokes)
                         else:  # no writer left: the kernel is ending
                             poller.unregister(self.cell_r)
                     except BlockingIOError:

@@ -18,6 +18,10 @@ BUSY_INTERVAL = 0.02  # a cell has been running for a while (the agent says so)
 # The agent records a young cell's line itself, and cgroup v1 wakes us at every mark.
 YOUNG_CELL = 0.1
 YOUNG_INTERVAL = 0.05
+# Near the memory guard's threshold a short cell can cross it between two samples: look
+# every few ms while a cell runs there (a sample costs the supervisor about 50 µs).
+NEAR_INTERVAL = 0.002
+NEAR_BUSY_INTERVAL = 0.01
 IDLE_INTERVAL = 1.0  # the kernel waits for the user, however full memory is
 BLIND_INTERVAL = 0.25  # no agent (non-Python kernels): we cannot tell busy from idle
 # The agent pokes us when a cell starts; we look this much later. Most cells are over
@@ -53,6 +57,7 @@ class Sampler:
         self.state: StateFile | None = None
         self.last_state: dict[str, object] = {}
         self.peak_counted = 0
+        self.last_counted = 0
         self.peak_kernel = 0
         self.last_kernel = 0
         self._children_rss = 0
@@ -75,12 +80,23 @@ class Sampler:
         if not self.last_state.get("busy"):
             return IDLE_INTERVAL
         started = self.last_state.get("started")
-        if isinstance(started, (int, float)) and time.time() - started < YOUNG_CELL:
-            return YOUNG_INTERVAL
-        return BUSY_INTERVAL
+        young = isinstance(started, (int, float)) and time.time() - started < YOUNG_CELL
+        guard = self.guard
+        if guard is not None and guard.enabled and self.last_counted >= guard.near:
+            return NEAR_INTERVAL if young else NEAR_BUSY_INTERVAL
+        return YOUNG_INTERVAL if young else BUSY_INTERVAL
 
-    def cell_started(self) -> None:
-        self.next_due = min(self.next_due, time.monotonic() + CELL_LOOK)
+    def poked(self, data: bytes) -> None:
+        """The agent writes b"c" as a cell starts and b"e" as it ends."""
+        guard = self.guard
+        near = guard is not None and guard.enabled and self.last_counted >= guard.near
+        if near:
+            # Near the guard, memory between two cells decides whether the next one
+            # grew it past the threshold: read it now, not at the next tick.
+            self.sample(force=True)
+        if b"c" in data:
+            look = NEAR_INTERVAL if near else CELL_LOOK
+            self.next_due = min(self.next_due, time.monotonic() + look)
 
     def sample(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -93,7 +109,8 @@ class Sampler:
                 self.next_due = self._idle_due
                 return
         statm = self._statm.read()
-        own = int(statm.split()[1]) * procfs.PAGE_SIZE if statm else None
+        fields = statm.split() if statm else []
+        own = int(fields[1]) * procfs.PAGE_SIZE if fields else None
         if not own:
             # The kernel is exiting (a zombie's statm reads zeros) and its memory is
             # being freed: a sample now would end the timeline on a false low.
@@ -115,12 +132,16 @@ class Sampler:
         self.peak_kernel = max(self.peak_kernel, kernel)
         if counted is not None:
             self.peak_counted = max(self.peak_counted, counted)
+            self.last_counted = counted
             self.session.sample(now - self.started, counted, kernel)
             self._check_marks(counted)
-            if self.guard is not None and self.guard.check(
-                self.last_state, counted, self.kernel_pid, self.guard_signal
-            ):
-                self.session.event("guard", usage=counted, seq=self.last_state.get("seq"))
+            guard = self.guard
+            if guard is not None:
+                # From the start: a notebook's first cell may come before the agent's
+                # state record is attached.
+                guard.follow(int(fields[5]) * procfs.PAGE_SIZE, counted)
+                if guard.check(self.last_state, counted, self.kernel_pid, self.guard_signal):
+                    self.session.event("guard", usage=counted, seq=self.last_state.get("seq"))
         self.next_due = now + self.interval()
         self._idle_due = now + IDLE_INTERVAL
 

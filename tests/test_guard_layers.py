@@ -1,0 +1,206 @@
+"""The memory guard beyond one growing cell, in real 300 MB memory cgroups: the
+allocation layer (an allocation that cannot fit fails at once) and what it must not
+break (threads, address-space reservations, PyTorch), growth spread over several
+cells, and a cell running in an ipykernel 7 subshell thread."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from conftest import remove_cgroup_tree
+from kernel_doctor._errors import CgroupUnavailable
+from kernel_doctor.probe.create import make_limited_cgroup
+from kernels import KERNEL_ARGV, STARTUP_TIMEOUT, alive, execute, iopub_until, is_idle, shell_reply
+from test_guard import FILL_TO, GROW, run, text_of
+
+MiB = 1024**2
+
+
+def test_an_impossible_allocation_fails_at_once(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    cells = ["keep = 'earlier'", "data = bytearray(4 * 1024**3)", "print(keep)"]
+    code, report, nb = run(notebook(cells), tmp_path, "--allow-errors")
+    assert code == 1, report["summary"]
+    assert report["outcome"] == "cell_error"
+    assert report["cell"]["index"] == 1 and report["line"] == 1
+    guard = report["guard"]
+    assert guard["tripped"] is True and guard["layer"] == "allocation"
+    assert guard["limit_bytes"] == 300 * MiB
+    assert 0 < guard["usage_bytes"] < 0.5 * guard["limit_bytes"]  # refused, never filled
+    assert "the memory guard refused an allocation" in report["summary"]
+    assert report["memory"]["peak_bytes"] < 0.5 * 300 * MiB
+    error = next(o for o in nb.cells[1].outputs if o.output_type == "error")
+    assert error.ename == "MemoryError"  # the allocator's own, as without kernel-doctor
+    note = text_of(nb.cells[1])
+    assert note.startswith("kernel-doctor's memory guard refused this allocation at once")
+    assert "The kernel and its variables are intact" in note
+    assert text_of(nb.cells[2]) == "earlier\n"
+
+
+def test_without_the_guard_the_same_allocation_kills(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    code, report, _ = run(notebook(["data = bytearray(4 * 1024**3)"]), tmp_path, "--no-guard")
+    assert code == 3 and report["cause"] == "out_of_memory", report["summary"]
+
+
+# Runs at ~91 % of the limit, where the allocation layer leaves the least room.
+RESERVATION = """\
+import ctypes, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+# As PyTorch and JAX do: reserve a large PROT_NONE range, commit part of it.
+addr = libc.mmap(None, 64 << 30, 0, 0x02 | 0x20 | 0x4000, -1, 0)
+assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+assert libc.mprotect(addr, 256 << 20, mmap.PROT_READ | mmap.PROT_WRITE) == 0
+ctypes.memset(addr, 1, 4 << 20)
+print('reservation ok')
+"""
+THREADS = """\
+import threading
+release = threading.Event()
+threads = [threading.Thread(target=release.wait) for _ in range(200)]
+for t in threads:
+    t.start()
+release.set()
+for t in threads:
+    t.join()
+print('threads ok', len(threads))
+"""
+
+
+def test_threads_and_reservations_near_the_limit_are_not_refused(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    cells = [
+        FILL_TO,
+        "held = []\nfill_to(0.86, held)",
+        "more = [bytearray(12 * 1024**2)]",  # ~91 %: past the guard by a small step
+        "import time; time.sleep(1.2)",  # an idle sample: the ceiling at its tightest
+        THREADS,
+        RESERVATION,
+        "print('alive', len(held) > 0)",
+    ]
+    code, report, nb = run(notebook(cells), tmp_path)
+    assert code == 0, report["summary"]
+    assert text_of(nb.cells[4]) == "threads ok 200\n"
+    assert text_of(nb.cells[5]) == "reservation ok\n"
+    assert text_of(nb.cells[6]) == "alive True\n"
+    assert report["memory"]["peak_bytes"] >= 0.9 * 300 * MiB
+
+
+def test_pytorch_runs_under_the_allocation_layer(
+    notebook: Any, tmp_path: Path, cgroup_parent: str
+) -> None:
+    pytest.importorskip("torch", reason="PyTorch is not installed here")
+    cells = [
+        "import torch\nx = torch.randn(512, 512)\ny = (x @ x).sum().item()",
+        "t = torch.empty(16 * 1024**3 // 4)",  # 16 GiB: refused, not an OOM death
+        "print('torch ok', torch.get_num_threads() > 0, round(y) == round(y))",
+    ]
+    code, report, nb = run(notebook(cells), tmp_path, "--allow-errors")
+    assert code == 1, report["summary"]
+    assert report["cell"]["index"] == 1
+    assert report["guard"]["layer"] == "allocation"
+    assert text_of(nb.cells[2]) == "torch ok True True\n"
+
+
+def test_growth_across_several_cells(notebook: Any, tmp_path: Path, cgroup_parent: str) -> None:
+    # From 70 % of 300 MB, 25 MiB a cell: the third step crosses the 90 % guard.
+    steps = [f"step{i} = bytearray(25 * 1024**2)" for i in range(5)]
+    cells = [FILL_TO, "held = []\nfill_to(0.70, held)", *steps, "print(len(held) > 0, 'alive')"]
+    code, report, nb = run(notebook(cells), tmp_path, "--allow-errors")
+    assert code == 1, report["summary"]
+    assert report["outcome"] == "cell_error"
+    assert report["cell"]["index"] == 4, report["summary"]  # step2, the crossing cell
+    assert report["guard"]["layer"] == "threshold"
+    errors = [i for i, c in enumerate(nb.cells) if any(o.output_type == "error" for o in c.outputs)]
+    assert errors[0] == 4 and all(i >= 4 for i in errors), errors
+    assert text_of(nb.cells[-1]) == "True alive\n"  # never killed, variables kept
+
+
+@pytest.fixture
+def supervised_in_cgroup(tmp_path: Path, cgroup_parent: str) -> Iterator[Any]:
+    """A supervised ipykernel in its own 300 MB cgroup, through a KernelManager."""
+    try:
+        cgroup = make_limited_cgroup(300 * MiB)
+    except CgroupUnavailable as exc:
+        pytest.skip(f"no memory cgroup: {exc}")
+    if cgroup.path is None:
+        pytest.skip("memory cgroups only through systemd-run here; --cgroup needs a directory")
+    spec = tmp_path / "kernels" / "kd-limited"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "kernel_doctor.supervise", "--cgroup", cgroup.path, "--"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv + KERNEL_ARGV, "display_name": "kd", "language": "python"})
+    )
+    ksm = KernelSpecManager(kernel_dirs=[str(spec.parent)])
+    km = KernelManager(kernel_name="kd-limited", kernel_spec_manager=ksm)
+    seen: list[psutil.Process] = []
+    try:
+        km.start_kernel()
+        launched = psutil.Process(km.provisioner.process.pid)  # type: ignore[union-attr]
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        seen.extend([launched, *launched.children(recursive=True)])
+        try:
+            yield kc
+        finally:
+            kc.stop_channels()
+    finally:
+        with contextlib.suppress(Exception):
+            km.shutdown_kernel(now=True)
+        for proc in alive(seen):  # only what this test started
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        remove_cgroup_tree(cgroup.path)
+
+
+def test_a_subshell_cell_is_stopped_in_its_own_thread(supervised_in_cgroup: Any) -> None:
+    kc = supervised_in_cgroup
+    reply, _ = execute(kc, "keep = 'earlier'\nimport threading")
+    assert reply["status"] == "ok", reply
+    request = kc.session.msg("create_subshell_request", {})
+    kc.control_channel.send(request)
+    created = kc.control_channel.get_msg(timeout=10)
+    if created["content"].get("status") != "ok":
+        pytest.skip(f"this ipykernel has no subshells: {created['content']}")
+    subshell = created["content"]["subshell_id"]
+
+    code = "in_main = threading.current_thread() is threading.main_thread()\n" + GROW
+    content = {
+        "code": code,
+        "silent": False,
+        "store_history": True,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+    msg = kc.session.msg("execute_request", content)
+    msg["header"]["subshell_id"] = subshell
+    kc.shell_channel.send(msg)
+    reply = shell_reply(kc, msg["header"]["msg_id"], 60)["content"]
+    iopub_until(kc, msg["header"]["msg_id"], is_idle)
+    assert reply["status"] == "error", reply
+    assert reply["ename"] == "KernelDoctorMemoryError", reply
+    assert "of the 300 MiB limit" in reply["evalue"]
+    assert "The kernel and its variables are intact" in reply["evalue"]
+
+    reply, _ = execute(kc, "del chunks", answer="(keep, in_main)")
+    assert reply["status"] == "ok", reply
+    assert reply["user_expressions"]["answer"]["data"]["text/plain"] == "('earlier', False)"
