@@ -27,6 +27,7 @@ from .reports.model import empty_report
 from .reports.store import REPORT_FILE
 from .sizes import format_size
 from .supervisor.session import read_meta, read_samples
+from .timeouts import look_at_timeout
 
 AGENT_DIR = os.path.join(os.path.dirname(__file__), "agent")
 # How long to wait for the supervisor to finish its report after nbclient saw the
@@ -141,6 +142,7 @@ def _execute(
     except CellTimeoutError:
         outcome, code = "timeout", ExitCode.TIMEOUT
         report = _timeout_report(nb, current, timeout, session_dir)
+        look_at_timeout(report, km, session_dir, current)
     finally:
         # nbclient shuts down only kernels it started itself, and ours came with our
         # KernelManager: end it here, or it outlives the run (a timed-out cell keeps

@@ -75,6 +75,7 @@ class Evidence:
     kernel_name: str | None = None  # the kernelspec's name, where a twin passed it
     session_name: str | None = None  # JPY_SESSION_NAME: the notebook, under a server
     guard: dict[str, Any] = field(default_factory=dict)  # its setting, and "signals" sent
+    hang: dict[str, Any] = field(default_factory=dict)  # the look at an ignored interrupt
 
     @property
     def running_cell(self) -> CellRun | None:

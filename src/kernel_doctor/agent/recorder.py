@@ -26,6 +26,7 @@ from .layout import (
     STATE,
     StateFile,
 )
+from .where import answer
 
 # While a cell runs the watcher looks at the main thread this often. A tick costs a
 # few microseconds; 20 ms keeps the recorded line fresh for all but the fastest deaths
@@ -72,6 +73,9 @@ class Agent:
         # RLIMIT_DATA's soft value before the supervisor's ceiling (agent/guard.py).
         self.data_limit: int | None = None
         self.cell_thread: int | None = None  # the thread running the current cell
+        # Set while IPython formats the traceback of the cell's exception, which can
+        # take minutes (a RecursionError a million frames deep) and looks like a hang.
+        self._phase_json = ""
         self._guard_json = ""
         # IPython 9 counts a cell before pre_run_cell fires; IPython 8 after it ran.
         self._count_ahead = _ipython_major() >= 9
@@ -112,6 +116,7 @@ class Agent:
             from .guard import install
 
             install(self)  # a supervisor is there to trip it
+        self._wrap_showtraceback()
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
         from .magics import register
@@ -133,6 +138,8 @@ class Agent:
         self._wake.set()
         self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
         self.shell.events.unregister("post_run_cell", self.post_run_cell)
+        if "showtraceback" in vars(self.shell):
+            del self.shell.showtraceback  # IPython's own method again
         atexit.unregister(self._at_exit)
         self._watcher.join(timeout=1)
         self._flush()
@@ -190,6 +197,33 @@ class Agent:
         self._poke(b"c")
         if self._parked:
             self._wake.set()
+
+    def _wrap_showtraceback(self) -> None:
+        original = self.shell.showtraceback
+
+        def showtraceback(*args: Any, **kwargs: Any) -> Any:
+            try:
+                error = sys.exc_info()[1]
+                depth = 0
+                tb = error.__traceback__ if error is not None else None
+                while tb is not None and depth < 10_000_000:
+                    depth, tb = depth + 1, tb.tb_next
+                phase = {
+                    "phase": "traceback",
+                    "error": type(error).__name__ if error is not None else None,
+                    "depth": depth,
+                }
+                self._phase_json = "," + json.dumps(phase)[1:-1]
+                with self._lock:
+                    self._write_state(busy=self._cell is not None)
+            except Exception:
+                pass
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._phase_json = ""
+
+        self.shell.showtraceback = showtraceback
 
     def _poke(self, what: bytes) -> None:
         """Wake the supervisor: a cell starts (b"c") or ends (b"e")."""
@@ -307,7 +341,7 @@ class Agent:
         )
         if extra:
             text += "," + json.dumps(extra)[1:-1]
-        self._state.write_bytes((text + self._guard_json + "}").encode())
+        self._state.write_bytes((text + self._guard_json + self._phase_json + "}").encode())
 
     def set_guard(self, setting: str) -> None:
         """The supervisor reads this from the next state record it samples."""
@@ -346,6 +380,7 @@ class Agent:
             if self._cell is not None:
                 try:
                     self._tick()
+                    answer(self.session_dir, self.main_ident, {"seq": self._seq})
                 except Exception:
                     pass  # the watcher must never disturb the kernel
                 idle_since = time.monotonic()

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from .. import __version__
 from .._errors import ExitCode, KernelDoctorError, UsageError
-from . import install, reports_cmd, run, show, status, uninstall
+from . import install, reports_cmd, run, show, status, top, uninstall, where
 
 COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "run": (run, "execute a notebook under supervision and diagnose any kernel death"),
@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "install": (install, "install supervised twins of kernelspecs"),
     "uninstall": (uninstall, "remove the kernelspecs that install wrote"),
     "status": (status, "show which kernelspecs are supervised and whether the agent loads"),
+    "where": (where, "show where a running supervised kernel is stuck, every thread"),
+    "top": (top, "live view of the kernels on this machine (q quits)"),
 }
 
 

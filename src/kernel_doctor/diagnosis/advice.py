@@ -74,6 +74,13 @@ def advise(cause: str, ev: Evidence, stack: Sequence[Frame]) -> list[str]:
             "Something in the cell ended the process (os._exit, a library calling exit()). "
             "Raise an exception instead if you meant to stop the cell.",
         ]
+    if cause == "hang":
+        return [
+            "The cell was inside a C call that does not check for interrupts (a C loop, "
+            "a blocking read without a timeout): only a restart stops it. Give blocking "
+            "calls a timeout (sockets, database drivers, requests), or run such work in a "
+            "subprocess or thread you can abandon.",
+        ]
     if cause == "killed":
         return [
             "Another process, a person, or a job scheduler sent the signal. Check the "

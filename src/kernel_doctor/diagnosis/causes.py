@@ -10,6 +10,7 @@ from ..evidence import CellRun, Evidence, Frame, StackDump
 from ..probe.procfs import signal_name
 from ..sizes import format_size
 from .advice import advise
+from .hang import describe as describe_hang
 from .stacks import cell_line, pick_thread, runaway_recursion
 
 CAUSES = (
@@ -19,6 +20,7 @@ CAUSES = (
     "exit",
     "killed",
     "startup_failure",
+    "hang",
     "unknown",
 )
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
@@ -44,9 +46,16 @@ class Diagnosis:
 def diagnose(ev: Evidence) -> Diagnosis | None:
     """The diagnosis of a kernel's end, or None when nothing died (a requested
     shutdown, a clean exit)."""
-    if _not_a_death(ev):
+    if ev.hang and ev.exit_code is None and not ev.clean_exit:
+        # Ended (a restart, a shutdown, a kill) while stuck where an interrupt could not
+        # reach: what the user must hear about is the hang, not the signal.
+        how = signal_name(ev.signal) if ev.signal else "a kill of its process group"
+        cause, facts = "hang", [f"the kernel (pid {ev.pid}) was ended by {how}"]
+        facts.append(describe_hang(ev.hang, interrupt=True))
+    elif _not_a_death(ev):
         return None
-    cause, facts = _cause(ev)
+    else:
+        cause, facts = _cause(ev)
     cell = _running_cell(ev)
     line, stack, where = _locate(ev, cell)
     facts = facts + where + _memory_facts(ev, cell)
@@ -330,6 +339,11 @@ def _summary(cause: str, ev: Evidence, cell: CellRun | None, line: int | None) -
         return f"Out of memory{where}: the kernel grew to {used} {what}."
     if cause == "stack_overflow":
         return f"Stack overflow{where}: runaway recursion through C code crashed the kernel."
+    if cause == "hang":
+        return (
+            f"The kernel hung{where} in a call that ignored the interrupt, and was ended "
+            f"by {signal_name(ev.signal) if ev.signal else 'a signal'} (a restart or shutdown)."
+        )
     if cause == "native_crash":
         name = signal_name(ev.signal) if ev.signal else "a fatal signal"
         return f"Native crash ({name}){where}: code outside Python crashed the kernel."

@@ -9,7 +9,6 @@ kernel's parent, reads them, and ``kernel-doctor where`` asks the supervisor.
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ _AARCH64 = {
     260: "wait4", 25: "fcntl", 32: "flock", 98: "futex", 115: "clock_nanosleep",
     22: "epoll_pwait", 56: "openat", 242: "accept4", 243: "recvmmsg", 441: "epoll_pwait2",
 }  # fmt: skip
-SYSCALLS = {"x86_64": _X86_64, "aarch64": _AARCH64}.get(platform.machine(), {})
+SYSCALLS = {"x86_64": _X86_64, "aarch64": _AARCH64}.get(os.uname().machine, {})
 _FD_CALLS = {"read", "pread64", "readv", "recvfrom", "recvmsg", "recvmmsg", "write",
              "connect", "accept", "accept4", "fcntl", "flock"}  # fmt: skip
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs",

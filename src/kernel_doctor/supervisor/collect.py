@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -115,7 +116,17 @@ def collect(
             "signals": sum(1 for e in events if e.get("event") == "guard"),
         },
         session_name=meta.get("session_name"),
+        hang=_json(os.path.join(directory, "interrupt.json")),
     )
+
+
+def _json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def cells_from(records: list[dict[str, Any]]) -> tuple[CellRun, ...]:

@@ -253,6 +253,9 @@ class Supervisor:
         # offers for usage marks, so benchmarks can measure that case on v1 too.
         events = os.environ.get("KERNEL_DOCTOR_EVENTS") != "0"
         self.watch = source.watch(marks) if events and source.limit.kind != "system" else None
+        from .control import Control
+
+        self.inspector = Control(self.session.directory, pid, self.dump_signal)
         self.sampler.sample()
         if "session" not in self.options:  # a caller's own session dir is not ours to scan
             recover_stale_sessions(os.path.dirname(self.session.directory), self.session.directory)
@@ -268,11 +271,15 @@ class Supervisor:
             poller.register(self.watch.fd, self.watch.events)
         if self.agent:
             poller.register(self.cell_r, select.POLLIN)
+        inspector = self.inspector
+        if inspector.fd is not None:
+            poller.register(inspector.fd, select.POLLIN)
         state_path = os.path.join(self.session.directory, STATE)
         self._next_tail_save = 0.0
         forced = False  # a cgroup event asked for a sample, busy or not
         while True:
-            timeout = max(0.0, self.sampler.next_due - time.monotonic())
+            due = min(self.sampler.next_due, inspector.due())
+            timeout = max(0.0, due - time.monotonic())
             for fd, _ in poller.poll(timeout * 1000):
                 if fd == wake_r:
                     self._on_signals(os.read(wake_r, 512), pid)
@@ -280,6 +287,8 @@ class Supervisor:
                     self.source.drain()
                     self.sampler.next_due = 0
                     forced = True
+                elif fd == inspector.fd:  # kernel-doctor where
+                    inspector.on_control()
                 elif fd == self.cell_r:  # a cell started or ended
                     try:
                         pokes = os.read(self.cell_r, 4096)
@@ -293,6 +302,7 @@ class Supervisor:
             if done:
                 self._note_late_signals(wake_r)
                 return status
+            inspector.tick()  # a no-op until a look or an interrupt is pending
             if time.monotonic() >= self.sampler.next_due:
                 if self.sampler.state is None and self.agent:
                     self.sampler.attach_state(state_path)
@@ -319,6 +329,9 @@ class Supervisor:
             if sig in ENDING and self.requested is None:
                 self.requested = procfs.signal_name(sig)
             self.session.event("signal", signal=procfs.signal_name(sig), group=group)
+            inspector = getattr(self, "inspector", None)
+            if sig == signal.SIGINT and inspector is not None:
+                inspector.interrupted()
             if not group:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)

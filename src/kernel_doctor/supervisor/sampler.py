@@ -167,10 +167,12 @@ class Sampler:
             size = os.path.getsize(os.path.join(self.session.directory, "dumps.txt"))
         except OSError:
             size = 0
-        try:
-            os.kill(self.kernel_pid, self.dump_signal)
-        except ProcessLookupError:
+        if not os.path.exists(f"/proc/{self.kernel_pid}"):
             return False
+        from .signals import signal_thread
+
+        # To the main thread, where cells run: the agent's dump covers that thread only.
+        signal_thread(self.kernel_pid, self.kernel_pid, self.dump_signal)
         self.session.event(
             "dump", why=why, offset=size, signal=procfs.signal_name(self.dump_signal)
         )

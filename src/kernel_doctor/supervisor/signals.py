@@ -136,3 +136,13 @@ class Forwarder:
             os.waitpid(self.sentinel_pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+def signal_thread(pid: int, tid: int, sig: int) -> None:
+    """``sig`` to one thread of ``pid`` (tgkill), so faulthandler dumps that thread's
+    stack; a process-directed signal may be taken by any thread not blocking it."""
+    load_libc()
+    tgkill = getattr(_libc, "tgkill", None)  # glibc 2.30 and later
+    if tgkill is None or tgkill(pid, tid, sig) != 0:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)

@@ -1,0 +1,85 @@
+"""Every thread's Python stack, taken inside the kernel for ``kernel-doctor where``.
+
+The watcher thread answers while a cell runs (it polls for the supervisor's request
+every tick). It takes the stacks with ``sys._current_frames()`` under the GIL, which
+is safe where faulthandler's all-threads dump from a signal is not, and it has the
+source lines (IPython registers each cell's source in ``linecache``). When the cell's
+thread holds the GIL in a long C call the watcher cannot run: the supervisor then has
+faulthandler's dump of the main thread alone. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import linecache
+import os
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+REQUEST = "where.request"  # the nonce of the supervisor's pending request
+ANSWER = "where-agent.json"
+MAX_FRAMES = 60  # innermost frames listed per thread; deeper ones are counted
+MAX_DEPTH = 10_000_000  # a runaway recursion is counted this far, no further
+
+
+def thread_stacks(main_ident: int | None) -> list[dict[str, Any]]:
+    """The main thread first; frames innermost last, as tracebacks print them."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    natives = {t.ident: getattr(t, "native_id", None) for t in threading.enumerate()}
+    own = threading.get_ident()
+    stacks = []
+    for ident, frame in sys._current_frames().items():
+        if ident == own:
+            continue  # the watcher itself
+        frames, depth = _frames(frame)
+        stacks.append(
+            {
+                "ident": ident,
+                "native_id": natives.get(ident),
+                "name": names.get(ident, f"Thread {ident:#x}"),
+                "main": ident == main_ident,
+                "depth": depth,
+                "frames": frames,
+            }
+        )
+    stacks.sort(key=lambda s: not s["main"])
+    return stacks
+
+
+def _frames(frame: FrameType | None) -> tuple[list[list[Any]], int]:
+    innermost: list[list[Any]] = []
+    depth = 0
+    while frame is not None and depth < MAX_DEPTH:
+        if depth < MAX_FRAMES:
+            code = frame.f_code
+            line = frame.f_lineno or 0
+            source = linecache.getline(code.co_filename, line).strip()
+            innermost.append([code.co_filename, line, code.co_name, source])
+        depth += 1
+        frame = frame.f_back
+    innermost.reverse()
+    return innermost, depth
+
+
+def answer(session_dir: str, main_ident: int | None, extra: dict[str, Any]) -> bool:
+    """Answer a pending request, if there is one; True when it did."""
+    path = os.path.join(session_dir, REQUEST)
+    try:
+        with open(path, encoding="ascii") as f:
+            nonce = f.read().strip()
+    except OSError:
+        return False
+    if not nonce:
+        return False
+    record = {"nonce": nonce, "threads": thread_stacks(main_ident), **extra}
+    target = os.path.join(session_dir, ANSWER)
+    try:
+        with open(target + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        os.replace(target + ".tmp", target)
+        os.unlink(path)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,204 @@
+"""``kernel-doctor top``: a live view of the kernels on this machine.
+
+Supervised kernels in full (state, running cell and line, memory against the limit
+that applies, CPU, deaths so far); plain ipykernel processes with what /proc tells.
+Redraws about once a second; ``q`` quits. Fits an 80-column terminal over ssh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..agent.layout import read_cells, read_samples
+from ..diagnosis.hang import duration
+from ..live import LiveKernel, live_kernels
+from ..probe import procfs
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true", help="print one view and exit")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between redraws")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    cpu = CpuMeter()
+    if args.once or not sys.stdin.isatty():
+        cpu.sample(_all_pids())
+        time.sleep(0.2)
+        console.print(view(cpu))
+        return 0
+    with _cbreak(), Live(view(cpu), console=console, auto_refresh=False, screen=True) as live:
+        while True:
+            ready = select.select([sys.stdin], [], [], max(0.1, args.interval))[0]
+            if ready and sys.stdin.read(1).lower() == "q":
+                return 0
+            live.update(view(cpu), refresh=True)
+
+
+@contextlib.contextmanager
+def _cbreak() -> Iterator[None]:
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+class CpuMeter:
+    """CPU share of each process between two redraws."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, tuple[float, int]] = {}
+
+    def sample(self, pids: list[int]) -> dict[int, float]:
+        now, shares = time.monotonic(), {}
+        for pid in pids:
+            ticks = _ticks(pid)
+            if ticks is None:
+                continue
+            before = self.last.get(pid)
+            if before is not None and now > before[0]:
+                shares[pid] = (ticks - before[1]) / _TICKS / (now - before[0])
+            self.last[pid] = (now, ticks)
+        return shares
+
+
+def _ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def plain_kernels(known: set[int]) -> list[tuple[int, str]]:
+    """ipykernel processes no supervisor of ours watches: (pid, connection file)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in known:
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any("ipykernel" in a for a in argv[:3]) and "kernel_doctor.supervise" not in argv:
+            connection = next((a for a in argv if a.endswith(".json")), "")
+            found.append((int(name), os.path.basename(connection)))
+    return found
+
+
+def _all_pids() -> list[int]:
+    kernels = live_kernels()
+    return [k.kernel_pid for k in kernels] + [p for p, _ in plain_kernels(set())]
+
+
+def _deaths() -> dict[str, int]:
+    from ..reports.history import list_reports
+
+    counts: dict[str, int] = {}
+    for doc in list_reports():
+        kernel = doc.get("kernel") or {}
+        label = kernel.get("session_name") or kernel.get("connection_file") or ""
+        counts[str(label)] = counts.get(str(label), 0) + 1
+    return counts
+
+
+def _bar(used: int, limit: int, width: int = 6) -> str:
+    share = min(1.0, used / limit) if limit else 0.0
+    full = round(share * width)
+    return "█" * full + "░" * (width - full) + f"{share:4.0%}"
+
+
+def _short(num: int) -> str:
+    """ "280M", "7.8G": a size in four or five characters."""
+    for unit in ("B", "K", "M", "G", "T"):
+        if num < 1024 or unit == "T":
+            return f"{num:.0f}{unit}" if num >= 10 or unit == "B" else f"{num:.1f}{unit}"
+        num /= 1024  # type: ignore[assignment]
+    return "?"
+
+
+def view(cpu: CpuMeter) -> Any:
+    from rich.table import Table
+
+    kernels = live_kernels()
+    plain = plain_kernels({k.kernel_pid for k in kernels})
+    shares = cpu.sample([k.kernel_pid for k in kernels] + [p for p, _ in plain])
+    deaths = _deaths()
+    from rich import box
+
+    table = Table(
+        title=f"kernel-doctor top · {len(kernels)} supervised, {len(plain)} plain · q quits",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1),
+    )
+    table.add_column("pid", no_wrap=True)
+    table.add_column("kernel", max_width=14, no_wrap=True, overflow="ellipsis")
+    table.add_column("state", no_wrap=True)
+    table.add_column("cell", no_wrap=True)
+    table.add_column("memory / limit", no_wrap=True)
+    table.add_column("cpu", justify="right", no_wrap=True)
+    table.add_column("died", justify="right", no_wrap=True)  # deaths so far
+    for k in kernels:
+        table.add_row(*_row(k, shares.get(k.kernel_pid), deaths))
+    for pid, connection in plain:
+        rss = procfs.rss_bytes(pid) or 0
+        share = shares.get(pid)
+        table.add_row(
+            str(pid), connection or "ipykernel", "plain", "-", _short(rss),
+            f"{share:.0%}" if share is not None else "-", "-",
+        )  # fmt: skip
+    return table
+
+
+def _row(k: LiveKernel, share: float | None, deaths: dict[str, int]) -> list[str]:
+    state = k.state
+    since = state.get("started") if k.busy else state.get("t")
+    age = duration(time.time() - since) if isinstance(since, (int, float)) else ""
+    cell = "-"
+    if k.busy:
+        line = state.get("line")
+        count = next(
+            (
+                r.get("execution_count")
+                for r in reversed(read_cells(k.session_dir))
+                if r.get("event") == "start" and r.get("seq") == state.get("seq")
+            ),
+            None,
+        )
+        cell = f"[{count if count is not None else '?'}]" + (f":{line}" if line else "")
+    samples = read_samples(k.session_dir)
+    used = samples[-1][2] if samples else 0  # the kernel's own processes
+    limit = int((k.meta.get("limit") or {}).get("limit_bytes") or 0)
+    memory = f"{_bar(used, limit)} {_short(used)}/{_short(limit)}"
+    label = k.meta.get("session_name") or k.meta.get("connection_file") or ""
+    return [
+        str(k.kernel_pid),
+        os.path.basename(k.label),
+        f"{'busy' if k.busy else 'idle'} {age}",
+        cell,
+        memory,
+        f"{share:.0%}" if share is not None else "-",
+        str(deaths.get(str(label), 0)),
+    ]

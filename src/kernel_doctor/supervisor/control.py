@@ -1,0 +1,59 @@
+"""The session's control FIFO, through which ``kernel-doctor where`` asks for a look.
+
+Kept light: the supervisor opens the FIFO at every kernel start, and builds the
+``Inspector`` (``inspect.py``, which imports more) only when a look is first needed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .inspect import Inspector
+
+CONTROL = "control"
+
+
+def open_control(session_dir: str) -> int | None:
+    """The control FIFO, opened read-write (so it never reports end-of-file)."""
+    path = os.path.join(session_dir, CONTROL)
+    try:
+        if not os.path.exists(path):
+            os.mkfifo(path, 0o600)
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            return None
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+class Control:
+    def __init__(self, session_dir: str, kernel_pid: int, dump_signal: int | None) -> None:
+        self.session_dir = session_dir
+        self.pid = kernel_pid
+        self.dump_signal = dump_signal
+        self.fd = open_control(session_dir)
+        self._inspector: Inspector | None = None
+
+    @property
+    def inspector(self) -> Inspector:
+        if self._inspector is None:
+            from .inspect import Inspector
+
+            self._inspector = Inspector(self.session_dir, self.pid, self.dump_signal, self.fd)
+        return self._inspector
+
+    def due(self) -> float:
+        return self._inspector.due() if self._inspector is not None else float("inf")
+
+    def on_control(self) -> None:
+        self.inspector.on_control()
+
+    def interrupted(self) -> None:
+        self.inspector.interrupted()
+
+    def tick(self) -> None:
+        if self._inspector is not None:
+            self._inspector.tick()
