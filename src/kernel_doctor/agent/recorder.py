@@ -111,7 +111,7 @@ class Agent:
             # The signal's thread only (the main thread, which Linux prefers for a
             # process-directed signal): walking other threads' frames while they run
             # Python (the main thread may be in a call that released the GIL) read
-            # freed frames and crashed the kernel in 2 of 16 runs of a fast fill.
+            # freed frames and crashed the kernel in 2 of ~36 runs of a fast fill.
             faulthandler.register(self.dump_signal, file=self._dumps, all_threads=False)
             from .guard import install
 
