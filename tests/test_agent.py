@@ -194,8 +194,8 @@ def test_full_disk_leaves_the_kernel_running(full_disk: Path) -> None:
 def test_wake_pipe_is_taken_once_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
+    from kernel_doctor.agent.hooks import take_wake_fd as _take_wake_fd
     from kernel_doctor.agent.layout import ENV_WAKE_FD
-    from kernel_doctor.agent.recorder import _take_wake_fd
 
     r, w = os.pipe()
     try:

@@ -7,7 +7,6 @@ import faulthandler
 import json
 import os
 import re
-import stat
 import sys
 import tempfile
 import threading
@@ -15,18 +14,19 @@ import time
 from types import CodeType, FrameType
 from typing import IO, Any
 
+from .errors import describe_error
+from .hooks import install_audit_hook, ipython_major, take_wake_fd
 from .layout import (
     CELLS,
     DUMPS,
     ENV_DUMP_SIGNAL,
     ENV_SESSION,
-    ENV_WAKE_FD,
     FATAL,
     NOTICE,
     STATE,
     StateFile,
 )
-from .where import answer
+from .where import answer, note_tracebacks
 
 # While a cell runs the watcher looks at the main thread this often. A tick costs a
 # few microseconds; 20 ms keeps the recorded line fresh for all but the fastest deaths
@@ -78,7 +78,7 @@ class Agent:
         self._phase_json = ""
         self._guard_json = ""
         # IPython 9 counts a cell before pre_run_cell fires; IPython 8 after it ran.
-        self._count_ahead = _ipython_major() >= 9
+        self._count_ahead = ipython_major() >= 9
         self._cell: dict[str, Any] | None = None
         self._wake = threading.Event()
         self._parked = False
@@ -99,7 +99,7 @@ class Agent:
             session_dir = tempfile.mkdtemp(prefix="kernel-doctor-")
         sig_text = os.environ.get(ENV_DUMP_SIGNAL, "")
         dump_signal = int(sig_text) if sig_text.isdigit() else None
-        agent = cls(shell, session_dir, dump_signal, _take_wake_fd())
+        agent = cls(shell, session_dir, dump_signal, take_wake_fd())
         agent._install()
         return agent
 
@@ -116,13 +116,13 @@ class Agent:
             from .guard import install
 
             install(self)  # a supervisor is there to trip it
-        self._wrap_showtraceback()
+        note_tracebacks(self)
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
         from .magics import register
 
         register(self.shell)
-        _install_audit_hook(self)
+        install_audit_hook(self)
         atexit.register(self._at_exit)
         self._watcher.start()
         with self._lock:
@@ -132,8 +132,7 @@ class Agent:
         self._append({"event": "ready", "t": time.time(), "pid": os.getpid()})
 
     def stop(self) -> None:
-        global _audit_target
-        _audit_target = None
+        install_audit_hook(None)
         self._stopping = True
         self._wake.set()
         self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
@@ -198,33 +197,6 @@ class Agent:
         if self._parked:
             self._wake.set()
 
-    def _wrap_showtraceback(self) -> None:
-        original = self.shell.showtraceback
-
-        def showtraceback(*args: Any, **kwargs: Any) -> Any:
-            try:
-                error = sys.exc_info()[1]
-                depth = 0
-                tb = error.__traceback__ if error is not None else None
-                while tb is not None and depth < 10_000_000:
-                    depth, tb = depth + 1, tb.tb_next
-                phase = {
-                    "phase": "traceback",
-                    "error": type(error).__name__ if error is not None else None,
-                    "depth": depth,
-                }
-                self._phase_json = "," + json.dumps(phase)[1:-1]
-                with self._lock:
-                    self._write_state(busy=self._cell is not None)
-            except Exception:
-                pass
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self._phase_json = ""
-
-        self.shell.showtraceback = showtraceback
-
     def _poke(self, what: bytes) -> None:
         """Wake the supervisor: a cell starts (b"c") or ends (b"e")."""
         if self.wake_fd is not None:
@@ -269,7 +241,7 @@ class Agent:
             record["file"] = filename
         error = result.error_in_exec or result.error_before_exec
         if error is not None:
-            record["error"] = _describe_error(error, filename)
+            record["error"] = describe_error(error, filename)
             if "guard" not in record["error"]:
                 self._allocation_refused(error, record["error"])
         data = json.dumps(record).encode() + b"\n"
@@ -440,54 +412,6 @@ class Agent:
 # ipykernel's cell files (/tmp/ipykernel_<pid>/<hash>.py) and IPython's
 # (<ipython-input-N-hash>): exec() of anything else is not a cell's statement.
 _CELL_FILE = re.compile(r"(/ipykernel_\d+/\d+\.py$)|(^<ipython-input-\d+-[0-9a-f]+>$)")
-_audit_target: Agent | None = None
-_audit_installed = False
-
-
-def _take_wake_fd() -> int | None:
-    """The supervisor's wake-up pipe, if this kernel was given one. The variable is
-    removed so that no process started from this kernel writes to whatever has that
-    number there; the pipe must really be a pipe, and never blocks or leaks."""
-    text = os.environ.pop(ENV_WAKE_FD, "")
-    if not text.isdigit():
-        return None
-    fd = int(text)
-    try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            return None
-        os.set_blocking(fd, False)
-        os.set_inheritable(fd, False)
-    except OSError:
-        return None
-    return fd
-
-
-def _install_audit_hook(agent: Agent) -> None:
-    # Audit hooks cannot be removed, so one hook serves every agent this process
-    # loads; it returns at once for every event but "exec".
-    global _audit_target, _audit_installed
-    _audit_target = agent
-    if _audit_installed:
-        return
-    _audit_installed = True
-
-    def hook(event: str, args: tuple[Any, ...]) -> None:
-        if event == "exec" and _audit_target is not None and type(args[0]) is CodeType:
-            try:
-                _audit_target.statement_started(args[0])
-            except Exception:
-                pass
-
-    sys.addaudithook(hook)
-
-
-def _ipython_major() -> int:
-    try:
-        import IPython
-
-        return int(str(IPython.__version__).split(".")[0])
-    except (ImportError, ValueError):
-        return 0
 
 
 def _timed_line(frame: FrameType) -> int | None:
@@ -501,35 +425,3 @@ def _timed_line(frame: FrameType) -> int | None:
             return current.f_lineno + 1
         current = current.f_back
     return None
-
-
-def _describe_error(error: BaseException, filename: str | None) -> dict[str, Any]:
-    line = None
-    stack = []
-    tb = error.__traceback__
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        stack.append([code.co_filename, tb.tb_lineno, code.co_name])
-        if filename and code.co_filename == filename and code.co_name == "<module>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    if line is None:
-        try:
-            lineno = getattr(error, "lineno", None)  # SyntaxError before execution
-        except Exception:
-            lineno = None
-        line = lineno if isinstance(lineno, int) else None
-    try:
-        message = str(error)[:2000]
-    except Exception:  # a user exception whose __str__ raises
-        message = f"<{type(error).__name__}: message unavailable>"
-    described: dict[str, Any] = {
-        "type": type(error).__name__,
-        "message": message,
-        "line": line,
-        "stack": stack[-50:],
-    }
-    guard = getattr(error, "guard", None)
-    if isinstance(error, MemoryError) and isinstance(guard, dict):
-        described["guard"] = guard  # KernelDoctorMemoryError: the guard stopped the cell
-    return described

@@ -83,3 +83,33 @@ def answer(session_dir: str, main_ident: int | None, extra: dict[str, Any]) -> b
     except OSError:
         return False
     return True
+
+
+def note_tracebacks(agent: Any) -> None:
+    """Mark the state record while IPython formats a cell's traceback, which can take
+    minutes (a RecursionError a million frames deep) and looks like a hang."""
+    original = agent.shell.showtraceback
+
+    def showtraceback(*args: Any, **kwargs: Any) -> Any:
+        try:
+            error = sys.exc_info()[1]
+            depth = 0
+            tb = error.__traceback__ if error is not None else None
+            while tb is not None and depth < 10_000_000:
+                depth, tb = depth + 1, tb.tb_next
+            phase = {
+                "phase": "traceback",
+                "error": type(error).__name__ if error is not None else None,
+                "depth": depth,
+            }
+            agent._phase_json = "," + json.dumps(phase)[1:-1]
+            with agent._lock:
+                agent._write_state(busy=agent._cell is not None)
+        except Exception:
+            pass
+        try:
+            return original(*args, **kwargs)
+        finally:
+            agent._phase_json = ""
+
+    agent.shell.showtraceback = showtraceback

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -78,6 +79,13 @@ class Guard:
         self.near = max(0, self.bytes - int(self.limit.limit_bytes * NEAR_SHARE))
         if not self.enabled and self.ceiling is not None:
             self.ceiling.release()
+
+    def wake_mark(self) -> int:
+        """Where a cgroup-v1 usage event should wake the supervisor: a little past the
+        threshold (usage includes the file cache the guard does not count), since
+        between there and the limit a fast loop may have only a few steps left."""
+        limit = self.limit.limit_bytes
+        return min(self.bytes + int(limit * 0.01), int(limit * 0.99))
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {
@@ -154,3 +162,15 @@ class Guard:
             os.replace(path + ".tmp", path)
         except (OSError, ValueError, TypeError):
             pass
+
+
+def make_guard(setting: str | None, limit: MemoryLimit, session_dir: str, pid: int) -> Guard:
+    """The guard for kernel ``pid``, with its allocation layer where RLIMIT_DATA counts
+    as measured (Linux) and we may set the kernel's limits."""
+    ceiling = None
+    if sys.platform.startswith("linux"):
+        try:
+            ceiling = Ceiling(pid, limit.limit_bytes)
+        except (OSError, ValueError):
+            ceiling = None  # the threshold layer still works
+    return Guard(setting, limit, session_dir, ceiling)

@@ -199,17 +199,10 @@ class Supervisor:
         self.oom_before = source.oom_kills()
         guard = None
         if self.agent:
-            from .ceiling import Ceiling
-            from .guard import ENV_GUARD, Guard
+            from .guard import ENV_GUARD, make_guard
 
             setting = self.options.get("guard") or os.environ.get(ENV_GUARD)
-            ceiling = None
-            if sys.platform.startswith("linux"):  # RLIMIT_DATA counts as measured there
-                try:
-                    ceiling = Ceiling(pid, source.limit.limit_bytes)
-                except (OSError, ValueError):
-                    ceiling = None  # the threshold layer still works
-            guard = Guard(setting, source.limit, self.session.directory, ceiling)
+            guard = make_guard(setting, source.limit, self.session.directory, pid)
         self.session.write_meta(
             {
                 "guard": guard.describe() if guard is not None else None,
@@ -244,11 +237,7 @@ class Supervisor:
         self.sampler.guard = guard
         marks = [int(source.limit.limit_bytes * m) for m in MARKS]
         if guard is not None and guard.enabled:
-            # Woken as usage passes the guard threshold (a little past it, since usage
-            # includes the file cache the guard does not count): between there and the
-            # limit a fast loop may have only a few steps left.
-            extra = int(source.limit.limit_bytes * 0.01)
-            marks.append(min(guard.bytes + extra, int(source.limit.limit_bytes * 0.99)))
+            marks.append(guard.wake_mark())
         # KERNEL_DOCTOR_EVENTS=0 samples without cgroup notifications: what cgroup v2
         # offers for usage marks, so benchmarks can measure that case on v1 too.
         events = os.environ.get("KERNEL_DOCTOR_EVENTS") != "0"
