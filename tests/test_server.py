@@ -461,3 +461,41 @@ def test_segfault_is_shown_as_a_native_crash_in_the_next_cell(
     assert crashes[0]["kernel"]["session_name"] == str(server.root / "crash.ipynb")
     log = server.log_text()
     assert "kernel-doctor: Native crash (SIGSEGV) in cell [2], line 2" in log, log[-3000:]
+
+
+# -- the server extension, in the same real server -----------------------------------
+
+
+def test_deaths_are_counted_on_the_servers_metrics(server: Server) -> None:
+    # The module's earlier tests killed kernels (an OOM kill, a segfault); the extension
+    # counts each stored report under its cause within its 5 s poll.
+    assert len(server.reports()) >= 2, "run with the module's earlier tests"
+    causes = {r["cause"] for r in server.reports()}
+    deadline = time.monotonic() + 15
+    text = ""
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/metrics",
+            headers={"Authorization": f"token {server.token}"},
+        )
+        with urllib.request.urlopen(req, timeout=REPLY_TIMEOUT) as response:
+            text = response.read().decode()
+        if all(f'kernel_doctor_deaths_total{{cause="{c}"}}' in text for c in causes):
+            break
+        time.sleep(0.5)
+    for cause in causes:
+        count = sum(1 for r in server.reports() if r["cause"] == cause)
+        assert f'kernel_doctor_deaths_total{{cause="{cause}"}} {float(count)}' in text, text
+    assert "kernel_doctor_supervised_kernels" in text
+    # Behind the server's normal authentication.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=REPLY_TIMEOUT)
+    refused.value.close()
+    assert refused.value.code in (401, 403)
+
+
+def test_the_extensions_report_list_matches_the_stored_reports(server: Server) -> None:
+    listed = server.request("GET", "/kernel-doctor/api/reports")
+    assert {r["id"] for r in listed} == {r["id"] for r in server.reports()}
+    one = server.request("GET", f"/kernel-doctor/api/reports/{listed[0]['id']}")
+    assert one["summary"] == listed[0]["summary"] and "evidence" in one

@@ -129,14 +129,14 @@ def _execute(
                 report = empty_report("ok", "The notebook ran to the end.")
     except DeadKernelError:
         outcome, code = "kernel_died", ExitCode.KERNEL_DIED
-        _wait_for_supervisor(km)
-        report = _death_report(nb, current, index_of_count, session_dir)
+        wait_for_supervisor(km)
+        report = death_report(nb, current, index_of_count, session_dir)
     except RuntimeError as exc:
         # nbclient's "Kernel died before replying to kernel_info": a start-up failure.
         outcome, code = "kernel_died", ExitCode.KERNEL_DIED
         current = None
-        _wait_for_supervisor(km)
-        report = _death_report(nb, None, index_of_count, session_dir)
+        wait_for_supervisor(km)
+        report = death_report(nb, None, index_of_count, session_dir)
         if report.get("cause") == "unknown":
             report["summary"] = f"The kernel did not start: {exc}"
     except CellTimeoutError:
@@ -151,7 +151,7 @@ def _execute(
     _add_memory(report, session_dir)
     failed = current if outcome in ("kernel_died", "timeout") else first_error
     if outcome == "kernel_died" and failed is not None:
-        _mark_cell_failed(nb.cells[failed], report)
+        mark_cell_failed(nb.cells[failed], report)
     return BatchResult(outcome, code, report, nb, failed)
 
 
@@ -169,7 +169,7 @@ def _shut_down(client: NotebookClient, now: bool) -> None:
             client._cleanup_kernel()
 
 
-def _wait_for_supervisor(km: SupervisedKernelManager) -> None:
+def wait_for_supervisor(km: SupervisedKernelManager) -> None:
     process = getattr(km.provisioner, "process", None)
     if process is None:
         return
@@ -191,7 +191,7 @@ def _cell_json(nb: Any, index: int | None, execution_count: int | None = None) -
     }
 
 
-def _death_report(
+def death_report(
     nb: Any, index: int | None, index_of_count: dict[int, int], session_dir: str
 ) -> dict[str, Any]:
     report = _load(os.path.join(session_dir, REPORT_FILE))
@@ -314,7 +314,7 @@ def _add_memory(report: dict[str, Any], session_dir: str) -> None:
     )
 
 
-def _mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
+def mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
     lines = [report.get("summary") or "The kernel died."]
     lines += [f"  • {fact}" for fact in report.get("evidence", [])]
     lines += [f"  → {tip}" for tip in report.get("advice", [])]

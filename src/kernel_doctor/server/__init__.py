@@ -1,0 +1,29 @@
+"""kernel-doctor's Jupyter Server extension: REST endpoints for the reports and the live
+state of supervised kernels, and metrics on the server's Prometheus ``/metrics``.
+
+Enabled on install (``jupyter_server_config.d/kernel_doctor.json``). It fails open: if
+it cannot load, the server runs as before and its log says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "kernel_doctor.server"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    try:
+        from .handlers import setup_handlers
+        from .metrics import start_metrics
+
+        setup_handlers(serverapp.web_app)
+        start_metrics(serverapp)
+    except Exception as exc:  # never the reason a server will not start
+        serverapp.log.warning(
+            "kernel-doctor: server extension not loaded (%s: %s)", type(exc).__name__, exc
+        )
+        return
+    serverapp.log.info("kernel-doctor: server extension loaded (/kernel-doctor/api)")

@@ -1,0 +1,111 @@
+"""Fleet metrics, registered with prometheus_client's default registry, which
+jupyter_server's own ``/metrics`` endpoint serves: no collector of our own.
+
+Updated every POLL seconds from disk: reports stored since the server started (deaths
+by cause), guard trips and ignored interrupts in live sessions, and each supervised
+kernel's memory against its limit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+POLL = 5.0
+
+DEATHS = Counter(
+    "kernel_doctor_deaths", "Kernel deaths diagnosed by kernel-doctor, by cause", ["cause"]
+)
+GUARD_TRIPS = Counter("kernel_doctor_guard_trips", "Cells stopped by kernel-doctor's memory guard")
+IGNORED_INTERRUPTS = Counter(
+    "kernel_doctor_ignored_interrupts", "Interrupts that did not stop the running cell"
+)
+SUPERVISED = Gauge("kernel_doctor_supervised_kernels", "Supervised kernels of this server")
+MEMORY = Gauge(
+    "kernel_doctor_kernel_memory_bytes",
+    "What the memory limit counts for a supervised kernel",
+    ["kernel_id"],
+)
+LIMIT = Gauge(
+    "kernel_doctor_kernel_memory_limit_bytes",
+    "The memory limit that applies to a supervised kernel",
+    ["kernel_id"],
+)
+
+
+class Poller:
+    def __init__(self, kernel_manager: Any) -> None:
+        self.kernel_manager = kernel_manager
+        self.started = time.time()
+        self.seen_reports: set[str] = set()
+        self.guard_events: dict[str, int] = {}
+        self.ignored: set[tuple[str, Any]] = set()
+        self.labelled: set[str] = set()
+
+    def poll(self) -> None:
+        try:
+            self._reports()
+            self._kernels()
+        except Exception:
+            pass  # metrics must never disturb the server
+
+    def _reports(self) -> None:
+        from .state import readable_reports
+
+        for doc in readable_reports():
+            report_id = str(doc.get("id"))
+            if report_id in self.seen_reports:
+                continue
+            self.seen_reports.add(report_id)
+            created = (doc.get("kernel") or {}).get("ended") or 0
+            if isinstance(created, (int, float)) and created >= self.started:
+                DEATHS.labels(cause=str(doc.get("cause") or "unknown")).inc()
+
+    def _kernels(self) -> None:
+        from .state import kernel_states
+
+        states = kernel_states(set(self.kernel_manager.list_kernel_ids()))
+        SUPERVISED.set(len(states))
+        current = set()
+        for state in states:
+            kernel_id = state["kernel_id"]
+            current.add(kernel_id)
+            memory = state["memory"]
+            if memory["counted_bytes"] is not None:
+                MEMORY.labels(kernel_id=kernel_id).set(memory["counted_bytes"])
+            if memory["limit_bytes"] is not None:
+                LIMIT.labels(kernel_id=kernel_id).set(memory["limit_bytes"])
+            trips = _count_guard_events(state["session_dir"])
+            before = self.guard_events.get(state["session_dir"], 0)
+            if trips > before:
+                GUARD_TRIPS.inc(trips - before)
+            self.guard_events[state["session_dir"]] = trips
+            ignored = state["ignored_interrupt"]
+            if ignored and (kernel_id, ignored["seq"]) not in self.ignored:
+                self.ignored.add((kernel_id, ignored["seq"]))
+                IGNORED_INTERRUPTS.inc()
+        for gone in self.labelled - current:  # ended kernels leave no stale series
+            MEMORY.remove(gone)
+            LIMIT.remove(gone)
+        self.labelled = current
+
+
+def _count_guard_events(session_dir: str) -> int:
+    try:
+        with open(os.path.join(session_dir, "events.jsonl"), encoding="utf-8") as f:
+            return sum(1 for line in f if '"event": "guard"' in line)
+    except OSError:
+        return 0
+
+
+def start_metrics(serverapp: Any) -> None:
+    from tornado.ioloop import PeriodicCallback
+
+    poller = Poller(serverapp.kernel_manager)
+    poller.poll()
+    callback = PeriodicCallback(poller.poll, POLL * 1000)
+    callback.start()
+    serverapp.web_app.settings["kernel_doctor_metrics"] = callback  # kept alive

@@ -1,0 +1,52 @@
+"""The papermill engine: a kernel that dies leaves its diagnosis in the output notebook,
+the killed cell marked failed, where papermill's own engine calls it completed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+pytest.importorskip("papermill")
+
+
+def test_a_killed_cell_is_marked_failed_with_its_diagnosis(notebook: Any, tmp_path: Path) -> None:
+    path = notebook(["y = 1", "import ctypes\nctypes.string_at(0)", "print('never')"])
+    out = tmp_path / "out.ipynb"
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", "--engine", "kernel-doctor", str(path), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 138, result.stderr[-2000:]  # papermill's, for a dead kernel
+    nb = nbformat.read(str(out), as_version=4)
+    assert nb.metadata.papermill.exception is True
+    killed = nb.cells[1]
+    assert killed.metadata.papermill.status == "failed"
+    error = next(o for o in killed.outputs if o.output_type == "error")
+    assert error.ename == "KernelDied"
+    assert error.evalue.startswith(
+        "native_crash: Native crash (SIGSEGV) in cell 1 (In [2]), line 2"
+    )
+    assert nb.cells[2].outputs == []
+    assert "kernel-doctor" not in result.stdout  # quiet: the notebook carries the diagnosis
+
+
+def test_a_healthy_notebook_runs_as_with_papermills_engine(notebook: Any, tmp_path: Path) -> None:
+    path = notebook(["print('hello')"])
+    out = tmp_path / "out.ipynb"
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", "--engine", "kernel-doctor", str(path), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    nb = nbformat.read(str(out), as_version=4)
+    assert nb.cells[0].outputs[0]["text"] == "hello\n"
+    assert nb.cells[0].metadata.papermill.status == "completed"
