@@ -137,7 +137,7 @@ def test_an_oom_death_in_jupyterlab(lab: dict[str, Any]) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{lab['base']}/lab/tree/oom.ipynb?token={lab['token']}")
+            page.goto(f"{lab['base']}/lab/tree/oom.ipynb?reset&token={lab['token']}")
             # The kernel is up and idle; the status bar shows its memory against 400 MiB.
             news = page.locator(".Toastify__toast").filter(has_text="Jupyter news")
             with contextlib.suppress(sync_api.Error):  # JupyterLab's news prompt, if any
@@ -147,7 +147,7 @@ def test_an_oom_death_in_jupyterlab(lab: dict[str, Any]) -> None:
             page.screenshot(path=str(ARTIFACTS / "1-status-bar.png"))
             assert status.inner_text().startswith("Mem: ")
 
-            page.locator(".jp-Cell").nth(0).click()
+            page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
             page.keyboard.press("Shift+Enter")  # held = 1
             page.keyboard.press("Shift+Enter")  # the memset: the kernel dies
             toast = page.locator(".Toastify__toast").filter(has_text="Out of memory in cell")
@@ -184,3 +184,26 @@ def test_an_oom_death_in_jupyterlab(lab: dict[str, Any]) -> None:
     )
     log = lab["log"].read_text(errors="replace")
     assert "kernel-doctor: server extension loaded" in log, log[-3000:]
+
+
+def test_a_guard_trip_is_notified_and_the_kernel_lives(lab: dict[str, Any]) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    grow = "chunks = []\nfor i in range(100):\n    chunks.append(bytearray(10 * 1024**2))"
+    write_notebook(lab["root"], "guard.ipynb", [grow, "del chunks\nprint('alive')"])
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{lab['base']}/lab/tree/guard.ipynb?reset&token={lab['token']}")
+            page.locator(".kd-memory").filter(has_text="/ 400 MiB").wait_for(timeout=60_000)
+            page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
+            page.keyboard.press("Shift+Enter")
+            toast = page.locator(".Toastify__toast").filter(has_text="memory guard stopped")
+            toast.wait_for(timeout=60_000)
+            assert "stopped this cell (In [1], line 3)" in toast.inner_text()
+            page.keyboard.press("Shift+Enter")  # the next cell: same kernel, still alive
+            page.locator(".jp-OutputArea-output").filter(has_text="alive").wait_for(timeout=30_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "5-guard-trip.png"))
+        finally:
+            browser.close()

@@ -33,6 +33,44 @@ class KernelDoctorMemoryError(MemoryError):
         super().__init__(message)
         self.guard = guard
 
+    def __getattr__(self, name: str) -> Any:
+        # IPython renders an exception with ``_render_traceback_`` when it has one: this
+        # one has it only when the agent's signal handler is its innermost frame, so that
+        # the user's traceback ends in their own code. (``__tracebackhide__`` cannot hide
+        # the innermost frame.)
+        if name == "_render_traceback_" and _raised_by_handler(self):
+            return lambda: _without_handler(self)
+        raise AttributeError(name)
+
+
+def _raised_by_handler(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename == __file__
+
+
+def _without_handler(error: BaseException) -> list[str]:
+    import traceback
+    import types
+
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    rebuilt: types.TracebackType | None = None
+    for node in reversed(frames[:-1]):
+        rebuilt = types.TracebackType(rebuilt, node.tb_frame, node.tb_lasti, node.tb_lineno)
+    try:
+        from IPython.core.getipython import get_ipython
+
+        shell = get_ipython()  # type: ignore[no-untyped-call]
+        lines: list[str] = shell.InteractiveTB.structured_traceback(type(error), error, rebuilt)
+        return lines
+    except Exception:
+        return traceback.format_exception(type(error), error, rebuilt)
+
 
 def _size(value: Any) -> int:
     nbytes = getattr(value, "nbytes", None)  # NumPy arrays, many array libraries
