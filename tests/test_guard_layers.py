@@ -21,7 +21,7 @@ from conftest import remove_cgroup_tree
 from kernel_doctor._errors import CgroupUnavailable
 from kernel_doctor.probe.create import make_limited_cgroup
 from kernels import KERNEL_ARGV, STARTUP_TIMEOUT, alive, execute, iopub_until, is_idle, shell_reply
-from test_guard import FILL_TO, GROW, run, text_of
+from test_guard import FILL_TO, run, text_of
 
 MiB = 1024**2
 
@@ -182,7 +182,13 @@ def test_a_subshell_cell_is_stopped_in_its_own_thread(supervised_in_cgroup: Any)
         pytest.skip(f"this ipykernel has no subshells: {created['content']}")
     subshell = created["content"]["subshell_id"]
 
-    code = "in_main = threading.current_thread() is threading.main_thread()\n" + GROW
+    # Growth a little slower than GROW's: the signal handler runs in the main thread,
+    # which must get the GIL from the busy subshell thread first (a few ms more).
+    code = (
+        "import time\nin_main = threading.current_thread() is threading.main_thread()\n"
+        "chunks = []\nfor i in range(100):\n"
+        "    chunks.append(bytearray(10 * 1024**2))\n    time.sleep(0.005)\n"
+    )
     content = {
         "code": code,
         "silent": False,
