@@ -63,9 +63,11 @@ def _without_handler(error: BaseException) -> list[str]:
     for node in reversed(frames[:-1]):
         rebuilt = types.TracebackType(rebuilt, node.tb_frame, node.tb_lasti, node.tb_lineno)
     try:
-        from IPython.core.getipython import get_ipython
+        from IPython.core import getipython
 
-        shell = get_ipython()  # type: ignore[no-untyped-call]
+        # Through Any: IPython 8 leaves get_ipython untyped, IPython 9 types it Optional.
+        module: Any = getipython
+        shell = module.get_ipython()
         lines: list[str] = shell.InteractiveTB.structured_traceback(type(error), error, rebuilt)
         return lines
     except Exception:
