@@ -14,15 +14,20 @@ import pytest
 pytest.importorskip("papermill")
 
 
-def test_a_killed_cell_is_marked_failed_with_its_diagnosis(notebook: Any, tmp_path: Path) -> None:
-    path = notebook(["y = 1", "import ctypes\nctypes.string_at(0)", "print('never')"])
-    out = tmp_path / "out.ipynb"
-    result = subprocess.run(
+def papermill(path: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """papermill's own CLI, with our engine."""
+    return subprocess.run(
         [sys.executable, "-m", "papermill", "--engine", "kernel-doctor", str(path), str(out)],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_a_killed_cell_is_marked_failed_with_its_diagnosis(notebook: Any, tmp_path: Path) -> None:
+    path = notebook(["y = 1", "import ctypes\nctypes.string_at(0)", "print('never')"])
+    out = tmp_path / "out.ipynb"
+    result = papermill(path, out)
     assert result.returncode == 138, result.stderr[-2000:]  # papermill's, for a dead kernel
     nb = nbformat.read(str(out), as_version=4)
     assert nb.metadata.papermill.exception is True
@@ -40,12 +45,7 @@ def test_a_killed_cell_is_marked_failed_with_its_diagnosis(notebook: Any, tmp_pa
 def test_a_healthy_notebook_runs_as_with_papermills_engine(notebook: Any, tmp_path: Path) -> None:
     path = notebook(["print('hello')"])
     out = tmp_path / "out.ipynb"
-    result = subprocess.run(
-        [sys.executable, "-m", "papermill", "--engine", "kernel-doctor", str(path), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = papermill(path, out)
     assert result.returncode == 0, result.stderr[-2000:]
     nb = nbformat.read(str(out), as_version=4)
     assert nb.cells[0].outputs[0]["text"] == "hello\n"

@@ -114,8 +114,12 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def server(cgroup_parent: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextlib.contextmanager
+def running_server(
+    tmp_path_factory: pytest.TempPathFactory, app: str = "jupyter_server", *extra: str
+) -> Iterator[Server]:
+    """``python -m APP`` (jupyter_server, or jupyterlab) with the supervised twin
+    kernelspec, in a fresh 400 MB memory cgroup that this test process never joins."""
     try:
         cgroup = make_limited_cgroup(LIMIT)
     except CgroupUnavailable as exc:
@@ -153,7 +157,7 @@ def server(cgroup_parent: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 [
                     sys.executable,
                     "-m",
-                    "jupyter_server",
+                    app,
                     "--allow-root",
                     "--ip=127.0.0.1",
                     f"--port={port}",
@@ -161,6 +165,7 @@ def server(cgroup_parent: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     f"--IdentityProvider.token={token}",
                     "--ServerApp.open_browser=False",
                     f"--ServerApp.root_dir={dirs['notebooks']}",
+                    *extra,
                 ],
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -186,6 +191,12 @@ def server(cgroup_parent: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if process is not None:
             stop_server(process)
         remove_cgroup_tree(cgroup.path)
+
+
+@pytest.fixture(scope="module")
+def server(cgroup_parent: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory) as running:
+        yield running
 
 
 # -- a notebook, as JupyterLab talks to its kernel -------------------------------------

@@ -797,3 +797,15 @@ def test_allocation_failures_the_agent_recognises() -> None:
     )
     assert note.startswith("kernel-doctor's memory guard refused this allocation (16 GiB)")
     assert "leaves 200 MiB, with 100 MiB in use" in note
+
+
+def test_last_sample_reads_the_newest_complete_one(tmp_path: Path) -> None:
+    from kernel_doctor.agent.layout import SAMPLE, SAMPLES, last_sample, read_samples
+
+    assert last_sample(str(tmp_path)) is None
+    path = tmp_path / SAMPLES
+    path.write_bytes(b"".join(SAMPLE.pack(t, 100 * t, 10 * t) for t in (1, 2, 3)))
+    assert last_sample(str(tmp_path)) == read_samples(str(tmp_path))[-1] == (3.0, 300, 30)
+    with open(path, "ab") as f:
+        f.write(SAMPLE.pack(4, 400, 40)[:5])  # a sample being written
+    assert last_sample(str(tmp_path)) == (3.0, 300, 30)

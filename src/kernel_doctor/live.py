@@ -13,6 +13,7 @@ from typing import Any
 
 from ._errors import CommandError, ExitCode
 from .agent.layout import read_cells, read_meta, read_state
+from .probe.procfs import is_supervisor
 from .supervisor.control import CONTROL
 from .supervisor.session import SESSIONS, runtime_dir
 
@@ -53,14 +54,6 @@ def _roots() -> list[str]:
     return roots
 
 
-def _alive(pid: Any) -> bool:
-    try:
-        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
-            return b"kernel_doctor" in f.read()
-    except (OSError, TypeError, ValueError):
-        return False
-
-
 def live_kernels() -> list[LiveKernel]:
     """Supervised kernels of this user running now, oldest first."""
     folders = [os.path.join(root, name) for root in _roots() for name in _listdir(root)]
@@ -69,7 +62,7 @@ def live_kernels() -> list[LiveKernel]:
     found = []
     for folder in folders:
         meta = read_meta(folder)
-        if not meta or not _alive(meta.get("supervisor_pid")):
+        if not meta or not is_supervisor(meta.get("supervisor_pid")):
             continue
         kernel_pid = meta.get("kernel_pid")
         if not isinstance(kernel_pid, int) or not os.path.exists(f"/proc/{kernel_pid}"):

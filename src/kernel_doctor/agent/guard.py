@@ -19,7 +19,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from .layout import ENV_DATA_LIMIT, GUARD, guard_signal, read_meta, read_samples
+from .layout import ENV_DATA_LIMIT, GUARD, guard_signal, last_sample, read_meta
 
 # Measuring the namespace must never be what makes a stopped cell slow.
 SIZE_BUDGET = 0.05  # seconds
@@ -208,11 +208,11 @@ def allocation_refusal(agent: Any, error: BaseException) -> dict[str, Any] | Non
             return None  # it fitted under the ceiling: refused by something else
     meta = read_meta(agent.session_dir)
     limit = meta.get("limit") or {}
-    samples = read_samples(agent.session_dir)
+    sample = last_sample(agent.session_dir)
     return {
         "tripped": True,
         "layer": "allocation",
-        "usage_bytes": samples[-1][1] if samples else None,
+        "usage_bytes": sample[1] if sample else None,
         "limit_bytes": limit.get("limit_bytes"),
         "limit_source": limit.get("source"),
         "request_bytes": request,

@@ -164,6 +164,24 @@ def read_samples(directory: str) -> list[tuple[float, int, int]]:
     return [SAMPLE.unpack_from(data, i) for i in range(0, usable, SAMPLE.size)]
 
 
+def last_sample(directory: str) -> tuple[float, int, int] | None:
+    """The newest sample alone, read from the file's end: for views that refresh."""
+    try:
+        with open(os.path.join(directory, SAMPLES), "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            usable = end - end % SAMPLE.size
+            if usable == 0:
+                return None
+            f.seek(usable - SAMPLE.size)
+            data = f.read(SAMPLE.size)
+    except OSError:
+        return None
+    if len(data) < SAMPLE.size:
+        return None
+    value: tuple[float, int, int] = SAMPLE.unpack(data)
+    return value
+
+
 def read_meta(directory: str) -> dict[str, Any]:
     try:
         with open(os.path.join(directory, META)) as f:

@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..agent.layout import read_cells, read_samples
+from ..agent.layout import last_sample, read_cells
 from ..diagnosis.hang import duration
 from ..live import LiveKernel, live_kernels
 from ..probe import procfs
-
-_TICKS = os.sysconf("SC_CLK_TCK")
+from ..probe.files import read_text
+from ..probe.threads import TICKS, cpu_ticks
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
@@ -34,18 +34,21 @@ def run(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     console = Console()
-    cpu = CpuMeter()
+    cpu, deaths = CpuMeter(), DeathCount()
     if args.once or not sys.stdin.isatty():
         cpu.sample(_all_pids())
         time.sleep(0.2)
-        console.print(view(cpu))
+        console.print(view(cpu, deaths))
         return 0
-    with _cbreak(), Live(view(cpu), console=console, auto_refresh=False, screen=True) as live:
+    with (
+        _cbreak(),
+        Live(view(cpu, deaths), console=console, auto_refresh=False, screen=True) as live,
+    ):
         while True:
             ready = select.select([sys.stdin], [], [], max(0.1, args.interval))[0]
             if ready and sys.stdin.read(1).lower() == "q":
                 return 0
-            live.update(view(cpu), refresh=True)
+            live.update(view(cpu, deaths), refresh=True)
 
 
 @contextlib.contextmanager
@@ -76,18 +79,13 @@ class CpuMeter:
                 continue
             before = self.last.get(pid)
             if before is not None and now > before[0]:
-                shares[pid] = (ticks - before[1]) / _TICKS / (now - before[0])
+                shares[pid] = (ticks - before[1]) / TICKS / (now - before[0])
             self.last[pid] = (now, ticks)
         return shares
 
 
 def _ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return None
+    return cpu_ticks(read_text(f"/proc/{pid}/stat"))
 
 
 def plain_kernels(known: set[int]) -> list[tuple[int, str]]:
@@ -112,15 +110,21 @@ def _all_pids() -> list[int]:
     return [k.kernel_pid for k in kernels] + [p for p, _ in plain_kernels(set())]
 
 
-def _deaths() -> dict[str, int]:
-    from ..reports.history import list_reports
+class DeathCount:
+    """Deaths so far per notebook (or connection file), each report read once."""
 
-    counts: dict[str, int] = {}
-    for doc in list_reports():
-        kernel = doc.get("kernel") or {}
-        label = kernel.get("session_name") or kernel.get("connection_file") or ""
-        counts[str(label)] = counts.get(str(label), 0) + 1
-    return counts
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.counts: dict[str, int] = {}
+
+    def update(self) -> dict[str, int]:
+        from ..reports.history import new_reports
+
+        for doc in new_reports(self.seen):
+            kernel = doc.get("kernel") or {}
+            label = str(kernel.get("session_name") or kernel.get("connection_file") or "")
+            self.counts[label] = self.counts.get(label, 0) + 1
+        return self.counts
 
 
 def _bar(used: int, limit: int, width: int = 6) -> str:
@@ -138,13 +142,13 @@ def _short(num: int) -> str:
     return "?"
 
 
-def view(cpu: CpuMeter) -> Any:
+def view(cpu: CpuMeter, died: DeathCount) -> Any:
     from rich.table import Table
 
     kernels = live_kernels()
     plain = plain_kernels({k.kernel_pid for k in kernels})
     shares = cpu.sample([k.kernel_pid for k in kernels] + [p for p, _ in plain])
-    deaths = _deaths()
+    deaths = died.update()
     from rich import box
 
     table = Table(
@@ -188,8 +192,8 @@ def _row(k: LiveKernel, share: float | None, deaths: dict[str, int]) -> list[str
             None,
         )
         cell = f"[{count if count is not None else '?'}]" + (f":{line}" if line else "")
-    samples = read_samples(k.session_dir)
-    used = samples[-1][2] if samples else 0  # the kernel's own processes
+    sample = last_sample(k.session_dir)
+    used = sample[2] if sample else 0  # the kernel's own processes
     limit = int((k.meta.get("limit") or {}).get("limit_bytes") or 0)
     memory = f"{_bar(used, limit)} {_short(used)}/{_short(limit)}"
     label = k.meta.get("session_name") or k.meta.get("connection_file") or ""

@@ -44,6 +44,17 @@ def tree(pid: int, proc: str = "/proc") -> list[int]:
     return pids
 
 
+def is_supervisor(pid: object) -> bool:
+    """A process of kernel-doctor's (a supervisor) runs as ``pid`` now."""
+    if not isinstance(pid, int):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"kernel_doctor" in f.read()
+    except OSError:
+        return False
+
+
 def caught_signals(pid: int, proc: str = "/proc") -> int:
     """The SigCgt mask of ``pid``: bit (n - 1) is set when signal n has a handler."""
     for line in (read_text(f"{proc}/{pid}/status") or "").splitlines():

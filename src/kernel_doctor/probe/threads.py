@@ -35,6 +35,19 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glus
               "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "lustre"}  # fmt: skip
 
 
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # cpu_ticks per second
+
+
+def cpu_ticks(stat: str | None) -> int | None:
+    """utime + stime from a /proc …/stat line (the name in parentheses may hold spaces
+    or parentheses itself)."""
+    try:
+        fields = (stat or "").rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class ThreadState:
     tid: int
@@ -65,10 +78,8 @@ def _thread(pid: int, tid: int) -> ThreadState | None:
     stat = read_text(f"{base}/stat")
     if not stat:
         return None
-    # The name is in parentheses and may hold spaces or parentheses itself.
     name = stat[stat.index("(") + 1 : stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2 :].split()
-    state, ticks = fields[0], int(fields[11]) + int(fields[12])
+    state, ticks = stat[stat.rindex(")") + 2 :].split()[0], cpu_ticks(stat) or 0
     wchan = read_text(f"{base}/wchan")
     syscall, target, network = _syscall(pid, read_text(f"{base}/syscall"))
     return ThreadState(

@@ -10,7 +10,8 @@ from .._errors import UsageError
 from .store import reports_dir
 
 
-def _paths() -> list[str]:
+def report_paths() -> list[str]:
+    """Every stored report's path, newest first."""
     try:
         directory = reports_dir()
         names = [n for n in os.listdir(directory) if n.endswith(".json") and not n.startswith(".")]
@@ -20,7 +21,7 @@ def _paths() -> list[str]:
 
 
 def find_report(name: str) -> str | None:
-    paths = _paths()
+    paths = report_paths()
     if name == "latest":
         return paths[0] if paths else None
     for path in paths:
@@ -42,7 +43,22 @@ def load_report(path: str) -> dict[str, Any]:
 
 def list_reports() -> list[dict[str, Any]]:
     out = []
-    for path in _paths():
+    for path in report_paths():
+        try:
+            out.append(load_report(path))
+        except UsageError:
+            continue
+    return out
+
+
+def new_reports(seen: set[str]) -> list[dict[str, Any]]:
+    """The stored reports whose paths are not in ``seen`` (which they are added to):
+    for views that refresh, so each report is read once, not at every refresh."""
+    out = []
+    for path in report_paths():
+        if path in seen:
+            continue
+        seen.add(path)
         try:
             out.append(load_report(path))
         except UsageError:

@@ -40,7 +40,7 @@ class Poller:
     def __init__(self, kernel_manager: Any) -> None:
         self.kernel_manager = kernel_manager
         self.started = time.time()
-        self.seen_reports: set[str] = set()
+        self.seen_reports: set[str] = set()  # report paths read so far
         self.guard_events: dict[str, int] = {}
         self.ignored: set[tuple[str, Any]] = set()
         self.labelled: set[str] = set()
@@ -53,13 +53,12 @@ class Poller:
             pass  # metrics must never disturb the server
 
     def _reports(self) -> None:
-        from .state import readable_reports
+        from ..reports.history import new_reports
+        from .state import report_path
 
-        for doc in readable_reports():
-            report_id = str(doc.get("id"))
-            if report_id in self.seen_reports:
-                continue
-            self.seen_reports.add(report_id)
+        for doc in new_reports(self.seen_reports):
+            if report_path(str(doc.get("id"))) is None:
+                continue  # not this user's to count
             created = (doc.get("kernel") or {}).get("ended") or 0
             if isinstance(created, (int, float)) and created >= self.started:
                 DEATHS.labels(cause=str(doc.get("cause") or "unknown")).inc()

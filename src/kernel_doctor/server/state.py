@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any
 
-from ..agent.layout import read_samples
+from ..agent.layout import last_sample
 from ..live import live_kernels
 from ..reports.history import list_reports
 from ..reports.store import reports_dir
@@ -51,7 +51,7 @@ def kernel_states(kernel_ids: set[str]) -> list[dict[str, Any]]:
         kernel_id = kernel_id_of(kernel.meta.get("connection_file"))
         if kernel_id is None or kernel_id not in kernel_ids:
             continue
-        samples = read_samples(kernel.session_dir)
+        sample = last_sample(kernel.session_dir)
         limit = kernel.meta.get("limit") or {}
         state = kernel.state
         states.append(
@@ -64,8 +64,8 @@ def kernel_states(kernel_ids: set[str]) -> list[dict[str, Any]]:
                 "since": state.get("started") if kernel.busy else state.get("t"),
                 "line": state.get("line") if kernel.busy else None,
                 "memory": {
-                    "counted_bytes": samples[-1][1] if samples else None,
-                    "kernel_bytes": samples[-1][2] if samples else None,
+                    "counted_bytes": sample[1] if sample else None,
+                    "kernel_bytes": sample[2] if sample else None,
                     "limit_bytes": limit.get("limit_bytes"),
                     "limit_source": limit.get("source"),
                     "limit_kind": limit.get("kind"),

@@ -24,7 +24,7 @@ from typing import Any
 from ..agent.layout import STATE, StateFile, read_cells
 from ..agent.where import ANSWER, REQUEST
 from ..probe import procfs
-from ..probe.threads import ThreadState, threads, verdict
+from ..probe.threads import TICKS, ThreadState, threads, verdict
 
 INTERRUPT = "interrupt.json"
 WAIT = 0.25  # seconds between the two looks; the agent and faulthandler answer meanwhile
@@ -33,7 +33,6 @@ WAIT = 0.25  # seconds between the two looks; the agent and faulthandler answer 
 AGENT_WAIT = 0.6
 IGNORED_AFTER = 3.0
 _NONCE = re.compile(r"^[0-9a-f]{8,32}$")
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass
@@ -126,7 +125,7 @@ class Inspector:
         os_threads = []
         for before in look.first:
             after = second.get(before.tid, before)
-            share = min(1.0, (after.cpu_ticks - before.cpu_ticks) / _TICKS / elapsed)
+            share = min(1.0, (after.cpu_ticks - before.cpu_ticks) / TICKS / elapsed)
             os_threads.append(
                 {**after.to_json(), "cpu": round(share, 2), "verdict": verdict(after, share)}
             )

@@ -11,18 +11,11 @@ import os
 import re
 import shutil
 
+from ..probe.procfs import is_supervisor
 from .session import read_meta
 
 # Only folders named like our sessions ("<supervisor pid>-<start ms>") are touched.
 SESSION_NAME = re.compile(r"^\d+-\d+$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"kernel_doctor" in f.read()
-    except OSError:
-        return False
 
 
 def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
@@ -43,7 +36,7 @@ def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
         if meta.get("host", host) != host:
             continue  # a runtime dir shared with other machines: not ours to judge
         pid = meta.get("supervisor_pid")
-        if isinstance(pid, int) and _alive(pid):
+        if is_supervisor(pid):
             continue
         try:
             path = _report(directory)
