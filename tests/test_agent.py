@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from kernel_doctor.agent.layout import ENV_SESSION, read_cells, read_state
+from kernel_doctor.agent.protocol import ENV_SESSION, CellRecord, State, read_cells, read_state
 
 
-def records(session: Path) -> list[dict[str, Any]]:
+def records(session: Path) -> list[CellRecord]:
     """The flight record, after the agent wrote what it holds back (clean ends)."""
     from kernel_doctor.agent import running_agent
 
@@ -44,25 +44,25 @@ def test_flight_record(shell: Any, tmp_path: Path) -> None:
     # A cell that raised has its end record on disk at once; a clean end may wait
     # for the next write, and the state record says it ended meanwhile.
     on_disk = read_cells(str(tmp_path))
-    assert on_disk[-1]["event"] == "end" and on_disk[-1]["error"]["line"] == 4
+    assert on_disk[-1].event == "end" and on_disk[-1].error["line"] == 4
     written = records(tmp_path)
-    kinds = [(r["event"], r.get("seq")) for r in written]
+    kinds = [(r.event, r.seq) for r in written]
     assert kinds == [("ready", None), ("start", 1), ("end", 1), ("start", 2), ("end", 2)]
-    assert written[1]["source"] == "x = 1"
-    error = written[4]["error"]
+    assert written[1].source == "x = 1"
+    error = written[4].error
     assert error["type"] == "ZeroDivisionError"
     assert error["line"] == 4
-    assert written[2]["file"] in shell.compile._filename_map
+    assert written[2].file in shell.compile._filename_map
     state = read_state(str(tmp_path))
-    assert state is not None and state["busy"] is False
+    assert state is not None and state.busy is False
 
 
 def test_identical_sources_share_a_file(shell: Any, tmp_path: Path) -> None:
     shell.run_cell("z = 3", store_history=True)
     shell.run_cell("w = 4", store_history=True)
     shell.run_cell("z = 3", store_history=True)
-    ends = [r for r in records(tmp_path) if r["event"] == "end"]
-    assert ends[0]["file"] == ends[2]["file"] != ends[1]["file"]
+    ends = [r for r in records(tmp_path) if r.event == "end"]
+    assert ends[0].file == ends[2].file != ends[1].file
 
 
 def peeker(session: str) -> Any:
@@ -71,18 +71,18 @@ def peeker(session: str) -> Any:
     import threading
     import time
 
-    seen: dict[str, Any] = {}
+    seen: list[State | None] = []
 
     def read() -> None:
         time.sleep(0.15)
-        seen.update(read_state(session) or {})
+        seen.append(read_state(session))
 
     thread = threading.Thread(target=read)
     thread.start()
 
-    def result() -> dict[str, Any]:
+    def result() -> State | None:
         thread.join()
-        return seen
+        return seen[0]
 
     return result
 
@@ -94,9 +94,9 @@ def test_running_line_is_recorded(shell: Any, tmp_path: Path) -> None:
     shell.user_ns["peeker"] = peeker
     shell.run_cell(cell, store_history=True)
     seen = shell.user_ns["seen"]
-    assert seen["busy"] is True
-    assert seen["line"] == 3
-    assert seen["frame"][2] == "<module>"
+    assert seen.busy is True
+    assert seen.line == 3
+    assert seen.frame is not None and seen.frame[2] == "<module>"
 
 
 def test_running_line_in_deep_recursion(shell: Any, tmp_path: Path) -> None:
@@ -114,26 +114,26 @@ def test_running_line_in_deep_recursion(shell: Any, tmp_path: Path) -> None:
     shell.user_ns["peeker"] = peeker
     shell.run_cell(cell, store_history=True)
     seen = shell.user_ns["seen"]
-    assert seen["line"] == 9  # the cell's own line, 5000 frames up
-    assert seen["frame"][1:] == [5, "down"]
+    assert seen.line == 9  # the cell's own line, 5000 frames up
+    assert seen.frame is not None and seen.frame[1:] == (5, "down")
 
 
 def test_running_line_inside_time_magic(shell: Any, tmp_path: Path) -> None:
     cell = (
         "%%time\n"
         "import time\n"
-        "from kernel_doctor.agent.layout import read_state\n"
+        "from kernel_doctor.agent.protocol import read_state\n"
         f"time.sleep(0.2); seen = read_state({str(tmp_path)!r})\n"
     )
     shell.run_cell(cell, store_history=True)
-    assert shell.user_ns["seen"]["line"] == 4  # the cell's own line, not the magic's
+    assert shell.user_ns["seen"].line == 4  # the cell's own line, not the magic's
 
 
 def test_execution_counts_match_ipython(shell: Any, tmp_path: Path) -> None:
     # IPython 8 and 9 count at different moments; the record must match the result.
     results = [shell.run_cell(f"v = {i}", store_history=True) for i in range(3)]
-    starts = [r for r in records(tmp_path) if r["event"] == "start"]
-    assert [r["execution_count"] for r in starts] == [r.execution_count for r in results]
+    starts = [r for r in records(tmp_path) if r.event == "start"]
+    assert [r.execution_count for r in starts] == [r.execution_count for r in results]
 
 
 def test_hooks_never_raise_into_the_users_output(shell: Any, tmp_path: Path, capsys: Any) -> None:
@@ -145,14 +145,14 @@ def test_hooks_never_raise_into_the_users_output(shell: Any, tmp_path: Path, cap
     )
     shell.run_cell(cell, store_history=True)
     assert "Error in callback" not in capsys.readouterr().out
-    end = [r for r in records(tmp_path) if r["event"] == "end"][-1]
+    end = [r for r in records(tmp_path) if r.event == "end"][-1]
     # IPython 8 reports Odd; IPython 9 reports the RuntimeError its traceback
     # formatting hit. Either way the cell's end is on record and nothing escaped.
-    if end["error"]["type"] == "Odd":
-        assert end["error"]["line"] == 4
-        assert end["error"]["message"] == "<Odd: message unavailable>"
+    if end.error["type"] == "Odd":
+        assert end.error["line"] == 4
+        assert end.error["message"] == "<Odd: message unavailable>"
     else:
-        assert end["error"]["type"] == "RuntimeError"
+        assert end.error["type"] == "RuntimeError"
 
 
 def test_one_agent_a_kernel(shell: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,7 +164,7 @@ def test_one_agent_a_kernel(shell: Any, tmp_path: Path, monkeypatch: pytest.Monk
     shell.run_line_magic("load_ext", "kernel_doctor_boot")
     shell.run_line_magic("load_ext", "kernel_doctor.agent")
     shell.run_cell("once = 1", store_history=True)
-    starts = [r for r in records(tmp_path) if r["event"] == "start"]
+    starts = [r for r in records(tmp_path) if r.event == "start"]
     assert len(starts) == 1
 
 
@@ -195,7 +195,7 @@ def test_wake_pipe_is_taken_once_and_checked(monkeypatch: pytest.MonkeyPatch) ->
     import os
 
     from kernel_doctor.agent.hooks import take_wake_fd as _take_wake_fd
-    from kernel_doctor.agent.layout import ENV_WAKE_FD
+    from kernel_doctor.agent.protocol import ENV_WAKE_FD
 
     r, w = os.pipe()
     try:
@@ -224,7 +224,7 @@ def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
 
     from IPython.core.interactiveshell import InteractiveShell
 
-    from kernel_doctor.agent.layout import ENV_WAKE_FD
+    from kernel_doctor.agent.protocol import ENV_WAKE_FD
 
     r, w = os.pipe()
     monkeypatch.setenv(ENV_SESSION, str(tmp_path))

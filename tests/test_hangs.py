@@ -121,7 +121,8 @@ def test_where_needs_no_ptrace_of_its_own(
 def test_an_ignored_interrupt_is_noticed_and_a_restart_reported(
     kernels: Kernels, capsys: Any
 ) -> None:
-    from kernel_doctor.reports.history import list_reports
+    from kernel_doctor.reports.history import stored_reports
+    from kernel_doctor.reports.model import Report
 
     kernel = hang(kernels, HANGS[1][1])
     pid = kernel.kernel_process().pid
@@ -140,13 +141,14 @@ def test_an_ignored_interrupt_is_noticed_and_a_restart_reported(
 
     kernel.km.restart_kernel(now=False)  # jupyter_client: SIGTERM after its grace
     deadline = time.monotonic() + 20
-    hung: list[dict[str, Any]] = []
+    hung: list[Report] = []
     while time.monotonic() < deadline and not hung:
-        hung = [r for r in list_reports() if r["kernel"]["pid"] == pid]
+        hung = [r for r in stored_reports() if r.kernel is not None and r.kernel.pid == pid]
         time.sleep(0.2)
-    assert len(hung) == 1 and hung[0]["cause"] == "hang", hung
-    assert hung[0]["cell"]["execution_count"] == 1 and hung[0]["line"] == 3
-    assert "ignored the interrupt" in hung[0]["summary"]
+    assert len(hung) == 1 and hung[0].cause == "hang", hung
+    assert hung[0].cell is not None and hung[0].cell.execution_count == 1
+    assert hung[0].line == 3
+    assert "ignored the interrupt" in hung[0].summary
 
 
 @pytest.mark.parametrize(

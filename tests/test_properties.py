@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel_doctor._errors import UsageError
+from kernel_doctor.agent.protocol import State
 from kernel_doctor.diagnosis import diagnose
 from kernel_doctor.diagnosis.causes import BLIND_STARTUP, CAUSES, CRASH_SIGNALS
 from kernel_doctor.evidence import CellRun, Evidence, Frame, MemoryEvidence, StackDump
@@ -569,7 +570,7 @@ _state = st.fixed_dictionaries(
         "busy": st.booleans(),
         "t": st.floats(min_value=1000, max_value=3000),
     },
-)
+).map(lambda record: State.from_json(record) or State())  # as the protocol reads it
 
 
 @st.composite

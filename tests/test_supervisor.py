@@ -239,7 +239,7 @@ def test_death_that_took_the_supervisor_is_reported_at_next_start(
         meta = wait_for(lambda: next(sessions.glob("*/meta.json"), None))
         kernel_pid = json.loads(meta.read_text())["kernel_pid"]
         # Wait until the supervisor has sampled the kernel holding 170 MB of 200 MB...
-        from kernel_doctor.supervisor.session import read_samples
+        from kernel_doctor.agent.protocol import read_samples
 
         wait_for(lambda: any(c > 160 * 1024**2 for _, c, _ in read_samples(str(meta.parent))))
         # ...then it freezes, the kernel dies of memory, and the supervisor is killed

@@ -6,6 +6,7 @@ crash) into files, so the parser is checked against what CPython really writes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel_doctor._errors import UsageError
-from kernel_doctor.agent.layout import STATE, STATE_SIZE, StateFile, read_state
+from kernel_doctor.agent.protocol import STATE, STATE_SIZE, State, StateFile, read_state
 from kernel_doctor.diagnosis import diagnose
 from kernel_doctor.diagnosis.stacks import (
     cell_line,
@@ -421,7 +422,7 @@ def test_sigkill_with_oom_kill_is_out_of_memory() -> None:
         signal=signal.SIGKILL,
         memory=memory,
         cells=(cell,),
-        state={"seq": cell.seq, "line": 4},
+        state=State(seq=cell.seq, line=4),
     )
     d = diagnose(ev)
     assert d is not None
@@ -455,7 +456,7 @@ def test_segfault_in_deep_recursion_is_stack_overflow(dumps: dict[str, Dump]) ->
         fatal=threads,
         cells=(cell,),
         # The truncated dump lacks the cell's own statement: the agent's line counts.
-        state={"seq": cell.seq, "line": _line_of(d.source, "# MODULE"), "main_thread": d.idents[0]},
+        state=State(seq=cell.seq, line=_line_of(d.source, "# MODULE"), main_thread=d.idents[0]),
     )
     diagnosis = diagnose(ev)
     assert diagnosis is not None
@@ -478,7 +479,7 @@ def test_sigabrt_is_native_crash_at_the_cells_line(dumps: dict[str, Dump]) -> No
         signal=signal.SIGABRT,
         fatal=threads,
         cells=(cell,),
-        state={"main_thread": a.idents[0]},
+        state=State(main_thread=a.idents[0]),
     )
     d = diagnose(ev)
     assert d is not None
@@ -496,7 +497,7 @@ def test_sigabrt_is_native_crash_at_the_cells_line(dumps: dict[str, Dump]) -> No
 
 def test_exit_code_after_start_is_exit() -> None:
     cell = _running(count=2)
-    ev = _evidence(exit_code=3, cells=(cell,), state={"seq": cell.seq, "line": 5})
+    ev = _evidence(exit_code=3, cells=(cell,), state=State(seq=cell.seq, line=5))
     d = diagnose(ev)
     assert d is not None
     assert d.cause == "exit"
@@ -590,18 +591,24 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
         reader = StateFile(path, writable=False)
         try:
             assert reader.read() is None  # nothing written yet
-            writer.write({"seq": 1, "busy": True, "line": 3, "frame": ["f.py", 3, "g"]})
-            assert reader.read() == {"seq": 1, "busy": True, "line": 3, "frame": ["f.py", 3, "g"]}
-            writer.write({"seq": 2, "busy": False})
-            assert reader.read() == {"seq": 2, "busy": False}
-            writer.write({"blob": "x" * STATE_SIZE})
-            assert reader.read() == {"truncated": True}
+            write(writer, {"seq": 1, "busy": True, "line": 3, "frame": ["f.py", 3, "g"]})
+            assert reader.read() == State(seq=1, busy=True, line=3, frame=("f.py", 3, "g"))
+            write(writer, {"seq": 2, "busy": False})
+            assert reader.read() == State(seq=2, busy=False)
+            write(writer, {"blob": "x" * STATE_SIZE})
+            assert reader.read() == State()  # too long: a record that says nothing
+            write(writer, {"seq": "9", "busy": 1, "frame": ["f.py"]})  # wrong types
+            assert reader.read() == State()
         finally:
             reader.close()
-        writer.write({"seq": 9, "line": 1})
+        write(writer, {"seq": 9, "line": 1})
     finally:
         writer.close()
-    assert read_state(str(tmp_path)) == {"seq": 9, "line": 1}
+    assert read_state(str(tmp_path)) == State(seq=9, line=1)
+
+
+def write(state: StateFile, record: dict[str, object]) -> None:
+    state.write_bytes(json.dumps(record).encode())
 
 
 def test_read_state_without_a_state_file(tmp_path: Path) -> None:
@@ -645,11 +652,11 @@ def test_a_clean_end_not_yet_written_is_read_from_the_state() -> None:
     from kernel_doctor.supervisor.collect import ended_by_state
 
     cells = (CellRun(seq=1, execution_count=1, cell_id=None, source="x", started=5.0),)
-    ended = ended_by_state(cells, {"busy": False, "seq": 1, "t": 6.5})
+    ended = ended_by_state(cells, State(busy=False, seq=1, t=6.5))
     assert ended[-1].ended == 6.5
     # Busy, or idle after another cell: the cell is still the running one.
-    assert ended_by_state(cells, {"busy": True, "seq": 1, "t": 6.5}) == cells
-    assert ended_by_state(cells, {"busy": False, "seq": 0, "t": 6.5}) == cells
+    assert ended_by_state(cells, State(busy=True, seq=1, t=6.5)) == cells
+    assert ended_by_state(cells, State(busy=False, seq=0, t=6.5)) == cells
 
 
 def test_native_crash_advice_names_the_package_below_the_cell_not_ipython() -> None:
@@ -692,15 +699,15 @@ def test_guard_trips_on_growth_during_a_cell_not_on_a_full_kernel(tmp_path: Path
     old = signals.signal(signals.SIGUSR1, lambda *a: None)  # SigCgt says we catch it
     try:
         usr1 = int(signals.SIGUSR1)
-        assert not guard.check({"busy": True, "seq": 1}, 280 * MiB, pid, usr1)  # full at start
-        assert not guard.check({"busy": True, "seq": 1}, 285 * MiB, pid, usr1)  # small growth
-        assert not guard.check({"busy": False, "seq": 1}, 290 * MiB, pid, usr1)
-        assert not guard.check({"busy": True, "seq": 2}, 200 * MiB, pid, usr1)  # new cell
-        assert not guard.check({"busy": True, "seq": 2}, 260 * MiB, pid, usr1)  # below 90 %
-        assert guard.check({"busy": True, "seq": 2}, 275 * MiB, pid, usr1)  # grew past it
+        assert not guard.check(State(busy=True, seq=1), 280 * MiB, pid, usr1)  # full at start
+        assert not guard.check(State(busy=True, seq=1), 285 * MiB, pid, usr1)  # small growth
+        assert not guard.check(State(busy=False, seq=1), 290 * MiB, pid, usr1)
+        assert not guard.check(State(busy=True, seq=2), 200 * MiB, pid, usr1)  # new cell
+        assert not guard.check(State(busy=True, seq=2), 260 * MiB, pid, usr1)  # below 90 %
+        assert guard.check(State(busy=True, seq=2), 275 * MiB, pid, usr1)  # grew past it
         written = (tmp_path / "guard.json").read_text()
         assert '"seq": 2' in written and '"usage_bytes": 288358400' in written
-        assert not guard.check({"busy": True, "seq": 2}, 280 * MiB, pid, usr1)  # not again yet
+        assert not guard.check(State(busy=True, seq=2), 280 * MiB, pid, usr1)  # not again yet
     finally:
         signals.signal(signals.SIGUSR1, old)
 
@@ -730,9 +737,9 @@ def test_guard_counts_a_cells_growth_from_the_sample_before_it(tmp_path: Path) -
     old = signals.signal(signals.SIGUSR1, lambda *a: None)
     try:
         usr1 = int(signals.SIGUSR1)
-        assert not guard.check({"busy": False, "seq": 1}, 200 * MiB, pid, usr1)  # between
+        assert not guard.check(State(busy=False, seq=1), 200 * MiB, pid, usr1)  # between
         # The cell's first sample comes after a fast fill: still its own growth.
-        assert guard.check({"busy": True, "seq": 2}, 285 * MiB, pid, usr1)
+        assert guard.check(State(busy=True, seq=2), 285 * MiB, pid, usr1)
     finally:
         signals.signal(signals.SIGUSR1, old)
 
@@ -800,7 +807,7 @@ def test_allocation_failures_the_agent_recognises() -> None:
 
 
 def test_last_sample_reads_the_newest_complete_one(tmp_path: Path) -> None:
-    from kernel_doctor.agent.layout import SAMPLE, SAMPLES, last_sample, read_samples
+    from kernel_doctor.agent.protocol import SAMPLE, SAMPLES, last_sample, read_samples
 
     assert last_sample(str(tmp_path)) is None
     path = tmp_path / SAMPLES

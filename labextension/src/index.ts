@@ -53,12 +53,32 @@ async function api<T>(path: string): Promise<T> {
   return (await response.json()) as T;
 }
 
-function formatBytes(value: number | null | undefined): string {
-  if (value === null || value === undefined) {
+/** A finite number from a server value (a number or a numeric string), else null. */
+function finite(value: unknown): number | null {
+  if (typeof value !== 'number' && (typeof value !== 'string' || value.trim() === '')) {
+    return null;
+  }
+  const n = Number(value);
+  return Number.isFinite(n) ? n : null;
+}
+
+/** A server value as plain text ('' for null or undefined). */
+function text(value: unknown): string {
+  return value === null || value === undefined ? '' : String(value);
+}
+
+/** A server list as a list of strings ([] if it is not a list). */
+function texts(value: unknown): string[] {
+  return Array.isArray(value) ? value.map(text) : [];
+}
+
+function formatBytes(value: unknown): string {
+  const bytes = finite(value);
+  if (bytes === null) {
     return '?';
   }
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let n = value;
+  let n = bytes;
   let i = 0;
   while (n >= 1024 && i < units.length - 1) {
     n /= 1024;
@@ -67,62 +87,135 @@ function formatBytes(value: number | null | undefined): string {
   return `${n >= 10 || i === 0 ? n.toFixed(0) : n.toFixed(1)} ${units[i]}`;
 }
 
-function escape(text: string): string {
-  const div = document.createElement('div');
-  div.textContent = text;
-  return div.innerHTML;
+/** An HTML element whose content, if any, is set as text (never parsed as HTML). */
+function element<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  content?: string,
+  className?: string
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (content !== undefined) {
+    node.textContent = content;
+  }
+  if (className) {
+    node.className = className;
+  }
+  return node;
 }
 
-function sparkline(timeline: [number, number][], limit: number | undefined): string {
-  if (!timeline.length) {
-    return '';
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+/** An SVG element; its attribute values are constants or numbers computed here. */
+function svgElement(tag: string, attributes: Record<string, number | string>): SVGElement {
+  const node = document.createElementNS(SVG_NS, tag) as SVGElement;
+  for (const [name, value] of Object.entries(attributes)) {
+    node.setAttribute(name, String(value));
   }
-  const width = 400;
-  const height = 60;
-  const t0 = timeline[0][0];
-  const t1 = timeline[timeline.length - 1][0] || 1;
-  const top = Math.max(limit || 0, ...timeline.map(p => p[1])) || 1;
-  const points = timeline
-    .map(([t, b]) => `${(((t - t0) / (t1 - t0 || 1)) * width).toFixed(1)},${(height - (b / top) * height).toFixed(1)}`)
-    .join(' ');
-  const limitY = limit ? (height - (limit / top) * height).toFixed(1) : null;
-  return (
-    `<svg class="kd-timeline" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">` +
-    (limitY ? `<line x1="0" x2="${width}" y1="${limitY}" y2="${limitY}" stroke="#d32f2f" stroke-dasharray="4"/>` : '') +
-    `<polyline fill="none" stroke="#1976d2" stroke-width="2" points="${points}"/></svg>`
-  );
+  return node;
 }
 
-function renderReport(report: IReport): string {
-  const parts = [`<h2>${escape(report.summary)}</h2>`];
-  if (report.cell) {
-    const lines = report.cell.source.split('\n').map((text, i) => {
-      const mark = report.line === i + 1 ? ' class="kd-line"' : '';
-      return `<span${mark}>${String(i + 1).padStart(3)}  ${escape(text)}</span>`;
-    });
-    parts.push(`<h3>Cell [${report.cell.execution_count ?? '?'}]</h3><pre>${lines.join('\n')}</pre>`);
-  }
-  const memory = report.memory || {};
-  if (memory.timeline && memory.timeline.length) {
-    parts.push(
-      `<h3>Memory: peak ${formatBytes(memory.peak_bytes)} of ${formatBytes(memory.limit_bytes)}` +
-        ` (${escape(memory.limit_source || '')})</h3>` +
-        sparkline(memory.timeline, memory.limit_bytes)
-    );
-  }
-  if (report.stack && report.stack.length) {
-    const frames = report.stack.map(f => `${escape(f.function)}  ${escape(f.file)}, line ${f.line}`);
-    parts.push(`<h3>Stack (innermost last)</h3><pre>${frames.join('\n')}</pre>`);
-  }
-  for (const [title, items] of [
-    ['Evidence', report.evidence || []],
-    ['What to do', report.advice || []]
-  ] as [string, string[]][]) {
-    if (items.length) {
-      parts.push(`<h3>${title}</h3><ul>${items.map(i => `<li>${escape(i)}</li>`).join('')}</ul>`);
+/** A <pre> of lines, one text node each, separated by newlines. */
+function preOf(lines: Node[]): HTMLPreElement {
+  const pre = element('pre');
+  lines.forEach((line, i) => {
+    if (i > 0) {
+      pre.appendChild(document.createTextNode('\n'));
+    }
+    pre.appendChild(line);
+  });
+  return pre;
+}
+
+function sparkline(timeline: unknown, limitValue: unknown): SVGElement | null {
+  // Only [time, bytes] pairs of finite numbers are drawn; anything else is left out.
+  const points: [number, number][] = [];
+  for (const point of Array.isArray(timeline) ? timeline : []) {
+    const t = Array.isArray(point) ? finite(point[0]) : null;
+    const b = Array.isArray(point) ? finite(point[1]) : null;
+    if (t !== null && b !== null) {
+      points.push([t, b]);
     }
   }
-  return `<div class="kd-report">${parts.join('')}</div>`;
+  if (!points.length) {
+    return null;
+  }
+  const limit = finite(limitValue);
+  const width = 400;
+  const height = 60;
+  const t0 = points[0][0];
+  const t1 = points[points.length - 1][0] || 1;
+  const top = points.reduce((m, p) => Math.max(m, p[1]), limit || 0) || 1;
+  const svg = svgElement('svg', { class: 'kd-timeline', width, height, viewBox: `0 0 ${width} ${height}` });
+  if (limit) {
+    const y = (height - (limit / top) * height).toFixed(1);
+    svg.appendChild(
+      svgElement('line', { x1: 0, x2: width, y1: y, y2: y, stroke: '#d32f2f', 'stroke-dasharray': 4 })
+    );
+  }
+  const coords = points
+    .map(([t, b]) => `${(((t - t0) / (t1 - t0 || 1)) * width).toFixed(1)},${(height - (b / top) * height).toFixed(1)}`)
+    .join(' ');
+  svg.appendChild(
+    svgElement('polyline', { fill: 'none', stroke: '#1976d2', 'stroke-width': 2, points: coords })
+  );
+  return svg;
+}
+
+/**
+ * The Details panel, built with DOM calls: every value from the report is set as text
+ * (or, for the timeline, as numbers checked finite), so none is ever parsed as HTML.
+ */
+function renderReport(report: IReport): HTMLElement {
+  const root = element('div', undefined, 'kd-report');
+  root.appendChild(element('h2', text(report.summary)));
+  if (report.cell) {
+    const marked = finite(report.line);
+    const lines = text(report.cell.source)
+      .split('\n')
+      .map((source, i) =>
+        element('span', `${String(i + 1).padStart(3)}  ${source}`, marked === i + 1 ? 'kd-line' : undefined)
+      );
+    const count = finite(report.cell.execution_count);
+    root.appendChild(element('h3', `Cell [${count === null ? '?' : count}]`));
+    root.appendChild(preOf(lines));
+  }
+  const memory = report.memory || {};
+  const timeline = sparkline(memory.timeline, memory.limit_bytes);
+  if (timeline) {
+    root.appendChild(
+      element(
+        'h3',
+        `Memory: peak ${formatBytes(memory.peak_bytes)} of ${formatBytes(memory.limit_bytes)}` +
+          ` (${text(memory.limit_source)})`
+      )
+    );
+    root.appendChild(timeline);
+  }
+  const stack = (Array.isArray(report.stack) ? report.stack : []).filter(f => f && typeof f === 'object');
+  if (stack.length) {
+    const frames = stack.map(f => {
+      const line = finite(f.line);
+      return document.createTextNode(
+        `${text(f.function)}  ${text(f.file)}, line ${line === null ? '?' : line}`
+      );
+    });
+    root.appendChild(element('h3', 'Stack (innermost last)'));
+    root.appendChild(preOf(frames));
+  }
+  for (const [title, items] of [
+    ['Evidence', texts(report.evidence)],
+    ['What to do', texts(report.advice)]
+  ] as [string, string[]][]) {
+    if (items.length) {
+      root.appendChild(element('h3', title));
+      const list = element('ul');
+      for (const item of items) {
+        list.appendChild(element('li', item));
+      }
+      root.appendChild(list);
+    }
+  }
+  return root;
 }
 
 class MemoryStatus extends Widget {
@@ -141,9 +234,9 @@ class MemoryStatus extends Widget {
     }
     const { counted_bytes, limit_bytes, limit_source } = state.memory;
     this.node.textContent = `Mem: ${formatBytes(counted_bytes)} / ${formatBytes(limit_bytes)}`;
-    this.node.title = `kernel-doctor: memory the limit counts, against ${limit_source || 'the limit'}`;
-    const threshold = state.guard?.threshold_bytes;
-    const near = threshold ? (counted_bytes || 0) >= threshold * 0.95 : false;
+    this.node.title = `kernel-doctor: memory the limit counts, against ${text(limit_source) || 'the limit'}`;
+    const threshold = finite(state.guard?.threshold_bytes);
+    const near = threshold ? (finite(counted_bytes) || 0) >= threshold * 0.95 : false;
     this.toggleClass('kd-memory-warning', near);
   }
 }
@@ -191,14 +284,14 @@ class Doctor {
         const report = reports.find(
           r =>
             !this.seenReports.has(r.id) &&
-            (r.kernel?.connection_file || '').endsWith(`kernel-${kernelId}.json`) &&
-            (r.kernel?.ended || 0) >= this.started - 5
+            text(r.kernel?.connection_file).endsWith(`kernel-${kernelId}.json`) &&
+            (finite(r.kernel?.ended) || 0) >= this.started - 5
         );
         if (report) {
           this.seenReports.add(report.id);
-          const full = await api<IReport>(`reports/${report.id}`);
+          const full = await api<IReport>(`reports/${encodeURIComponent(text(report.id))}`);
           this.markFailed(panel, full);
-          Notification.error(full.summary, {
+          Notification.error(text(full.summary), {
             autoClose: false,
             actions: [{ label: 'Details', callback: () => this.details(panel, full) }]
           });
@@ -220,7 +313,8 @@ class Doctor {
     if (byId >= 0) {
       return byId;
     }
-    return report.cell.index < cells.length ? report.cell.index : null;
+    const index = finite(report.cell.index);
+    return index !== null && Number.isInteger(index) && index >= 0 && index < cells.length ? index : null;
   }
 
   private markFailed(panel: NotebookPanel, report: IReport): void {
@@ -236,21 +330,21 @@ class Doctor {
     model.outputs?.add({
       output_type: 'error',
       ename: 'KernelDied',
-      evalue: report.summary,
+      evalue: text(report.summary),
       traceback: [
-        report.summary,
-        ...(report.evidence || []).map(e => `  • ${e}`),
-        ...(report.advice || []).map(a => `  → ${a}`)
+        text(report.summary),
+        ...texts(report.evidence).map(e => `  • ${e}`),
+        ...texts(report.advice).map(a => `  → ${a}`)
       ]
     });
   }
 
   private details(panel: NotebookPanel, report: IReport): void {
     const content = new Widget();
-    content.node.innerHTML = renderReport(report);
+    content.node.appendChild(renderReport(report));
     const widget = new MainAreaWidget({ content });
-    widget.id = `kernel-doctor-${report.id}`;
-    widget.title.label = `Why the kernel died (${report.cause})`;
+    widget.id = `kernel-doctor-${text(report.id)}`;
+    widget.title.label = `Why the kernel died (${text(report.cause)})`;
     widget.title.closable = true;
     this.app.shell.add(widget, 'main', { mode: 'split-right' });
     const index = this.cellIndex(panel, report);
@@ -272,10 +366,10 @@ class Doctor {
       const state = states.find(s => s.kernel_id === kernelId) || null;
       this.status?.display(state);
       const ignored = state?.ignored_interrupt;
-      const key = ignored ? `${kernelId}:${ignored.seq}` : '';
+      const key = ignored ? `${kernelId}:${text(ignored.seq)}` : '';
       if (ignored && state?.busy && !this.seenIgnored.has(key)) {
         this.seenIgnored.add(key);
-        Notification.warning(`kernel-doctor: ${ignored.summary}`, { autoClose: false });
+        Notification.warning(`kernel-doctor: ${text(ignored.summary)}`, { autoClose: false });
       }
     } catch (error) {
       this.status?.display(null);

@@ -7,7 +7,6 @@ import gc
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from ._errors import ExitCode
-from .agent.layout import read_cells, read_state
+from .agent.protocol import read_cells, read_meta, read_samples, read_state
 from .diagnosis.stacks import user_frames
 from .evidence import Frame
 from .launch import SupervisedKernelManager
@@ -26,7 +25,6 @@ from .probe.create import LimitedCgroup
 from .reports.model import empty_report
 from .reports.store import REPORT_FILE
 from .sizes import format_size
-from .supervisor.session import read_meta, read_samples
 from .timeouts import look_at_timeout
 
 AGENT_DIR = os.path.join(os.path.dirname(__file__), "agent")
@@ -47,7 +45,10 @@ class BatchResult:
 def run_notebook(nb: Any, *, cgroup: LimitedCgroup | None, **kwargs: Any) -> BatchResult:
     """Execute ``nb`` (see ``_execute`` for the arguments); whatever happens, the
     cgroup and the session's evidence are removed afterwards."""
-    session_dir = tempfile.mkdtemp(prefix="kernel-doctor-run-")
+    from .paths import new_session_dir
+
+    # In the user's private runtime dir, never in a shared temp dir (see paths).
+    session_dir = new_session_dir("run")
     try:
         return _execute(nb, session_dir=session_dir, cgroup=cgroup, **kwargs)
     finally:
@@ -215,8 +216,8 @@ def death_report(
 
 
 def _cell_error_report(nb: Any, index: int | None, session_dir: str) -> dict[str, Any]:
-    ended = [r for r in read_cells(session_dir) if r.get("event") == "end" and r.get("error")]
-    error = ended[-1]["error"] if ended else {}
+    ended = [r.error for r in read_cells(session_dir) if r.event == "end" and r.error]
+    error = ended[-1] if ended else {}
     report = empty_report("cell_error", "")
     report["cell"] = _cell_json(nb, index)
     report["line"] = error.get("line")
@@ -274,13 +275,13 @@ def _timeout_report(
 ) -> dict[str, Any]:
     report = empty_report("timeout", "")
     report["cell"] = _cell_json(nb, index)
-    state = read_state(session_dir) or {}
-    line = state.get("line") if state.get("busy") else None
+    state = read_state(session_dir)
+    line = state.line if state is not None and state.busy else None
     report["line"] = line
     where = f", line {line}" if line else ""
     report["summary"] = f"Cell {index}{where} ran longer than the {timeout:g} s timeout."
-    frame = state.get("frame")
-    if isinstance(frame, list) and len(frame) == 3:
+    frame = state.frame if state is not None else None
+    if frame is not None:
         report["stack"] = [
             {
                 "file": frame[0],
@@ -298,7 +299,7 @@ def _add_memory(report: dict[str, Any], session_dir: str) -> None:
     if memory.get("limit_bytes") is not None:
         return
     meta = read_meta(session_dir)
-    limit = meta.get("limit") or {}
+    limit = meta.limit if meta is not None else None
     samples = read_samples(session_dir)
     from .supervisor.collect import downsample
 
@@ -306,9 +307,9 @@ def _add_memory(report: dict[str, Any], session_dir: str) -> None:
         {
             "peak_bytes": max((c for _, c, _ in samples), default=None),
             "kernel_peak_bytes": max((k for _, _, k in samples), default=None),
-            "limit_bytes": limit.get("limit_bytes"),
-            "limit_source": limit.get("source"),
-            "limit_kind": limit.get("kind"),
+            "limit_bytes": limit.limit_bytes if limit else None,
+            "limit_source": limit.source if limit else None,
+            "limit_kind": limit.kind if limit else None,
             "timeline": [list(p) for p in downsample([(t, c) for t, c, _ in samples], 500)],
         }
     )
@@ -331,10 +332,11 @@ def mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
 def _load(path: str) -> dict[str, Any] | None:
     import json
 
+    from .agent.private import read_private
+
     try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError):
+        value = json.loads(read_private(path) or b"null")
+    except ValueError:
         return None
     return value if isinstance(value, dict) else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .agent.protocol import CellError, Look, State
 from .probe.base import MemoryLimit
 
 
@@ -37,7 +38,7 @@ class CellRun:
     started: float
     ended: float | None = None
     file: str | None = None  # the code file name IPython compiled it under
-    error: dict[str, Any] | None = None
+    error: CellError | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Evidence:
     clean_exit: bool  # the interpreter ran its exit handlers
     memory: MemoryEvidence
     cells: tuple[CellRun, ...] = ()
-    state: dict[str, Any] = field(default_factory=dict)  # the agent's last state record
+    state: State = field(default_factory=State)  # the agent's last state record
     dumps: tuple[tuple[StackDump, ...], ...] = ()  # on-demand dumps, oldest first
     fatal: tuple[StackDump, ...] = ()  # the crash dump's threads
     stderr_tail: str = ""
@@ -75,7 +76,7 @@ class Evidence:
     kernel_name: str | None = None  # the kernelspec's name, where a twin passed it
     session_name: str | None = None  # JPY_SESSION_NAME: the notebook, under a server
     guard: dict[str, Any] = field(default_factory=dict)  # its setting, and "signals" sent
-    hang: dict[str, Any] = field(default_factory=dict)  # the look at an ignored interrupt
+    hang: Look | None = None  # the look at an ignored interrupt
 
     @property
     def running_cell(self) -> CellRun | None:
@@ -86,5 +87,5 @@ class Evidence:
 
     @property
     def main_thread(self) -> str | None:
-        ident = self.state.get("main_thread")
-        return f"0x{ident:016x}" if isinstance(ident, int) else None
+        ident = self.state.main_thread
+        return f"0x{ident:016x}" if ident is not None else None

@@ -3,19 +3,25 @@ one of them through its supervisor (``kernel-doctor where``, ``top``, timeouts).
 
 from __future__ import annotations
 
-import glob
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from ._errors import CommandError, ExitCode
-from .agent.layout import read_cells, read_meta, read_state
-from .probe.procfs import is_supervisor
-from .supervisor.control import CONTROL
-from .supervisor.session import SESSIONS, runtime_dir
+from .agent.private import is_private_dir, open_fifo, printable
+from .agent.protocol import (
+    CONTROL,
+    Look,
+    Meta,
+    State,
+    look_file,
+    read_cells,
+    read_look,
+    read_meta,
+    read_state,
+)
+from .paths import session_roots
+from .probe.procfs import is_supervisor, parent_of
 
 ANSWER_TIMEOUT = 3.0  # the supervisor answers in about 0.3 s
 
@@ -23,69 +29,74 @@ ANSWER_TIMEOUT = 3.0  # the supervisor answers in about 0.3 s
 @dataclass(frozen=True)
 class LiveKernel:
     session_dir: str
-    supervisor_pid: int
-    kernel_pid: int
-    label: str  # the notebook where a server named it, else kernelspec / connection file
-    started: float
-    meta: dict[str, Any]
-    state: dict[str, Any]
+    meta: Meta
+    state: State
+
+    @property
+    def supervisor_pid(self) -> int:
+        return self.meta.supervisor_pid
+
+    @property
+    def kernel_pid(self) -> int:
+        return self.meta.kernel_pid
+
+    @property
+    def started(self) -> float:
+        return self.meta.started
+
+    @property
+    def label(self) -> str:
+        """The notebook where a server named it, else kernelspec / connection file,
+        with control characters escaped: it is printed as it is."""
+        return printable(self.meta.label)
 
     @property
     def busy(self) -> bool:
-        return bool(self.state.get("busy"))
+        return self.state.busy
 
     def cell_files(self) -> dict[str, int]:
         """Each earlier cell's code file → its execution count (from the flight record)."""
-        counts: dict[int, Any] = {}
+        counts: dict[int | None, int | None] = {}
         files: dict[str, int] = {}
         for record in read_cells(self.session_dir):
-            if record.get("event") == "start":
-                counts[record.get("seq", -1)] = record.get("execution_count")
-            elif record.get("event") == "end" and record.get("file"):
-                count = counts.get(record.get("seq", -1))
-                if isinstance(count, int):
-                    files[str(record["file"])] = count
+            if record.event == "start":
+                counts[record.seq] = record.execution_count
+            elif record.event == "end" and record.file:
+                count = counts.get(record.seq)
+                if count is not None:
+                    files[record.file] = count
         return files
 
 
-def _roots() -> list[str]:
-    roots = [os.path.join(runtime_dir(create=False), SESSIONS)]
-    roots.append(os.path.join(tempfile.gettempdir(), f"kernel-doctor-{os.getuid()}", SESSIONS))
-    return roots
+def trusted(session_dir: str) -> Meta | None:
+    """The session's meta, if the session is of a supervisor running now that can be
+    trusted: a private folder of this user's (0700, not a symlink) whose supervisor is
+    this user's process started when the meta says, and the kernel's parent. Anything
+    else (a folder another user planted, a process faking our command line, a session
+    whose supervisor died and whose pids were reused) counts for nothing."""
+    if not is_private_dir(session_dir):
+        return None
+    meta = read_meta(session_dir)
+    if meta is None or meta.supervisor_start is None:
+        return None
+    if not is_supervisor(meta.supervisor_pid, meta.supervisor_start):
+        return None
+    if parent_of(meta.kernel_pid) != meta.supervisor_pid:
+        return None
+    return meta
 
 
 def live_kernels() -> list[LiveKernel]:
     """Supervised kernels of this user running now, oldest first."""
-    folders = [os.path.join(root, name) for root in _roots() for name in _listdir(root)]
-    # `kernel-doctor run` keeps its session in a private temp folder.
-    folders += glob.glob(os.path.join(tempfile.gettempdir(), "kernel-doctor-run-*"))
     found = []
-    for folder in folders:
-        meta = read_meta(folder)
-        if not meta or not is_supervisor(meta.get("supervisor_pid")):
+    for root in session_roots():
+        if not is_private_dir(root):
             continue
-        kernel_pid = meta.get("kernel_pid")
-        if not isinstance(kernel_pid, int) or not os.path.exists(f"/proc/{kernel_pid}"):
-            continue
-        label = meta.get("session_name") or " ".join(
-            p
-            for p in (
-                meta.get("kernel_name") or "",
-                os.path.basename(meta.get("connection_file") or ""),
-            )
-            if p
-        )
-        found.append(
-            LiveKernel(
-                folder,
-                int(meta["supervisor_pid"]),
-                kernel_pid,
-                str(label or "-"),
-                float(meta.get("started") or 0),
-                meta,
-                read_state(folder) or {},
-            )
-        )
+        for name in _listdir(root):
+            folder = os.path.join(root, name)
+            meta = trusted(folder)
+            if meta is not None:
+                found.append(LiveKernel(folder, meta, read_state(folder) or State()))
     return sorted(found, key=lambda k: k.started)
 
 
@@ -138,15 +149,15 @@ def listing(kernels: list[LiveKernel]) -> str:
     return "\n".join(lines)
 
 
-def look(kernel: LiveKernel, timeout: float = ANSWER_TIMEOUT) -> dict[str, Any]:
+def look(kernel: LiveKernel, timeout: float = ANSWER_TIMEOUT) -> Look:
     """Ask the kernel's supervisor to look at it; its answer (see supervisor.inspect)."""
     return ask(kernel.session_dir, timeout)
 
 
-def ask(session_dir: str, timeout: float = ANSWER_TIMEOUT) -> dict[str, Any]:
+def ask(session_dir: str, timeout: float = ANSWER_TIMEOUT) -> Look:
     nonce = os.urandom(8).hex()
     try:
-        fd = os.open(os.path.join(session_dir, CONTROL), os.O_WRONLY | os.O_NONBLOCK)
+        fd = open_fifo(os.path.join(session_dir, CONTROL), os.O_WRONLY)
     except OSError as exc:
         raise CommandError(
             f"the kernel's supervisor does not listen ({exc.strerror}): it may be from an "
@@ -154,18 +165,21 @@ def ask(session_dir: str, timeout: float = ANSWER_TIMEOUT) -> dict[str, Any]:
         ) from exc
     try:
         os.write(fd, f"where {nonce}\n".encode())
+    except OSError as exc:
+        raise CommandError(f"cannot ask the kernel's supervisor ({exc.strerror})") from exc
     finally:
         os.close(fd)
-    path = os.path.join(session_dir, f"where-{nonce}.json")
+    path = os.path.join(session_dir, look_file(nonce))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with open(path, encoding="utf-8") as f:
-                reply: dict[str, Any] = json.load(f)
-        except (OSError, ValueError):
+        reply = read_look(path)
+        if reply is None:
             time.sleep(0.01)
             continue
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
         return reply
     raise CommandError(
         f"the kernel's supervisor did not answer within {timeout:g} s", ExitCode.TIMEOUT

@@ -10,7 +10,6 @@ whatever the engine does: ``kernel-doctor run`` has exit codes of its own).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from typing import Any
 
 from nbclient.exceptions import DeadKernelError
@@ -23,7 +22,9 @@ from .launch import SupervisedKernelManager
 class KernelDoctorEngine(NBClientEngine):  # type: ignore[misc]
     @classmethod
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
-        session_dir = tempfile.mkdtemp(prefix="kernel-doctor-papermill-")
+        from .paths import new_session_dir
+
+        session_dir = new_session_dir("papermill")
         km = SupervisedKernelManager(
             kernel_name=kernel_name,
             supervisor_options={"session": session_dir, "quiet": "1"},

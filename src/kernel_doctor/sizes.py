@@ -24,6 +24,12 @@ _UNITS = {
     "tib": 1024**4,
 }
 MAX_SIZE = 2**62  # cgroups read anything above as "no limit"
+# The smallest --memory-limit a kernel can start under. Measured: an idle python3
+# ipykernel (Python 3.11, ipykernel 7.4) charges 53 MiB to its memory cgroup (51.7 MiB
+# RSS); under a 48 MiB limit it is OOM-killed while starting, under 56 MiB it runs.
+# 64 MiB is that plus a little room; below it a "kernel died: out of memory" would
+# only say that the limit was too small to start in.
+MIN_MEMORY_LIMIT = 64 * 1024**2
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ._errors import KernelDoctorError
-from .agent.layout import read_state
+from .agent.protocol import Look, read_state
 from .diagnosis.stacks import is_cell_file
 from .launch import SupervisedKernelManager
 
@@ -23,13 +23,14 @@ def look_at_timeout(
     from .live import ask
 
     try:
-        look: dict[str, Any] | None = ask(session_dir)
+        look: Look | None = ask(session_dir)
     except KernelDoctorError:
         look = None
     if look is not None:
         frames = main_frames(look)
         first = next((i for i, f in enumerate(frames) if is_cell_file(str(f[0]))), None)
-        count = (look.get("cell") or {}).get("execution_count")
+        cell = look.get("cell")
+        count = cell["execution_count"] if cell else None
         report["stack"] = [
             {
                 "file": f[0],
@@ -77,7 +78,8 @@ def _interrupt(km: SupervisedKernelManager, session_dir: str) -> bool | None:
         return None
     deadline = time.monotonic() + INTERRUPT_WAIT
     while time.monotonic() < deadline:
-        if not (read_state(session_dir) or {}).get("busy"):
+        state = read_state(session_dir)
+        if state is None or not state.busy:
             return True
         time.sleep(0.05)
     return False

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from .records import CellError, GuardStop
 
 
-def describe_error(error: BaseException, filename: str | None) -> dict[str, Any]:
+def describe_error(error: BaseException, filename: str | None) -> CellError:
     line = None
-    stack = []
+    stack: list[tuple[str, int, str]] = []
     tb = error.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
-        stack.append([code.co_filename, tb.tb_lineno, code.co_name])
+        stack.append((code.co_filename, tb.tb_lineno, code.co_name))
         if filename and code.co_filename == filename and code.co_name == "<module>":
             line = tb.tb_lineno
         tb = tb.tb_next
@@ -25,13 +25,9 @@ def describe_error(error: BaseException, filename: str | None) -> dict[str, Any]
         message = str(error)[:2000]
     except Exception:  # a user exception whose __str__ raises
         message = f"<{type(error).__name__}: message unavailable>"
-    described: dict[str, Any] = {
-        "type": type(error).__name__,
-        "message": message,
-        "line": line,
-        "stack": stack[-50:],
-    }
+    described = CellError(type=type(error).__name__, message=message, line=line, stack=stack[-50:])
     guard = getattr(error, "guard", None)
     if isinstance(error, MemoryError) and isinstance(guard, dict):
-        described["guard"] = guard  # KernelDoctorMemoryError: the guard stopped the cell
+        stop: GuardStop = guard  # type: ignore[assignment]  # KernelDoctorMemoryError's
+        described["guard"] = stop  # the guard stopped the cell
     return described

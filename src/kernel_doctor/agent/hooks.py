@@ -9,7 +9,7 @@ import sys
 from types import CodeType
 from typing import Any
 
-from .layout import ENV_WAKE_FD
+from .protocol import ENV_WAKE_FD
 
 _audit_target: Any = None
 _audit_installed = False

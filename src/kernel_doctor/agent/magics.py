@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from .guard import format_bytes
-from .layout import ENV_REPORTS, read_meta, read_samples
+from .private import read_private
+from .protocol import ENV_REPORTS, CellRecord, Sample, read_meta, read_samples
 
 USAGE = "usage: %doctor [memory | guard [85%|2G|off|on] | deaths | show [ID]]"
 
@@ -45,11 +46,30 @@ def _reports(directory: str) -> list[dict[str, Any]]:
     out = []
     for name in names:
         try:
-            with open(os.path.join(directory, name), encoding="utf-8") as f:
-                out.append(json.load(f))
-        except (OSError, ValueError):
+            report = json.loads(read_private(os.path.join(directory, name)) or b"null")
+        except (ValueError, RecursionError):
             continue
+        if _readable(report):
+            out.append(report)
     return out
+
+
+def _readable(report: object) -> bool:
+    """The fields the magics print have the report contract's types (the agent runs
+    without kernel-doctor's report model, so it checks what it uses)."""
+    if not isinstance(report, dict) or not isinstance(report.get("id"), str):
+        return False
+    kernel = report.get("kernel") or {}
+    if not isinstance(kernel, dict) or not isinstance(kernel.get("ended") or 0, (int, float)):
+        return False
+    if not all(isinstance(report.get(k) or "", str) for k in ("cause", "summary")):
+        return False
+    for key in ("evidence", "advice", "stack"):
+        items = report.get(key) or []
+        wanted = dict if key == "stack" else str
+        if not isinstance(items, list) or not all(isinstance(i, wanted) for i in items):
+            return False
+    return True
 
 
 def doctor(line: str) -> None:
@@ -137,21 +157,21 @@ def _agent() -> Any:
 
 
 def cell_growth(
-    records: list[dict[str, Any]], samples: list[tuple[float, int, int]], started: float
-) -> list[tuple[Any, int]]:
+    records: list[CellRecord], samples: list[Sample], started: float
+) -> list[tuple[int | None, int]]:
     """(execution count, bytes the cell added and kept) per finished cell, from the
     supervisor's samples just before each cell started and just after it ended."""
-    times = [(started + elapsed, counted) for elapsed, counted, _ in samples]
-    starts = {r["seq"]: r for r in records if r.get("event") == "start"}
+    times = [(started + s.elapsed, s.counted) for s in samples]
+    starts = {r.seq: r for r in records if r.event == "start" and r.seq is not None}
     out = []
     for record in records:
-        if record.get("event") != "end" or record.get("seq") not in starts:
+        start = starts.get(record.seq) if record.event == "end" and record.seq else None
+        if start is None:
             continue
-        begin, end = float(starts[record["seq"]]["t"]), float(record["t"])
-        before = [c for t, c in times if t <= begin]
-        after = [c for t, c in times if t >= end]
+        before = [c for t, c in times if t <= start.t]
+        after = [c for t, c in times if t >= record.t]
         if before and after:
-            out.append((starts[record["seq"]].get("execution_count"), after[0] - before[-1]))
+            out.append((start.execution_count, after[0] - before[-1]))
     return out
 
 
@@ -161,21 +181,21 @@ def memory() -> None:
         print("kernel-doctor's agent is not running in this kernel.")
         return
     from .guard import biggest_variables
-    from .layout import read_cells
+    from .protocol import read_cells
 
     session = agent.session_dir
     meta, samples = read_meta(session), read_samples(session)
-    limit = meta.get("limit") or {}
-    if samples:
+    limit = meta.limit if meta is not None else None
+    if samples and limit is not None:
         _, counted, kernel = samples[-1]
         print(
-            f"Memory: {format_bytes(counted)} of {format_bytes(limit.get('limit_bytes'))} "
-            f"({limit.get('source')}); this kernel's processes {format_bytes(kernel)}."
+            f"Memory: {format_bytes(counted)} of {format_bytes(limit.limit_bytes)} "
+            f"({limit.source}); this kernel's processes {format_bytes(kernel)}."
         )
     else:
         print("Memory: no samples (this kernel is not supervised).")
     agent._flush()
-    growth = cell_growth(read_cells(session), samples, float(meta.get("started") or 0.0))
+    growth = cell_growth(read_cells(session), samples, meta.started if meta else 0.0)
     grew = sorted((g for g in growth if g[1] > 1024**2), key=lambda g: g[1], reverse=True)
     if grew:
         print("Cells that grew memory and kept it:")
@@ -203,8 +223,9 @@ def guard(words: list[str]) -> None:
             print(USAGE)
             return
         agent.set_guard(setting)
-    meta = read_meta(agent.session_dir).get("guard") or {}
-    current = agent.guard_setting or meta.get("threshold") or "off"
+    meta = read_meta(agent.session_dir)
+    described = meta.guard.threshold if meta is not None and meta.guard is not None else None
+    current = agent.guard_setting or described or "off"
     if agent.dump_signal is None:
         print("Memory guard: off (this kernel is not supervised).")
     elif current == "off":

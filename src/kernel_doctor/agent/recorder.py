@@ -16,15 +16,18 @@ from typing import IO, Any
 
 from .errors import describe_error
 from .hooks import install_audit_hook, ipython_major, take_wake_fd
-from .layout import (
+from .protocol import (
     CELLS,
     DUMPS,
     ENV_DUMP_SIGNAL,
     ENV_SESSION,
     FATAL,
-    NOTICE,
     STATE,
+    CellError,
+    CellRecord,
     StateFile,
+    open_append,
+    take_notice,
 )
 from .where import answer, note_tracebacks
 
@@ -59,18 +62,18 @@ class Agent:
         self.session_dir = session_dir
         self.dump_signal = dump_signal
         self.main_ident = threading.main_thread().ident or 0
-        self._cells = os.open(
-            os.path.join(session_dir, CELLS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
-        )
+        self._cells = open_append(session_dir, CELLS)
         self._state = StateFile(os.path.join(session_dir, STATE), writable=True)
-        self._dumps: IO[bytes] = open(os.path.join(session_dir, DUMPS), "ab")  # noqa: SIM115
-        self._fatal: IO[bytes] = open(os.path.join(session_dir, FATAL), "ab")  # noqa: SIM115
+        # faulthandler writes to these by descriptor, from a signal handler.
+        self._dumps: IO[bytes] = os.fdopen(open_append(session_dir, DUMPS), "ab")
+        self._fatal: IO[bytes] = os.fdopen(open_append(session_dir, FATAL), "ab")
         self._seq = 0
         self._pid = os.getpid()
         self._pending = b""  # clean end records not written yet (see _post_run_cell)
         # %doctor guard's setting, passed to the supervisor in the state record.
         self.guard_setting: str | None = None
-        # RLIMIT_DATA's soft value before the supervisor's ceiling (agent/guard.py).
+        # The user's RLIMIT_DATA soft limit: the kernel's before the supervisor's ceiling,
+        # then as the user sets it (agent/guard.py).
         self.data_limit: int | None = None
         self.cell_thread: int | None = None  # the thread running the current cell
         # Set while IPython formats the traceback of the cell's exception, which can
@@ -129,7 +132,7 @@ class Agent:
             self._write_state(busy=False)
         # The supervisor checks SigCgt before it sends a dump signal; this record
         # says the handler is in place and which thread is the main one.
-        self._append({"event": "ready", "t": time.time(), "pid": os.getpid()})
+        self._append(CellRecord("ready", time.time(), pid=os.getpid()))
 
     def stop(self) -> None:
         install_audit_hook(None)
@@ -184,7 +187,9 @@ class Agent:
             "cell_id": getattr(info, "cell_id", None),
             "source": info.raw_cell,
         }
-        data = json.dumps(cell).encode() + b"\n"
+        data = CellRecord(
+            "start", cell["t"], self._seq, count, cell["cell_id"], info.raw_cell
+        ).to_line()
         with self._lock:
             data, self._pending = self._pending + data, b""
             self._cell = cell
@@ -210,16 +215,12 @@ class Agent:
     def _show_notice(self) -> None:
         """Displayed from pre_run_cell, it is the first output of the cell about to
         run, sent with that cell's request as its parent."""
-        path = os.path.join(self.session_dir, NOTICE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = json.load(f)["text"]
-            os.unlink(path)
-        except (OSError, ValueError, KeyError, TypeError):
+        text = take_notice(self.session_dir)
+        if text is None:
             return
         from IPython.display import display
 
-        display({"text/plain": str(text)}, raw=True)  # type: ignore[no-untyped-call]
+        display({"text/plain": text}, raw=True)  # type: ignore[no-untyped-call]
 
     def _post_run_cell(self, result: Any) -> None:
         info = getattr(result, "info", None)
@@ -235,16 +236,14 @@ class Agent:
         now = time.time()
         if now - cell["t"] >= SHORTEST_GROWTH:
             self._poke(b"e")
-        record: dict[str, Any] = {"event": "end", "seq": cell["seq"], "t": now}
         filename = self._cell_filename(cell)
-        if filename:
-            record["file"] = filename
         error = result.error_in_exec or result.error_before_exec
+        described = None
         if error is not None:
-            record["error"] = describe_error(error, filename)
-            if "guard" not in record["error"]:
-                self._allocation_refused(error, record["error"])
-        data = json.dumps(record).encode() + b"\n"
+            described = describe_error(error, filename)
+            if "guard" not in described:
+                self._allocation_refused(error, described)
+        data = CellRecord("end", now, cell["seq"], file=filename or None, error=described).to_line()
         with self._lock:
             if error is None:
                 # A clean end goes out with the next cell's start, or with the
@@ -255,7 +254,7 @@ class Agent:
             data, self._pending = self._pending + data, b""
         self._write(data)  # an error's details are on disk before the reply
 
-    def _allocation_refused(self, error: BaseException, described: dict[str, Any]) -> None:
+    def _allocation_refused(self, error: BaseException, described: CellError) -> None:
         if self.dump_signal is None:
             return  # no supervisor, no ceiling
         from .guard import allocation_refusal, is_allocation_failure, refusal_note
@@ -283,8 +282,8 @@ class Agent:
 
     # -- records -----------------------------------------------------------------
 
-    def _append(self, record: dict[str, Any]) -> None:
-        data = json.dumps(record).encode() + b"\n"
+    def _append(self, record: CellRecord) -> None:
+        data = record.to_line()
         with self._lock:
             data, self._pending = self._pending + data, b""
         self._write(data)
@@ -342,7 +341,7 @@ class Agent:
     def _at_exit(self) -> None:
         # Runs on a normal interpreter exit (shutdown_request) and not on os._exit
         # or a signal, which is how the supervisor tells them apart.
-        self._append({"event": "exit", "t": time.time()})
+        self._append(CellRecord("exit", time.time()))
 
     # -- the watcher thread ------------------------------------------------------
 
@@ -352,7 +351,7 @@ class Agent:
             if self._cell is not None:
                 try:
                     self._tick()
-                    answer(self.session_dir, self.main_ident, {"seq": self._seq})
+                    answer(self.session_dir, self.main_ident)
                 except Exception:
                     pass  # the watcher must never disturb the kernel
                 idle_since = time.monotonic()

@@ -18,13 +18,13 @@ import threading
 from types import FrameType
 from typing import Any
 
-REQUEST = "where.request"  # the nonce of the supervisor's pending request
-ANSWER = "where-agent.json"
+from .protocol import REQUEST, AgentAnswer, Frame, PyThread, read_request, write_answer
+
 MAX_FRAMES = 60  # innermost frames listed per thread; deeper ones are counted
 MAX_DEPTH = 10_000_000  # a runaway recursion is counted this far, no further
 
 
-def thread_stacks(main_ident: int | None) -> list[dict[str, Any]]:
+def thread_stacks(main_ident: int | None) -> list[PyThread]:
     """The main thread first; frames innermost last, as tracebacks print them."""
     names = {t.ident: t.name for t in threading.enumerate()}
     natives = {t.ident: getattr(t, "native_id", None) for t in threading.enumerate()}
@@ -35,21 +35,21 @@ def thread_stacks(main_ident: int | None) -> list[dict[str, Any]]:
             continue  # the watcher itself
         frames, depth = _frames(frame)
         stacks.append(
-            {
-                "ident": ident,
-                "native_id": natives.get(ident),
-                "name": names.get(ident, f"Thread {ident:#x}"),
-                "main": ident == main_ident,
-                "depth": depth,
-                "frames": frames,
-            }
+            PyThread(
+                ident=ident,
+                native_id=natives.get(ident),
+                name=names.get(ident) or f"Thread {ident:#x}",
+                main=ident == main_ident,
+                depth=depth,
+                frames=frames,
+            )
         )
     stacks.sort(key=lambda s: not s["main"])
     return stacks
 
 
-def _frames(frame: FrameType | None) -> tuple[list[list[Any]], int]:
-    innermost: list[list[Any]] = []
+def _frames(frame: FrameType | None) -> tuple[list[Frame], int]:
+    innermost: list[Frame] = []
     depth = 0
     while frame is not None and depth < MAX_DEPTH:
         if depth < MAX_FRAMES:
@@ -63,23 +63,14 @@ def _frames(frame: FrameType | None) -> tuple[list[list[Any]], int]:
     return innermost, depth
 
 
-def answer(session_dir: str, main_ident: int | None, extra: dict[str, Any]) -> bool:
+def answer(session_dir: str, main_ident: int | None) -> bool:
     """Answer a pending request, if there is one; True when it did."""
-    path = os.path.join(session_dir, REQUEST)
-    try:
-        with open(path, encoding="ascii") as f:
-            nonce = f.read().strip()
-    except OSError:
-        return False
+    nonce = read_request(session_dir)
     if not nonce:
         return False
-    record = {"nonce": nonce, "threads": thread_stacks(main_ident), **extra}
-    target = os.path.join(session_dir, ANSWER)
     try:
-        with open(target + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(record, f)
-        os.replace(target + ".tmp", target)
-        os.unlink(path)
+        write_answer(session_dir, AgentAnswer(nonce=nonce, threads=thread_stacks(main_ident)))
+        os.unlink(os.path.join(session_dir, REQUEST))
     except OSError:
         return False
     return True

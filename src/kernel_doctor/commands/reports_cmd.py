@@ -1,4 +1,7 @@
-"""``kernel-doctor reports``: the stored death reports of this user, newest first."""
+"""``kernel-doctor reports``: the stored death reports of this user, newest first.
+
+Files in the reports folder that are not valid reports are skipped, each with one
+warning line on stderr: the listing (and its ``--json``) stays whole."""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 
-from ..reports.history import list_reports
+from ..agent.private import printable
+from ..reports.history import stored_reports, warn_stderr
+from ..reports.model import Report
 from ..sizes import format_size
 
 
@@ -17,43 +21,46 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--limit", type=int, default=50, help="at most N (default 50)")
 
 
-def kernel_label(doc: dict[str, Any]) -> str:
+def kernel_label(report: Report) -> str:
     """The notebook where a server named it, else the kernelspec or connection file."""
-    kernel = doc.get("kernel") or {}
-    if kernel.get("session_name"):
-        return str(kernel["session_name"])
-    parts = [str(kernel.get("name") or "")]
-    if kernel.get("connection_file"):
-        parts.append(os.path.basename(str(kernel["connection_file"])))
+    kernel = report.kernel
+    if kernel is None:
+        return "-"
+    if kernel.session_name:
+        return kernel.session_name
+    parts = [kernel.name or ""]
+    if kernel.connection_file:
+        parts.append(os.path.basename(kernel.connection_file))
     return " ".join(p for p in parts if p) or "-"
 
 
-def where(doc: dict[str, Any]) -> str:
-    cell = doc.get("cell") or {}
-    if not cell:
+def where(report: Report) -> str:
+    cell = report.cell
+    if cell is None:
         return "-"
-    count = cell.get("execution_count")
+    count = cell.execution_count
     text = f"[{count}]" if count is not None else "?"
-    return text + (f":{doc['line']}" if doc.get("line") else "")
+    return text + (f":{report.line}" if report.line else "")
 
 
-def memory(doc: dict[str, Any]) -> str:
-    mem = doc.get("memory") or {}
-    if not mem.get("limit_bytes"):
+def memory(report: Report) -> str:
+    mem = report.memory
+    if not mem.limit_bytes:
         return "-"
-    return f"{format_size(mem.get('peak_bytes'))} / {format_size(mem['limit_bytes'])}"
+    return f"{format_size(mem.peak_bytes)} / {format_size(mem.limit_bytes)}"
 
 
 def run(args: argparse.Namespace) -> int:
-    reports = list_reports()[: max(args.limit, 0)]
+    reports = stored_reports(warn_stderr)[: max(args.limit, 0)]
     if args.json:
-        sys.stdout.write(json.dumps(reports, indent=1) + "\n")
+        sys.stdout.write(json.dumps([r.to_json() for r in reports], indent=1) + "\n")
         return 0
     if not reports:
         sys.stdout.write("no kernel deaths recorded\n")
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     # The id is the death's date and time and what `show` takes: never broken.
@@ -61,14 +68,10 @@ def run(args: argparse.Namespace) -> int:
     for column in ("cause", "cell:line", "peak / limit"):
         table.add_column(column, no_wrap=True)
     table.add_column("notebook / kernel", overflow="fold")
-    for doc in reports:
-        table.add_row(
-            str(doc.get("id")),
-            str(doc.get("cause") or "-"),
-            where(doc),
-            memory(doc),
-            kernel_label(doc),
-        )
+    for report in reports:
+        cells = (str(report.id), report.cause or "-", where(report), memory(report))
+        # Text, not str: a str cell is rich markup, and a notebook's name is the user's.
+        table.add_row(*(Text(printable(c)) for c in (*cells, kernel_label(report))))
     Console(highlight=False).print(table)
     sys.stdout.write("details: kernel-doctor show ID (or: show latest)\n")
     return 0

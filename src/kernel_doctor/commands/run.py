@@ -9,11 +9,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from typing import Any
 
 from .._errors import UsageError
-from ..sizes import parse_size
+from ..sizes import MIN_MEMORY_LIMIT, format_size, parse_size
+
+# The largest notebook read. Notebooks with every output embedded run to tens of MiB,
+# rarely more than a hundred; parsing and validating one takes several times its size
+# in memory, so a bigger file is a mistake (a data file, a disk image), not a notebook.
+MAX_NOTEBOOK_SIZE = 512 * 1024**2
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words: 'a directory', 'a named pipe (FIFO)'..."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +66,41 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     guard.add_argument("--no-guard", action="store_true", help="let memory growth run")
 
 
+def _not_a_notebook_file(path: str, mode: int) -> UsageError:
+    return UsageError(f"{path!r} is {_file_kind(mode)}, not a notebook; give a regular .ipynb file")
+
+
+def _too_large(path: str, size: int) -> UsageError:
+    return UsageError(
+        f"notebook {path!r} is {format_size(size)}, more than the "
+        f"{format_size(MAX_NOTEBOOK_SIZE)} kernel-doctor reads; is it really a notebook?"
+    )
+
+
+def _read_text(path: str) -> str:
+    """The notebook's text: a regular file (a symlink to one is fine) of at most
+    MAX_NOTEBOOK_SIZE, read as UTF-8. A FIFO or device is refused before it is read
+    (and a FIFO swapped in after the first look cannot block: it is opened
+    O_NONBLOCK and refused by fstat before any read)."""
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # refuse devices before opening them at all
+            raise _not_a_notebook_file(path, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise _not_a_notebook_file(path, info.st_mode)
+            if info.st_size > MAX_NOTEBOOK_SIZE:
+                raise _too_large(path, info.st_size)
+            data = f.read(MAX_NOTEBOOK_SIZE + 1)  # it may have grown since fstat
+        if len(data) > MAX_NOTEBOOK_SIZE:
+            raise _too_large(path, len(data))
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read notebook {path!r}: {exc}") from exc
+
+
 def _read_notebook(path: str) -> Any:
     import nbformat
 
@@ -52,11 +108,7 @@ def _read_notebook(path: str) -> Any:
         raise UsageError(f"notebook {path!r} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"{path!r} is a directory, not a notebook")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read notebook {path!r}: {exc}") from exc
+    text = _read_text(path)
     if not text.strip():
         raise UsageError(f"notebook {path!r} is empty")
     try:
@@ -107,14 +159,47 @@ def _timeout(text: str | None) -> float | None:
     return value
 
 
+def _memory_limit(text: str | None) -> int | None:
+    if text is None:
+        return None
+    limit = parse_size(text)  # one line naming the forms it reads, if unreadable
+    if limit < MIN_MEMORY_LIMIT:
+        need = format_size(MIN_MEMORY_LIMIT)  # "64 MiB"
+        raise UsageError(
+            f"--memory-limit {text!r} is below the {need} a kernel needs to start; "
+            f"give at least {MIN_MEMORY_LIMIT // 1024**2}M"
+        )
+    return limit
+
+
 def _check_writable(flag: str, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
+    """Refuse, before anything runs, an output that could not be written after it:
+    its folder must exist and be writable, and whatever is already at ``path`` must be
+    a writable regular file. Looks only; creates and truncates nothing."""
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path!r} is a directory; give a file name")
+    if os.path.basename(path) in ("", ".", ".."):  # "out/", "out/.": a folder's name
+        raise UsageError(f"{flag} {path!r} names a directory, not a file; give a file name")
+    try:
+        mode: int | None = os.stat(path).st_mode  # follows a symlink to its target
+    except OSError:
+        mode = None  # nothing there (yet): the folder decides
+    if mode is not None and not stat.S_ISREG(mode):
+        if flag == "--report-json" and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            # /dev/stdout, a pipe: written into, never replaced (reports.store.write_json)
+            if not os.access(path, os.W_OK):
+                raise UsageError(f"{flag} {path!r} is not writable; give another file")
+            return
+        raise UsageError(f"{flag} {path!r} is {_file_kind(mode)}; give a regular file name")
+    # A symlink is written through: its target's folder is the one that must exist.
+    real = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    directory = os.path.dirname(real)
     if not os.path.isdir(directory):
         raise UsageError(f"{flag} {path!r}: the directory {directory!r} does not exist")
     if not os.access(directory, os.W_OK):
         raise UsageError(f"{flag} {path!r}: the directory {directory!r} is not writable")
+    if mode is not None and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path!r} exists and is not writable; give another file")
 
 
 def _guard(text: str | None) -> str | None:
@@ -144,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     # Check every input before anything starts, so bad input costs nothing.
     nb = _read_notebook(args.notebook)
     timeout = _timeout(args.timeout)
-    limit = parse_size(args.memory_limit) if args.memory_limit is not None else None
+    limit = _memory_limit(args.memory_limit)
     if args.output and not args.inplace and _same_file(args.output, args.notebook):
         raise UsageError(
             f"--output {args.output!r} is the input notebook; add --inplace to overwrite it"
@@ -187,7 +272,8 @@ def run(args: argparse.Namespace) -> int:
         import nbformat
 
         nbformat.write(result.notebook, args.output)  # type: ignore[no-untyped-call]
+    # Shown first: a report that then cannot be written (a full disk) must not hide it.
+    render(result.report, Console(file=sys.stdout))
     if args.report_json:
         write_json(args.report_json, result.report)
-    render(result.report, Console(file=sys.stdout))
     return int(result.exit_code)

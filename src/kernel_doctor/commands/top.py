@@ -16,7 +16,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..agent.layout import last_sample, read_cells
+from ..agent.private import printable
+from ..agent.protocol import last_sample, read_cells
 from ..diagnosis.hang import duration
 from ..live import LiveKernel, live_kernels
 from ..probe import procfs
@@ -89,10 +90,12 @@ def _ticks(pid: int) -> int | None:
 
 
 def plain_kernels(known: set[int]) -> list[tuple[int, str]]:
-    """ipykernel processes no supervisor of ours watches: (pid, connection file)."""
+    """This user's ipykernel processes that no supervisor of ours watches: (pid,
+    connection file). Other users' are theirs to watch (and their command lines say
+    whatever they like)."""
     found = []
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in known:
+        if not name.isdigit() or int(name) in known or not procfs.owned_by_me(int(name)):
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as f:
@@ -101,7 +104,7 @@ def plain_kernels(known: set[int]) -> list[tuple[int, str]]:
             continue
         if any("ipykernel" in a for a in argv[:3]) and "kernel_doctor.supervise" not in argv:
             connection = next((a for a in argv if a.endswith(".json")), "")
-            found.append((int(name), os.path.basename(connection)))
+            found.append((int(name), printable(os.path.basename(connection))))
     return found
 
 
@@ -118,11 +121,11 @@ class DeathCount:
         self.counts: dict[str, int] = {}
 
     def update(self) -> dict[str, int]:
-        from ..reports.history import new_reports
+        from ..reports.history import new_stored
 
-        for doc in new_reports(self.seen):
-            kernel = doc.get("kernel") or {}
-            label = str(kernel.get("session_name") or kernel.get("connection_file") or "")
+        for report in new_stored(self.seen):
+            kernel = report.kernel
+            label = (kernel.session_name or kernel.connection_file or "") if kernel else ""
             self.counts[label] = self.counts.get(label, 0) + 1
         return self.counts
 
@@ -144,6 +147,7 @@ def _short(num: int) -> str:
 
 def view(cpu: CpuMeter, died: DeathCount) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     kernels = live_kernels()
     plain = plain_kernels({k.kernel_pid for k in kernels})
@@ -170,36 +174,38 @@ def view(cpu: CpuMeter, died: DeathCount) -> Any:
         rss = procfs.rss_bytes(pid) or 0
         share = shares.get(pid)
         table.add_row(
-            str(pid), connection or "ipykernel", "plain", "-", _short(rss),
+            str(pid), Text(connection or "ipykernel"), "plain", "-", _short(rss),
             f"{share:.0%}" if share is not None else "-", "-",
         )  # fmt: skip
     return table
 
 
-def _row(k: LiveKernel, share: float | None, deaths: dict[str, int]) -> list[str]:
+def _row(k: LiveKernel, share: float | None, deaths: dict[str, int]) -> list[Any]:
+    from rich.text import Text
+
     state = k.state
-    since = state.get("started") if k.busy else state.get("t")
-    age = duration(time.time() - since) if isinstance(since, (int, float)) else ""
+    since = state.started if k.busy else state.t
+    age = duration(time.time() - since) if since is not None else ""
     cell = "-"
     if k.busy:
-        line = state.get("line")
+        line = state.line
         count = next(
             (
-                r.get("execution_count")
+                r.execution_count
                 for r in reversed(read_cells(k.session_dir))
-                if r.get("event") == "start" and r.get("seq") == state.get("seq")
+                if r.event == "start" and r.seq == state.seq
             ),
             None,
         )
         cell = f"[{count if count is not None else '?'}]" + (f":{line}" if line else "")
     sample = last_sample(k.session_dir)
     used = sample[2] if sample else 0  # the kernel's own processes
-    limit = int((k.meta.get("limit") or {}).get("limit_bytes") or 0)
+    limit = k.meta.limit.limit_bytes if k.meta.limit else 0
     memory = f"{_bar(used, limit)} {_short(used)}/{_short(limit)}"
-    label = k.meta.get("session_name") or k.meta.get("connection_file") or ""
+    label = k.meta.session_name or k.meta.connection_file or ""
     return [
         str(k.kernel_pid),
-        os.path.basename(k.label),
+        Text(os.path.basename(k.label)),  # text, never rich markup
         f"{'busy' if k.busy else 'idle'} {age}",
         cell,
         memory,

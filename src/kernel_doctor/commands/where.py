@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
+from ..agent.private import printable
+from ..agent.protocol import Frame, Look, OsThread
 from ..diagnosis.hang import describe, source_line
 from ..diagnosis.stacks import is_cell_file
 from ..live import LiveKernel, live_kernels, look, pick
@@ -31,32 +32,31 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(reply, indent=1) + "\n")
         return 0
-    sys.stdout.write(render(reply, kernel))
+    sys.stdout.write(render(reply, kernel))  # escaped there
     return 0
 
 
-def render(reply: dict[str, Any], kernel: LiveKernel | None = None) -> str:
+def render(reply: Look, kernel: LiveKernel | None = None) -> str:
     """Plain text that fits 80 columns (and pipes into a bug report)."""
     files = kernel.cell_files() if kernel is not None else {}
-    current = (reply.get("cell") or {}).get("execution_count")
+    cell = reply.get("cell")
+    current = cell["execution_count"] if cell else None
     if reply.get("file") and current is not None:
         files[str(reply["file"])] = current
     out = [f"kernel {reply.get('kernel_pid')} ({reply.get('label', '-')})", reply["summary"]]
     ignored = reply.get("ignored_interrupt")
     if ignored and reply.get("busy"):
         out.append(describe(ignored, interrupt=True))
-    os_threads = {t["tid"]: t for t in reply.get("os_threads") or []}
+    os_threads = {t.get("tid"): t for t in reply.get("os_threads") or []}
     python = reply.get("python")
+    stacks: list[tuple[int | None, str, list[Frame], int | None]]
     if python:
-        stacks = [
-            (t.get("native_id"), f"{t.get('name')}", t.get("frames") or [], t.get("depth"))
-            for t in python
-        ]
+        stacks = [(t["native_id"], t["name"], t["frames"], t["depth"]) for t in python]
     else:
         stacks = [(reply.get("kernel_pid"), "MainThread", reply.get("main_dump") or [], None)]
         out.append("(only the main thread's stack: it holds the GIL, so no other thread ran)")
     for tid, name, frames, depth in stacks:
-        os_state = os_threads.get(tid) or {}
+        os_state = os_threads.get(tid) or OsThread()
         doing = os_state.get("verdict", "")
         cpu = f", {os_state['cpu']:.0%} CPU" if "cpu" in os_state else ""
         out.append("")
@@ -77,7 +77,8 @@ def render(reply: dict[str, Any], kernel: LiveKernel | None = None) -> str:
             text = source_line(reply, list(frame))
             if text:
                 out.append(f"      {text[:72]}")
-    return "\n".join(out) + "\n"
+    # Names and source lines come from the kernel's files: print them, never obey them.
+    return printable("\n".join(out), newlines=True) + "\n"
 
 
 def _short(path: str) -> str:

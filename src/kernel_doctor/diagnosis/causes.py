@@ -225,8 +225,8 @@ def _running_cell(ev: Evidence) -> CellRun | None:
     cell = ev.running_cell
     if cell is None:
         return None
-    file = ev.state.get("file") if ev.state.get("seq") == cell.seq else None
-    if isinstance(file, str) and cell.file is None:
+    file = ev.state.file if ev.state.seq == cell.seq else None
+    if file is not None and cell.file is None:
         cell = dataclasses.replace(cell, file=file)
     return cell
 
@@ -247,25 +247,17 @@ def _locate(ev: Evidence, cell: CellRun | None) -> tuple[int | None, tuple[Frame
             if line is not None:
                 return line, crash.frames, []
     crash = pick_thread(ev.fatal, main)
-    state_line = ev.state.get("line") if ev.state.get("seq") == cell.seq else None
+    state_line = ev.state.line if ev.state.seq == cell.seq else None
     best_dump: StackDump | None = None
     for threads in ev.dumps:
         dump = pick_thread(threads, main)
         if dump is not None and cell_line(dump.frames, cell, earlier, truncated=dump.truncated):
             best_dump = dump
     if isinstance(state_line, int):
-        frame = ev.state.get("frame")
+        frame = ev.state.frame
         stack: tuple[Frame, ...] = (Frame(cell.file or "<cell>", state_line, "<module>"),)
-        if (
-            isinstance(frame, list)
-            and len(frame) == 3
-            and (frame[0], frame[1])
-            != (
-                cell.file,
-                state_line,
-            )
-        ):
-            stack = (*stack, Frame(str(frame[0]), int(frame[1]), str(frame[2])))
+        if frame is not None and (frame[0], frame[1]) != (cell.file, state_line):
+            stack = (*stack, Frame(*frame))
         if best_dump is not None and crash is None:
             dump_line = cell_line(best_dump.frames, cell, earlier, truncated=best_dump.truncated)
             if dump_line == state_line:

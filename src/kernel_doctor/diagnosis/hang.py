@@ -8,12 +8,13 @@ import re
 import time
 from typing import Any
 
+from ..agent.protocol import Look
 from .stacks import is_cell_file
 
 _PACKAGE = re.compile(r"[/\\](?:site|dist)-packages[/\\]([^/\\]+)")
 
 
-def main_frames(reply: dict[str, Any]) -> list[list[Any]]:
+def main_frames(reply: Look) -> list[list[Any]]:
     """The main thread's frames, innermost last: the agent's (with source lines) when
     it could answer, else faulthandler's."""
     for thread in reply.get("python") or []:
@@ -22,11 +23,11 @@ def main_frames(reply: dict[str, Any]) -> list[list[Any]]:
     return list(reply.get("main_dump") or [])
 
 
-def where_in_code(reply: dict[str, Any]) -> str:
+def where_in_code(reply: Look) -> str:
     """ "in psycopg2 (connection.py line 12) at cell [4] line 2" and the like."""
     frames = main_frames(reply)
-    cell = reply.get("cell") or {}
-    count = cell.get("execution_count")
+    cell = reply.get("cell")
+    count = cell["execution_count"] if cell else None
     line = reply.get("line")
     at = f"cell [{count}] line {line}" if count is not None and line else ""
     if not frames:
@@ -48,20 +49,20 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def describe(reply: dict[str, Any], interrupt: bool = False) -> str:
+def describe(reply: Look, interrupt: bool = False) -> str:
     """The sentence ``where``, ``top``, the logs and the timeout report all use."""
     if not reply.get("busy"):
         return "idle: no cell is running"
-    cell = reply.get("cell") or {}
-    count = cell.get("execution_count")
+    cell = reply.get("cell")
+    count = cell["execution_count"] if cell else None
     started = reply.get("started")
     ran = duration(time.time() - started) if isinstance(started, (int, float)) else "?"
     name = f"cell [{count}]" if count is not None else "the running cell"
-    phase = reply.get("phase") or {}
-    if phase.get("phase") == "traceback":
-        depth = phase.get("depth") or 0
+    phase = reply.get("phase")
+    if phase and phase["phase"] == "traceback":
+        depth = phase["depth"] or 0
         return (
-            f"{name} raised {phase.get('error')} ({depth:,} frames deep) and IPython is "
+            f"{name} raised {phase['error']} ({depth:,} frames deep) and IPython is "
             "formatting its traceback: the kernel is not hung, but a traceback this deep "
             "takes minutes. Wait, or restart the kernel; a lower sys.setrecursionlimit "
             "keeps such tracebacks short."
@@ -85,13 +86,13 @@ def describe(reply: dict[str, Any], interrupt: bool = False) -> str:
     return f"{name} has run for {ran}, {verdict} {place}".rstrip() + "."
 
 
-def source_line(reply: dict[str, Any], frame: list[Any]) -> str:
+def source_line(reply: Look, frame: list[Any]) -> str:
     """The source of ``frame``: the agent's, else the running cell's own text."""
     if len(frame) > 3 and frame[3]:
         return str(frame[3])
-    cell = reply.get("cell") or {}
-    if is_cell_file(str(frame[0])) and str(frame[0]) == reply.get("file"):
-        lines = str(cell.get("source") or "").splitlines()
+    cell = reply.get("cell")
+    if cell and is_cell_file(str(frame[0])) and str(frame[0]) == reply.get("file"):
+        lines = (cell["source"] or "").splitlines()
         number = int(frame[1])
         if 0 < number <= len(lines):
             return lines[number - 1].strip()

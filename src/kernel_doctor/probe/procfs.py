@@ -44,12 +44,44 @@ def tree(pid: int, proc: str = "/proc") -> list[int]:
     return pids
 
 
-def is_supervisor(pid: object) -> bool:
-    """A process of kernel-doctor's (a supervisor) runs as ``pid`` now."""
-    if not isinstance(pid, int):
-        return False
+def _stat_fields(pid: int, proc: str = "/proc") -> list[str]:
+    """/proc/PID/stat's fields after the command name (which may hold spaces and
+    parentheses): index 0 is field 3 (state)."""
+    text = read_text(f"{proc}/{pid}/stat") or ""
+    return text.rsplit(")", 1)[1].split() if ")" in text else []
+
+
+def start_time(pid: int, proc: str = "/proc") -> int | None:
+    """When ``pid`` started, in clock ticks after boot: with the pid, it names one
+    process for good (a pid is reused, a (pid, start time) pair never is)."""
+    fields = _stat_fields(pid, proc)
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def parent_of(pid: int, proc: str = "/proc") -> int | None:
+    fields = _stat_fields(pid, proc)
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+
+
+def owned_by_me(pid: int, proc: str = "/proc") -> bool:
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return os.stat(f"{proc}/{pid}").st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
+def is_supervisor(pid: object, start: int | None, proc: str = "/proc") -> bool:
+    """The supervisor that wrote a session runs as ``pid`` now: a process of this
+    user's that started at ``start`` (a session's meta says both). Anything in a
+    command line can be faked by anyone; a process's owner and start time cannot.
+    A session from before start times were recorded counts if the process is this
+    user's and runs kernel-doctor."""
+    if not isinstance(pid, int) or pid <= 0 or not owned_by_me(pid, proc):
+        return False
+    if start is not None:
+        return start_time(pid, proc) == start
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
             return b"kernel_doctor" in f.read()
     except OSError:
         return False

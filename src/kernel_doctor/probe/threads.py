@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from .files import read_text
 
@@ -58,9 +57,6 @@ class ThreadState:
     syscall: str | None  # the system call it sleeps in ("running" when on a CPU)
     target: str | None  # what that call waits on: "socket", a file path, "pipe", …
     network_fs: str | None  # the network filesystem type, for a file on one
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def threads(pid: int) -> list[ThreadState]:

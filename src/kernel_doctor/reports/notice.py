@@ -11,15 +11,15 @@ Each report is claimed once, so it never shows twice or in another notebook.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
-from typing import Any
 
-from ..agent.layout import NOTICE
+from ..agent.private import printable
+from ..agent.protocol import Meta, write_notice
+from ..paths import reports_dir
 from ..sizes import format_size
-from .store import reports_dir
+from .history import read_report
+from .model import BadReport, Report
 
 # A restart follows its death within seconds; a report older than this belongs to a
 # kernel that was restarted by hand much later, which already saw it or never will.
@@ -30,78 +30,91 @@ def claim_marker(directory: str, report_id: str) -> str:
     return os.path.join(directory, f".{report_id}.shown")
 
 
-def find_previous(meta: dict[str, Any], now: float | None = None) -> dict[str, Any] | None:
-    """The newest unclaimed report of this notebook's previous kernel, claimed."""
-    connection, name = meta.get("connection_file"), meta.get("session_name")
+def _recent(directory: str, now: float) -> list[str]:
+    """The stored reports written within RESTART_WINDOW, newest first."""
+    paths = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.endswith(".json") or entry.name.startswith("."):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime >= now - RESTART_WINDOW:
+                paths.append(entry.path)
+        except OSError:
+            continue  # pruned meanwhile
+    return sorted(paths, reverse=True)
+
+
+def find_previous(meta: Meta | None, now: float | None = None) -> Report | None:
+    """The newest unclaimed report of this notebook's previous kernel, claimed. A file
+    that is not a valid report is passed over quietly: this runs as each kernel starts,
+    where nothing may stop it (``kernel-doctor reports`` names such files)."""
+    if meta is None:
+        return None
+    connection, name = meta.connection_file, meta.session_name
     if not connection and not name:
         return None
     directory = reports_dir()
     now = time.time() if now is None else now
-    try:
-        entries = [
-            e
-            for e in os.scandir(directory)
-            if e.name.endswith(".json")
-            and not e.name.startswith(".")
-            and e.stat().st_mtime >= now - RESTART_WINDOW
-        ]
-    except OSError:
-        return None
-    for entry in sorted(entries, key=lambda e: e.name, reverse=True):
+    for path in _recent(directory, now):
         try:
-            with open(entry.path, encoding="utf-8") as f:
-                report = json.load(f)
-        except (OSError, ValueError):
+            report = read_report(path)
+        except BadReport:
             continue
-        kernel = report.get("kernel") or {}
-        same = (connection and kernel.get("connection_file") == connection) or (
-            name and kernel.get("session_name") == name
+        kernel = report.kernel
+        if kernel is None:
+            continue
+        same = (connection and kernel.connection_file == connection) or (
+            name and kernel.session_name == name
         )
-        if not same or kernel.get("pid") == meta.get("kernel_pid"):
+        if not same or kernel.pid == meta.kernel_pid:
             continue
         try:
-            marker = claim_marker(directory, str(report.get("id")))
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # The id is the file's name (read_report checks it): a plain file name.
+            marker = claim_marker(directory, str(report.id))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(marker, flags, 0o600)
         except FileExistsError:
             continue  # shown already, or being shown by another kernel
         except OSError:
             return None
         os.close(fd)
-        return dict(report)
+        return report
     return None
 
 
-def notice_text(report: dict[str, Any]) -> str:
-    """What the user reads at the top of the next cell's output."""
-    ended = (report.get("kernel") or {}).get("ended")
+def notice_text(report: Report) -> str:
+    """What the user reads at the top of the next cell's output (control characters
+    escaped: a console frontend prints it to a terminal)."""
+    ended = report.kernel.ended if report.kernel else None
     when = time.strftime(" at %H:%M:%S", time.localtime(ended)) if ended else ""
     lines = [f"kernel-doctor: the previous kernel of this notebook died{when}."]
-    lines.append(f"  {report.get('summary')}")
-    memory = report.get("memory") or {}
-    if memory.get("limit_bytes"):
+    lines.append(f"  {report.summary}")
+    memory = report.memory
+    if memory.limit_bytes:
         lines.append(
-            f"  Memory: peak {format_size(memory.get('peak_bytes'))} of "
-            f"{format_size(memory['limit_bytes'])} ({memory.get('limit_source')})."
+            f"  Memory: peak {format_size(memory.peak_bytes)} of "
+            f"{format_size(memory.limit_bytes)} ({memory.limit_source})."
         )
-    advice = report.get("advice") or []
-    if advice:
-        lines.append(f"  Advice: {advice[0]}")
+    if report.advice:
+        lines.append(f"  Advice: {report.advice[0]}")
     lines.append("  Its variables are gone: this is a new kernel, started afresh.")
     lines.append(
-        f"  Full report: %doctor deaths, or `kernel-doctor show {report.get('id')}` in a terminal."
+        f"  Full report: %doctor deaths, or `kernel-doctor show {report.id}` in a terminal."
     )
-    return "\n".join(lines)
+    return printable("\n".join(lines), newlines=True)
 
 
-def leave_notice(session_dir: str, meta: dict[str, Any]) -> bool:
+def leave_notice(session_dir: str, meta: Meta | None) -> bool:
     """Find the previous death of this notebook and leave its notice for the agent."""
     report = find_previous(meta)
     if report is None:
         return False
-    path = os.path.join(session_dir, NOTICE)
-    with contextlib.suppress(OSError):
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"id": report.get("id"), "text": notice_text(report)}, f)
-        os.replace(path + ".tmp", path)
-        return True
-    return False
+    try:
+        write_notice(session_dir, notice_text(report))
+    except OSError:
+        return False
+    return True

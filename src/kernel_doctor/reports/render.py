@@ -1,7 +1,12 @@
-"""The human rendering of a report, with rich."""
+"""The human rendering of a report, with rich.
+
+Every string from a report goes through ``printable``: a report is a file, and rich
+passes terminal escape sequences in a ``Text`` through to the terminal as they are.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -9,13 +14,15 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.text import Text
 
+from ..agent.private import printable
 from ..sizes import format_size
+from .model import Report, StackFrame
 
 BARS = " ▁▂▃▄▅▆▇█"
 STYLE = {"ok": "green", "cell_error": "yellow", "kernel_died": "red", "timeout": "magenta"}
 
 
-def sparkline(timeline: list[list[float]], limit: int | None, width: int = 60) -> str:
+def sparkline(timeline: Sequence[Sequence[float]], limit: int | None, width: int = 60) -> str:
     """Memory over time as one line of block characters, scaled to the limit."""
     if not timeline:
         return ""
@@ -29,61 +36,64 @@ def sparkline(timeline: list[list[float]], limit: int | None, width: int = 60) -
     return "".join(BARS[min(len(BARS) - 1, int(v / top * (len(BARS) - 1) + 0.5))] for v in picked)
 
 
-def frame_label(frame: dict[str, Any]) -> str:
-    if frame.get("cell_index") is not None:
-        return f"cell {frame['cell_index']}"
-    if frame.get("execution_count") is not None:
-        return f"cell [{frame['execution_count']}]"
-    return str(frame.get("file"))
+def frame_label(frame: StackFrame) -> str:
+    if frame.cell_index is not None:
+        return f"cell {frame.cell_index}"
+    if frame.execution_count is not None:
+        return f"cell [{frame.execution_count}]"
+    return printable(frame.file)
 
 
-def render(report: dict[str, Any], console: Console | None = None) -> None:
+def render(report: Report | Mapping[str, Any], console: Console | None = None) -> None:
+    """Print ``report`` as a panel. A JSON report (``run``'s, made in this process)
+    is read with ``Report.from_json`` first."""
+    if not isinstance(report, Report):
+        report = Report.from_json(dict(report))
     console = console or Console()
-    outcome = report.get("outcome", "?")
-    parts: list[Any] = [Text(report.get("summary") or "", style="bold")]
-    cell = report.get("cell")
-    line = report.get("line")
-    if cell and cell.get("source"):
-        index = cell.get("index")
-        title = f"cell {index}" if index is not None else "cell"
-        if cell.get("execution_count") is not None:
-            title += f" [{cell['execution_count']}]"
+    parts: list[Any] = [Text(printable(report.summary), style="bold")]
+    cell, line = report.cell, report.line
+    if cell is not None and cell.source:
+        title = f"cell {cell.index}" if cell.index is not None else "cell"
+        if cell.execution_count is not None:
+            title += f" [{cell.execution_count}]"
         parts.append(Text(f"\n{title}" + (f", line {line}" if line else ""), style="dim"))
         parts.append(
             Syntax(
-                cell["source"],
+                printable(cell.source, newlines=True),
                 "python",
                 line_numbers=True,
                 highlight_lines={line} if line else set(),
                 word_wrap=True,
             )
         )
-    memory = report.get("memory") or {}
-    if memory.get("timeline"):
-        limit = memory.get("limit_bytes")
+    memory = report.memory
+    if memory.timeline:
+        limit = memory.limit_bytes
         parts.append(
             Text(
-                f"\nmemory: peak {format_size(memory.get('peak_bytes'))} of "
-                f"{format_size(limit)} ({memory.get('limit_source')})",
+                f"\nmemory: peak {format_size(memory.peak_bytes)} of "
+                f"{format_size(limit)} ({printable(str(memory.limit_source))})",
                 style="dim",
             )
         )
-        parts.append(Text(sparkline(memory["timeline"], limit), style="cyan"))
-    stack = report.get("stack") or []
-    if len(stack) > 1 or (stack and stack[-1].get("function") != "<module>"):
+        parts.append(Text(sparkline(memory.timeline, limit), style="cyan"))
+    stack = report.stack
+    if len(stack) > 1 or (stack and stack[-1].function != "<module>"):
         parts.append(Text("\nstack (innermost last)", style="dim"))
         for frame in stack[-8:]:
             where = frame_label(frame)
-            parts.append(Text(f"  {frame.get('function')}  {where}, line {frame.get('line')}"))
-    if report.get("evidence"):
+            parts.append(Text(f"  {printable(frame.function)}  {where}, line {frame.line}"))
+    if report.evidence:
         parts.append(Text("\nevidence", style="dim"))
-        parts.extend(Text(f"  • {fact}") for fact in report["evidence"])
-    if report.get("advice"):
+        parts.extend(Text(f"  • {printable(fact)}") for fact in report.evidence)
+    if report.advice:
         parts.append(Text("\nwhat to do", style="dim"))
-        parts.extend(Text(f"  → {tip}", style="green") for tip in report["advice"])
-    tail = (report.get("stderr_tail") or "").strip()
-    if tail and report.get("cause") in ("native_crash", "startup_failure", "stack_overflow"):
+        parts.extend(Text(f"  → {printable(tip)}", style="green") for tip in report.advice)
+    tail = (report.stderr_tail or "").strip()
+    if tail and report.cause in ("native_crash", "startup_failure", "stack_overflow"):
         parts.append(Text("\nstderr (last lines)", style="dim"))
-        parts.append(Text("\n".join(tail.splitlines()[-12:])))
-    title = f"kernel-doctor: {outcome}" + (f" ({report['cause']})" if report.get("cause") else "")
-    console.print(Panel(Group(*parts), title=title, border_style=STYLE.get(outcome, "white")))
+        parts.append(Text(printable("\n".join(tail.splitlines()[-12:]), newlines=True)))
+    outcome = printable(report.outcome)
+    cause = f" ({printable(report.cause)})" if report.cause else ""
+    heading = Text(f"kernel-doctor: {outcome}{cause}")  # a Text: a str title is markup
+    console.print(Panel(Group(*parts), title=heading, border_style=STYLE.get(outcome, "white")))

@@ -1,19 +1,33 @@
-"""Writing reports: atomically, mode 0600, under the Jupyter runtime dir."""
+"""Writing reports: the stored ones privately, the one a user asked for where asked.
+
+Stored reports go to ``<runtime dir>/kernel-doctor/reports/<id>.json``: a private
+folder (0700, this user's, checked), each file written whole at once (``write_atomic``:
+a 0600 temp file renamed over it), so kernels dying at the same moment never tear or
+lose one. A report the user asked for (``run --report-json PATH``, the supervisor's
+``report`` option) goes where they said: see ``write_json``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import stat
 import sys
-import tempfile
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from .._errors import UsageError
+from ..agent.private import printable, write_atomic
 from ..diagnosis import Diagnosis
 from ..evidence import Evidence
-from .model import death_report
+from ..paths import reports_dir
+from .model import Report, death_report
+
+__all__ = ["REPORT_FILE", "ReportNotWritten", "prune", "publish", "reports_dir", "write_json"]
 
 REPORT_FILE = "report.json"
 # Stored reports are named "<YYYYmmdd-HHMMSS>-<kernel pid>.json": newest sorts last.
@@ -22,53 +36,191 @@ KEEP_REPORTS = 200
 KEEP_DAYS = 30
 
 
-def reports_dir() -> str:
-    from ..supervisor.session import REPORTS, runtime_dir
+class ReportNotWritten(UsageError):
+    """The report could not be written where the user asked (exit 2, one line)."""
 
-    return os.path.join(runtime_dir(create=False), REPORTS)
+    def __init__(self, path: str, why: str) -> None:
+        self.path, self.why = path, why
+        super().__init__(
+            f"cannot write the report to {printable(path)!r}: {why}; give another path for it"
+        )
 
 
-def write_json(path: str, document: dict[str, Any]) -> None:
-    """Write ``document`` to ``path`` atomically with mode 0600."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", dir=directory)
+def encode(document: Report | Mapping[str, Any]) -> bytes:
+    doc = document.to_json() if isinstance(document, Report) else document
+    return json.dumps(doc, indent=1).encode() + b"\n"
+
+
+def write_json(path: str, document: Report | Mapping[str, Any]) -> None:
+    """Write a report to a path the user chose.
+
+    - A name of one of this process's open descriptors (``/dev/stdout``,
+      ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``) is written to that
+      descriptor: after what was printed before, before what is printed after, even
+      where stdout is a file the shell opened (replacing that file would leave the
+      rest of the output in a file no longer there).
+    - A symlink is followed: its target is written (``os.path.realpath``), as any
+      program writing to a path would.
+    - A regular file, or nothing, is replaced at once: a temp file next to the target,
+      renamed over it. An existing file keeps its permission bits (and, where this
+      user may, its owner); a new one is made 0600, as stored reports are.
+    - Anything else there (a terminal, a FIFO another program reads, ``/dev/full``)
+      is written into, never replaced: opened for writing without O_CREAT or O_TRUNC.
+
+    Raises ``ReportNotWritten`` (a ``UsageError``: one line, exit 2) with the reason."""
+    data = encode(document)
+    fd = _open_descriptor(path)
+    if fd is not None:
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()  # what Python printed before comes first
+            _write_all(fd, data)
+        except OSError as exc:
+            raise ReportNotWritten(path, exc.strerror or str(exc)) from None
+        return
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        info: os.stat_result | None = os.stat(path)  # follows symlinks, /proc's too
+    except FileNotFoundError:
+        info = None  # nothing there, or a symlink to nothing yet: made below
+    except OSError as exc:
+        raise ReportNotWritten(path, exc.strerror or str(exc)) from None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise ReportNotWritten(path, "it is a directory")
+    try:
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            _write_into(path, data)
+        else:
+            _replace(os.path.realpath(path), data, info)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.ENXIO and info is not None and stat.S_ISFIFO(info.st_mode):
+            why = "no program is reading that FIFO; start its reader first"  # O_NONBLOCK
+        raise ReportNotWritten(path, why) from None
+
+
+# The names of a process's own open descriptors: /dev/stdout -> /proc/self/fd/1 etc.
+_DESCRIPTOR = re.compile(r"/dev/(stdout|stderr|fd/(\d+))|/proc/(self|\d+)/fd/(\d+)")
+
+
+def _open_descriptor(path: str) -> int | None:
+    """The descriptor of this process that ``path`` names, if it names one."""
+    match = _DESCRIPTOR.fullmatch(os.path.abspath(path))
+    if match is None:
+        return None
+    name, fd, pid, proc_fd = match.groups()
+    if name == "stdout":
+        return 1
+    if name == "stderr":
+        return 2
+    if fd is not None:
+        return int(fd)
+    if pid in ("self", str(os.getpid())):
+        return int(proc_fd)
+    return None  # another process's: an ordinary path
+
+
+def _write_into(path: str, data: bytes) -> None:
+    """Write ``data`` into the device or FIFO at ``path``. Opened O_NONBLOCK so a FIFO
+    with no reader fails at once (ENXIO) instead of hanging the run; blocking again
+    once open, so a slow reader is waited for rather than cut short."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by a file since the first look
+            raise OSError(errno.EAGAIN, "it changed while being written; try again")
+        os.set_blocking(fd, True)
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _replace(target: str, data: bytes, old: os.stat_result | None) -> None:
+    """``target`` replaced by a file of ``data``, made under a name no one else can
+    have made first (O_EXCL, no symlink followed) and renamed over it."""
+    directory, name = os.path.split(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for attempt in range(100):
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{attempt}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temporary name next to it", target)
+    try:
+        try:
+            if old is not None:
+                os.fchmod(fd, stat.S_IMODE(old.st_mode) & 0o777)
+                if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                    with contextlib.suppress(OSError):  # root only, or a group of ours
+                        os.fchown(fd, old.st_uid, old.st_gid)
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def _setting(name: str, default: int) -> int:
-    text = os.environ.get(name, "")
-    return int(text) if text.isdigit() else default
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
-def prune(directory: str, now: float | None = None) -> list[str]:
-    """Remove reports beyond the newest KERNEL_DOCTOR_KEEP_REPORTS (default 200) and
-    those older than KERNEL_DOCTOR_KEEP_DAYS (default 30); returns what went."""
-    keep = _setting("KERNEL_DOCTOR_KEEP_REPORTS", KEEP_REPORTS)
-    days = _setting("KERNEL_DOCTOR_KEEP_DAYS", KEEP_DAYS)
+# -- the stored reports ---------------------------------------------------------------
+
+_warned: set[str] = set()
+
+
+def _setting(name: str, default: int, unit: str) -> int:
+    """A whole number of at least 0 from the environment; unset or empty gives the
+    default, and anything else ("abc", "-3", "1.5") the default with a warning, once
+    per process."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if re.fullmatch(r"[0-9]+", text):
+        return int(text)
+    if name not in _warned:
+        _warned.add(name)
+        with contextlib.suppress(OSError):
+            sys.stderr.write(
+                f"kernel-doctor: warning: {name}={printable(text)!r} is not a whole number "
+                f"(0 or more); using the default, {default} {unit}\n"
+            )
+    return default
+
+
+def prune(directory: str, now: float | None = None, keep: str | None = None) -> list[str]:
+    """Remove stored reports beyond the newest KERNEL_DOCTOR_KEEP_REPORTS (default 200)
+    and those older than KERNEL_DOCTOR_KEEP_DAYS days (default 30); returns what went.
+
+    ``keep``, the report just written, is never removed: 0 for either setting means
+    "keep no history", the newest report alone, so the next cell's notice and
+    ``kernel-doctor show latest`` still have the death that just happened."""
+    count = _setting("KERNEL_DOCTOR_KEEP_REPORTS", KEEP_REPORTS, "reports")
+    days = _setting("KERNEL_DOCTOR_KEEP_DAYS", KEEP_DAYS, "days")
     now = time.time() if now is None else now
+    kept = os.path.basename(keep) if keep else None
     try:
         names = sorted((n for n in os.listdir(directory) if REPORT_NAME.match(n)), reverse=True)
     except OSError:
         return []
     removed = []
     for i, name in enumerate(names):
+        if name == kept:
+            continue
         path = os.path.join(directory, name)
         try:
-            old = now - os.stat(path).st_mtime > days * 86400
+            old = now - os.lstat(path).st_mtime > days * 86400
         except OSError:
             continue
-        if i >= keep or old:
+        if i >= count or old:
             with contextlib.suppress(OSError):
                 os.unlink(path)
                 removed.append(path)
@@ -77,27 +229,45 @@ def prune(directory: str, now: float | None = None) -> list[str]:
     return removed
 
 
+def store(report: Report) -> str:
+    """Store ``report`` (it has an id) in the private reports folder, then prune the
+    folder; returns its path. Raises ``OSError`` when the folder cannot be made, is
+    not private (the message names it), or cannot be written."""
+    if report.id is None or not REPORT_NAME.match(f"{report.id}.json"):
+        raise ValueError(
+            f"a stored report needs an id like 20261125-140312-4242, not {report.id!r}"
+        )
+    directory = reports_dir(create=True)
+    path = os.path.join(directory, f"{report.id}.json")
+    write_atomic(path, encode(report))
+    prune(directory, keep=path)
+    return path
+
+
 def publish(
     ev: Evidence, dx: Diagnosis, session_dir: str, extra_path: str | None, *, quiet: bool = False
 ) -> str | None:
     """Store the report and tell stderr. Returns the stored path (None if unwritable)."""
     report_id = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(ev.ended))}-{ev.pid}"
-    document = death_report(ev, dx, report_id)
+    report = death_report(ev, dx, report_id)
     problems = []
-    for path in (os.path.join(session_dir, REPORT_FILE), extra_path):
-        if path:
-            try:
-                write_json(path, document)
-            except OSError as exc:
-                problems.append(f"{path}: {exc.strerror or exc}")
-    stored: str | None = os.path.join(reports_dir(), f"{report_id}.json")
+    session_file = os.path.join(session_dir, REPORT_FILE)
     try:
-        write_json(str(stored), document)
+        write_atomic(session_file, encode(report))  # the session folder is private
     except OSError as exc:
-        problems.append(f"{stored}: {exc.strerror or exc}")
+        problems.append(f"{session_file}: {exc.strerror or exc}")
+    if extra_path:
+        try:
+            write_json(extra_path, report)
+        except ReportNotWritten as exc:
+            problems.append(f"{printable(exc.path)}: {exc.why}")
+    stored: str | None
+    try:
+        stored = store(report)
+    except OSError as exc:
+        where = os.path.join(reports_dir(), f"{report_id}.json")
+        problems.append(f"{where}: {exc.strerror or exc}")
         stored = None
-    else:
-        prune(os.path.dirname(str(stored)))
     lines = [] if quiet else [f"kernel-doctor: {dx.summary}"]
     if not quiet:
         lines += [f"kernel-doctor:   {fact}" for fact in dx.evidence[:6]]

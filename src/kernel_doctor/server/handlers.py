@@ -6,13 +6,16 @@
 - ``GET /kernel-doctor/api/kernels/KERNEL_ID/where``: a look inside one (as
   ``kernel-doctor where`` takes it).
 
-A report is served only if this server's user can read its file: the same rule as on
-disk, where reports are written with mode 0600.
+A report is served only if it is this server's user's own regular file (read with
+``read_private``, as every stored report is) and a valid report (``Report.from_json``):
+any other file in the reports folder is left out of the list and answered with 404,
+and the server's log says why, once per file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -20,7 +23,10 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from .state import kernel_states, readable_reports, report_path
+from ..paths import reports_dir
+from ..reports.history import once, read_document, skipped, stored_reports
+from ..reports.model import BadReport, Report
+from .state import kernel_states
 
 ID = r"(?P<report_id>[0-9]{8}-[0-9]{6}-[0-9]+(?:-[0-9]+)?)"
 KERNEL_ID = r"(?P<kernel_id>[0-9a-fA-F-]{8,64})"
@@ -35,30 +41,38 @@ class _Base(APIHandler):
         self.finish(json.dumps(value))
 
 
+def report_summary(report: Report) -> dict[str, Any]:
+    """What the list gives of each report: enough to match it to a kernel and name it."""
+    doc = report.to_json()
+    summary = {k: doc.get(k) for k in SUMMARY_KEYS}
+    memory = doc["memory"]
+    summary["memory"] = {k: memory[k] for k in ("peak_bytes", "limit_bytes", "limit_source")}
+    return summary
+
+
 class ReportsHandler(_Base):
     @web.authenticated
     @authorized
     def get(self) -> None:
-        reports = []
-        for doc in readable_reports():
-            summary = {k: doc.get(k) for k in SUMMARY_KEYS}
-            memory = doc.get("memory") or {}
-            summary["memory"] = {
-                k: memory.get(k) for k in ("peak_bytes", "limit_bytes", "limit_source")
-            }
-            reports.append(summary)
-        self.write_json(reports)
+        warn = once(lambda text: self.log.warning("kernel-doctor: %s", text))
+        self.write_json([report_summary(r) for r in stored_reports(warn)])
 
 
 class ReportHandler(_Base):
     @web.authenticated
     @authorized
     def get(self, report_id: str) -> None:
-        path = report_path(report_id)
-        if path is None:
+        path = os.path.join(reports_dir(), f"{report_id}.json")
+        if not os.path.lexists(path):
             raise web.HTTPError(404, f"no report {report_id}")
-        with open(path, encoding="utf-8") as f:
-            self.write_json(json.load(f))
+        try:
+            _, document = read_document(path)
+        except BadReport as exc:
+            once(lambda text: self.log.warning("kernel-doctor: %s", text))(skipped(path, exc))
+            raise web.HTTPError(404, f"no report {report_id}") from None
+        # Served as stored, once valid: keys a newer kernel-doctor added reach the
+        # frontend too.
+        self.write_json(document)
 
 
 class KernelsHandler(_Base):

@@ -8,11 +8,12 @@ kernel's memory against its limit.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge
+
+from ..agent.protocol import read_events
 
 POLL = 5.0
 
@@ -37,8 +38,9 @@ LIMIT = Gauge(
 
 
 class Poller:
-    def __init__(self, kernel_manager: Any) -> None:
+    def __init__(self, kernel_manager: Any, log: Any = None) -> None:
         self.kernel_manager = kernel_manager
+        self.log = log  # the server's logger: where stored files that are not reports are named
         self.started = time.time()
         self.seen_reports: set[str] = set()  # report paths read so far
         self.guard_events: dict[str, int] = {}
@@ -53,15 +55,16 @@ class Poller:
             pass  # metrics must never disturb the server
 
     def _reports(self) -> None:
-        from ..reports.history import new_reports
-        from .state import report_path
+        # Through read_private and Report.from_json: another user's file, or one that
+        # is not a report, is not counted (and the server's log says so, once).
+        from ..reports.history import new_stored, once
 
-        for doc in new_reports(self.seen_reports):
-            if report_path(str(doc.get("id"))) is None:
-                continue  # not this user's to count
-            created = (doc.get("kernel") or {}).get("ended") or 0
-            if isinstance(created, (int, float)) and created >= self.started:
-                DEATHS.labels(cause=str(doc.get("cause") or "unknown")).inc()
+        log = self.log
+        warn = once(lambda text: log.warning("kernel-doctor: %s", text)) if log else None
+        for report in new_stored(self.seen_reports, warn):
+            ended = report.kernel.ended if report.kernel else None
+            if ended is not None and ended >= self.started:
+                DEATHS.labels(cause=report.cause or "unknown").inc()
 
     def _kernels(self) -> None:
         from .state import kernel_states
@@ -93,17 +96,13 @@ class Poller:
 
 
 def _count_guard_events(session_dir: str) -> int:
-    try:
-        with open(os.path.join(session_dir, "events.jsonl"), encoding="utf-8") as f:
-            return sum(1 for line in f if '"event": "guard"' in line)
-    except OSError:
-        return 0
+    return sum(1 for event in read_events(session_dir) if event.kind == "guard")
 
 
 def start_metrics(serverapp: Any) -> None:
     from tornado.ioloop import PeriodicCallback
 
-    poller = Poller(serverapp.kernel_manager)
+    poller = Poller(serverapp.kernel_manager, serverapp.log)
     poller.poll()
     callback = PeriodicCallback(poller.poll, POLL * 1000)
     callback.start()

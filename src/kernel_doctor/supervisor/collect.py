@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import time
 from typing import Any
 
-from ..agent.layout import DUMPS, FATAL, STDERR, read_cells, read_state
+from ..agent.private import read_private
+from ..agent.protocol import (
+    DUMPS,
+    FATAL,
+    INTERRUPT,
+    STDERR,
+    CellRecord,
+    Event,
+    Meta,
+    State,
+    read_cells,
+    read_events,
+    read_look,
+    read_meta,
+    read_samples,
+    read_state,
+    read_text,
+)
 from ..diagnosis.stacks import parse_faulthandler
 from ..evidence import CellRun, Evidence, MemoryEvidence
 from ..probe import procfs
 from ..probe.base import MemoryLimit, MemorySource
 from .sampler import Sampler
-from .session import read_events, read_meta, read_samples
 
 TIMELINE_POINTS = 500
 
@@ -30,14 +45,14 @@ def collect(
     source: MemorySource | None = None,
     sampler: Sampler | None = None,
     supervisor_lost: bool = False,
-    meta: dict[str, Any] | None = None,
+    meta: Meta | None = None,
 ) -> Evidence:
     meta = meta or read_meta(directory)
-    state = read_state(directory) or {}
+    state = read_state(directory) or State()
     events = read_events(directory)
     records = read_cells(directory)
     samples = read_samples(directory)
-    pid = int(meta.get("kernel_pid") or 0)
+    pid = meta.kernel_pid if meta else 0
 
     exit_code = signum = None
     if status is not None:
@@ -49,9 +64,9 @@ def collect(
     limit = None
     if source is not None:
         limit = source.limit
-    elif isinstance(meta.get("limit"), dict):
-        lim = meta["limit"]
-        limit = MemoryLimit(int(lim["limit_bytes"]), lim["kind"], lim["source"], lim.get("path"))
+    elif meta is not None and meta.limit is not None:
+        lim = meta.limit
+        limit = MemoryLimit(lim.limit_bytes, lim.kind, lim.source, lim.path)
     oom_after = source.oom_kills() if source is not None else _oom_kills_at(limit)
 
     counted = [(t, c) for t, c, _ in samples]
@@ -60,17 +75,17 @@ def collect(
     if sampler is not None:
         kernel_peak = max(kernel_peak or 0, sampler.peak_kernel) or None
         peak = max(peak or 0, sampler.peak_counted) or None
-    before = meta.get("peak_before")
+    before = meta.peak_before if meta else None
     if source is not None:
         recorded = source.peak()
-        if isinstance(before, int) and recorded is not None and recorded <= before:
+        if before is not None and recorded is not None and recorded <= before:
             recorded = None  # set before this kernel started
         # The cgroup's own high-water mark sees peaks between our samples (v1 may
         # show a little over the limit: kernel memory is charged there too).
         if recorded is not None and limit is not None and recorded <= limit.limit_bytes * 1.1:
             peak = max(peak or 0, recorded)
 
-    started = float(meta.get("started") or 0.0)
+    started = meta.started if meta else 0.0
     # The kernel log is stamped with CLOCK_MONOTONIC; a second of slack for the clocks.
     since = started - (time.time() - time.monotonic()) - 1.0 if started else 0.0
     kernel_log = tuple(procfs.kernel_log_lines(pid, since=since)) if pid else ()
@@ -85,65 +100,56 @@ def collect(
         peak_bytes=peak,
         kernel_peak_bytes=kernel_peak,
         kernel_last_bytes=samples[-1][2] if samples else None,
-        oom_kills_before=meta.get("oom_kills_before"),
+        oom_kills_before=meta.oom_kills_before if meta else None,
         oom_kills_after=oom_after,
-        rlimits=meta.get("rlimits") or {},
+        rlimits=dict(meta.rlimits) if meta else {},
     )
     if stderr_tail is None:
-        stderr_tail = _read(os.path.join(directory, STDERR))
+        stderr_tail = read_text(directory, STDERR)
     return Evidence(
-        kernel_argv=tuple(meta.get("kernel_argv") or ()),
+        kernel_argv=meta.kernel_argv if meta else (),
         pid=pid,
         started=started,
         ended=ended,
         exit_code=exit_code,
         signal=signum,
         requested=requested,
-        agent_ready=any(r.get("event") == "ready" for r in records),
-        clean_exit=any(r.get("event") == "exit" for r in records),
+        agent_ready=any(r.event == "ready" for r in records),
+        clean_exit=any(r.event == "exit" for r in records),
         memory=memory,
         cells=ended_by_state(cells_from(records), state),
         state=state,
         dumps=tuple(_dumps(directory, events)),
-        fatal=tuple(parse_faulthandler(_read(os.path.join(directory, FATAL)))),
+        fatal=tuple(parse_faulthandler(read_text(directory, FATAL))),
         stderr_tail=stderr_tail,
         kernel_log=kernel_log,
-        connection_file=meta.get("connection_file"),
+        connection_file=meta.connection_file if meta else None,
         supervisor_lost=supervisor_lost,
-        kernel_name=meta.get("kernel_name"),
+        kernel_name=meta.kernel_name if meta else None,
         guard={
-            **(meta.get("guard") or {}),
-            "signals": sum(1 for e in events if e.get("event") == "guard"),
+            **(meta.guard.to_json() if meta and meta.guard else {}),
+            "signals": sum(1 for e in events if e.kind == "guard"),
         },
-        session_name=meta.get("session_name"),
-        hang=_json(os.path.join(directory, "interrupt.json")),
+        session_name=meta.session_name if meta else None,
+        hang=read_look(os.path.join(directory, INTERRUPT)),
     )
 
 
-def _json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def cells_from(records: list[dict[str, Any]]) -> tuple[CellRun, ...]:
+def cells_from(records: list[CellRecord]) -> tuple[CellRun, ...]:
     cells: dict[int, CellRun] = {}
     for record in records:
-        seq = record.get("seq")
-        if not isinstance(seq, int):
+        seq = record.seq
+        if seq is None:
             continue
-        if record.get("event") == "start":
+        if record.event == "start":
             cells[seq] = CellRun(
                 seq=seq,
-                execution_count=record.get("execution_count"),
-                cell_id=record.get("cell_id"),
-                source=str(record.get("source") or ""),
-                started=float(record.get("t") or 0.0),
+                execution_count=record.execution_count,
+                cell_id=record.cell_id,
+                source=record.source or "",
+                started=record.t,
             )
-        elif record.get("event") == "end" and seq in cells:
+        elif record.event == "end" and seq in cells:
             old = cells[seq]
             cells[seq] = CellRun(
                 seq=old.seq,
@@ -151,21 +157,20 @@ def cells_from(records: list[dict[str, Any]]) -> tuple[CellRun, ...]:
                 cell_id=old.cell_id,
                 source=old.source,
                 started=old.started,
-                ended=float(record.get("t") or 0.0),
-                file=record.get("file"),
-                error=record.get("error"),
+                ended=record.t,
+                file=record.file,
+                error=record.error,
             )
     return tuple(cells[k] for k in sorted(cells))
 
 
-def ended_by_state(cells: tuple[CellRun, ...], state: dict[str, Any]) -> tuple[CellRun, ...]:
+def ended_by_state(cells: tuple[CellRun, ...], state: State) -> tuple[CellRun, ...]:
     """The agent writes a clean cell's end record a little late; its state record,
     not busy after that cell, already says the cell ended."""
     if cells and cells[-1].ended is None:
         last = cells[-1]
-        if state.get("busy") is False and state.get("seq") == last.seq:
-            t = state.get("t")
-            ended = float(t) if isinstance(t, (int, float)) else last.started
+        if not state.busy and state.seq == last.seq:
+            ended = state.t if state.t is not None else last.started
             return (*cells[:-1], dataclasses.replace(last, ended=ended))
     return cells
 
@@ -197,16 +202,12 @@ def downsample(points: list[tuple[float, int]], limit: int) -> tuple[tuple[float
     return tuple(out)
 
 
-def _dumps(directory: str, events: list[dict[str, Any]]) -> list[Any]:
+def _dumps(directory: str, events: list[Event]) -> list[Any]:
     # The events record byte offsets into the file: split the bytes, then decode.
-    try:
-        with open(os.path.join(directory, DUMPS), "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
+    data = read_private(os.path.join(directory, DUMPS))
     if not data:
         return []
-    offsets = sorted({int(e.get("offset") or 0) for e in events if e.get("event") == "dump"})
+    offsets = sorted({e.offset or 0 for e in events if e.kind == "dump"})
     if not offsets or offsets[0] != 0:
         offsets.insert(0, 0)
     parts = []
@@ -226,11 +227,3 @@ def _oom_kills_at(limit: MemoryLimit | None) -> int | None:
         return None
     name = "memory.oom_control" if limit.kind == "cgroup-v1" else "memory.events"
     return parse_keyed(read_text(os.path.join(limit.path, name))).get("oom_kill")
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""

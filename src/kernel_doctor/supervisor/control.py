@@ -7,24 +7,22 @@ Kept light: the supervisor opens the FIFO at every kernel start, and builds the
 from __future__ import annotations
 
 import os
-import stat
 from typing import TYPE_CHECKING
+
+from ..agent.private import make_fifo, open_fifo
+from ..agent.protocol import CONTROL
 
 if TYPE_CHECKING:
     from .inspect import Inspector
 
-CONTROL = "control"
-
 
 def open_control(session_dir: str) -> int | None:
-    """The control FIFO, opened read-write (so it never reports end-of-file)."""
+    """The control FIFO, opened read-write (so it never reports end-of-file); None
+    when the session holds something else there (then ``where`` cannot ask)."""
     path = os.path.join(session_dir, CONTROL)
     try:
-        if not os.path.exists(path):
-            os.mkfifo(path, 0o600)
-        if not stat.S_ISFIFO(os.lstat(path).st_mode):
-            return None
-        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        make_fifo(path)
+        return open_fifo(path, os.O_RDWR)
     except OSError:
         return None
 

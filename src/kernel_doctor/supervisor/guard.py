@@ -8,13 +8,12 @@ GROWTH_MIN since its first sample, and memory must be past the threshold. The ag
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import sys
 import time
-from typing import Any
 
-from ..agent.layout import GUARD, META
+from ..agent.protocol import GuardInfo, GuardTrip, State, read_meta, write_guard_trip, write_meta
 from ..probe import procfs
 from ..probe.base import MemoryLimit
 from .ceiling import Ceiling
@@ -65,7 +64,7 @@ class Guard:
         self.session_dir = session_dir
         self.growth_min = max(GROWTH_MIN_BYTES, int(limit.limit_bytes * GROWTH_MIN_SHARE))
         self.near = max(0, self.bytes - int(limit.limit_bytes * NEAR_SHARE))
-        self._seq: Any = None
+        self._seq: int | None = None
         self._base = 0
         self._last: int | None = None
         self._sent = 0.0
@@ -87,36 +86,35 @@ class Guard:
         limit = self.limit.limit_bytes
         return min(self.bytes + int(limit * 0.01), int(limit * 0.99))
 
-    def describe(self) -> dict[str, Any]:
-        described: dict[str, Any] = {
-            "enabled": self.enabled,
-            "threshold": self.text,
-            "threshold_bytes": self.bytes,
-        }
-        if self.ceiling is not None:
-            described["allocation"] = {
-                **self.ceiling.describe(),
-                "error": self.ceiling.error,
-            }
-        return described
+    def describe(self) -> GuardInfo:
+        ceiling = self.ceiling
+        return GuardInfo(
+            enabled=self.enabled,
+            threshold=self.text,
+            threshold_bytes=self.bytes,
+            allocation=ceiling is not None,
+            reserve_bytes=ceiling.reserve if ceiling is not None else None,
+            ceiling_bytes=ceiling.current if ceiling is not None else None,
+            allocation_error=ceiling.error if ceiling is not None else None,
+        )
 
     def follow(self, data_bytes: int, counted: int) -> None:
         """Move the allocation layer's ceiling with the kernel (each sample)."""
         if self.enabled and self.ceiling is not None:
             self.ceiling.update(data_bytes, counted)
 
-    def check(self, state: dict[str, Any], counted: int, pid: int, signum: int | None) -> bool:
+    def check(self, state: State, counted: int, pid: int, signum: int | None) -> bool:
         """Called at each sample; True when it signalled the kernel."""
-        wanted = state.get("guard")
-        if isinstance(wanted, str) and wanted != self.setting:
+        wanted = state.guard
+        if wanted is not None and wanted != self.setting:
             self.configure(wanted)  # %doctor guard, from the agent's state record
             self._write_meta()
         last, self._last = self._last, counted
         if not self.enabled or signum is None:
             return False
-        if not state.get("busy"):
+        if not state.busy or state.seq is None:
             return False
-        seq = state.get("seq")
+        seq = state.seq
         if seq != self._seq:
             # The cell's growth counts from the sample before its first: near the
             # threshold that one was taken as the previous cell ended (the agent pokes
@@ -131,19 +129,16 @@ class Guard:
             return False
         if not procfs.catches(pid, signum):
             return False
-        record = {
-            "seq": seq,
-            "usage_bytes": counted,
-            "limit_bytes": self.limit.limit_bytes,
-            "limit_source": self.limit.source,
-            "threshold_text": self.text,
-            "threshold_bytes": self.bytes,
-        }
-        path = os.path.join(self.session_dir, GUARD)
+        trip = GuardTrip(
+            seq=seq,
+            usage_bytes=counted,
+            limit_bytes=self.limit.limit_bytes,
+            limit_source=self.limit.source,
+            threshold_text=self.text,
+            threshold_bytes=self.bytes,
+        )
         try:
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(record, f)
-            os.replace(path + ".tmp", path)
+            write_guard_trip(self.session_dir, trip)
             os.kill(pid, signum)
         except OSError:
             return False
@@ -152,16 +147,12 @@ class Guard:
 
     def _write_meta(self) -> None:
         """Keep meta.json's guard entry current, for %doctor and the report."""
-        path = os.path.join(self.session_dir, META)
-        try:
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
-            meta["guard"] = self.describe()
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(meta, f)
-            os.replace(path + ".tmp", path)
-        except (OSError, ValueError, TypeError):
-            pass
+        meta = read_meta(self.session_dir)
+        if meta is not None:
+            try:
+                write_meta(self.session_dir, dataclasses.replace(meta, guard=self.describe()))
+            except OSError:
+                pass
 
 
 def make_guard(setting: str | None, limit: MemoryLimit, session_dir: str, pid: int) -> Guard:

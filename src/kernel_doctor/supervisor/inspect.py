@@ -13,20 +13,34 @@ say it, and a kernel then ended by a restart is reported as hung.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..agent.layout import STATE, StateFile, read_cells
-from ..agent.where import ANSWER, REQUEST
+from ..agent.private import read_private
+from ..agent.protocol import (
+    DUMPS,
+    INTERRUPT,
+    REQUEST,
+    Frame,
+    Look,
+    LookCell,
+    LookPhase,
+    OsThread,
+    PyThread,
+    State,
+    look_file,
+    read_answer,
+    read_cells,
+    read_state,
+    write_look,
+    write_request,
+)
 from ..probe import procfs
 from ..probe.threads import TICKS, ThreadState, threads, verdict
 
-INTERRUPT = "interrupt.json"
 WAIT = 0.25  # seconds between the two looks; the agent and faulthandler answer meanwhile
 # How long a busy kernel's watcher thread may take to answer: it needs the GIL, which a
 # pure-Python loop hands over every 5 ms and a C call that holds it never does.
@@ -41,8 +55,8 @@ class _Look:
     started: float
     first: list[ThreadState]
     dump_offset: int
-    state: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
+    state: State
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 class Inspector:
@@ -54,8 +68,8 @@ class Inspector:
         self.dump_signal = dump_signal
         self.fd = fd  # the control FIFO (control.py)
         self.looks: list[_Look] = []
-        self.interrupt: tuple[float, Any] | None = None  # (when, the busy cell's seq)
-        self.ignored: dict[str, Any] | None = None
+        self.interrupt: tuple[float, int | None] | None = None  # (when, the busy cell)
+        self.ignored: Look | None = None
         self._buffer = b""
 
     def due(self) -> float:
@@ -82,15 +96,18 @@ class Inspector:
     def interrupted(self) -> None:
         """A SIGINT reached the kernel: it should stop the running cell."""
         state = self._state()
-        if state.get("busy"):
-            self.interrupt = (time.monotonic(), state.get("seq"))
+        if state.busy:
+            self.interrupt = (time.monotonic(), state.seq)
 
-    def start(self, nonce: str, **extra: Any) -> None:
+    def start(self, nonce: str, **extra: float) -> None:
         state = self._state()
-        if state.get("busy"):
-            _write(os.path.join(self.session_dir, REQUEST), nonce)  # for the watcher
+        if state.busy:
+            try:
+                write_request(self.session_dir, nonce)  # for the watcher
+            except OSError:
+                pass
         try:
-            offset = os.path.getsize(os.path.join(self.session_dir, "dumps.txt"))
+            offset = os.path.getsize(os.path.join(self.session_dir, DUMPS))
         except OSError:
             offset = 0
         self.looks.append(_Look(nonce, time.monotonic(), threads(self.pid), offset, state, extra))
@@ -110,12 +127,12 @@ class Inspector:
             _, seq = self.interrupt
             self.interrupt = None
             state = self._state()
-            if state.get("busy") and state.get("seq") == seq:
+            if state.busy and state.seq == seq:
                 self.start("interrupt", ignored_for=IGNORED_AFTER)
 
     def _answered(self, look: _Look) -> bool:
         """True when no answer from the watcher is to be waited for, or it is there."""
-        if not look.state.get("busy"):
+        if not look.state.busy:
             return True
         return not os.path.exists(os.path.join(self.session_dir, REQUEST))
 
@@ -127,96 +144,92 @@ class Inspector:
             after = second.get(before.tid, before)
             share = min(1.0, (after.cpu_ticks - before.cpu_ticks) / TICKS / elapsed)
             os_threads.append(
-                {**after.to_json(), "cpu": round(share, 2), "verdict": verdict(after, share)}
+                OsThread(
+                    tid=after.tid,
+                    name=after.name,
+                    state=after.state,
+                    cpu_ticks=after.cpu_ticks,
+                    wchan=after.wchan,
+                    syscall=after.syscall,
+                    target=after.target,
+                    network_fs=after.network_fs,
+                    cpu=round(share, 2),
+                    verdict=verdict(after, share),
+                )
             )
-        state = self._state() or look.state
-        reply: dict[str, Any] = {
-            "nonce": look.nonce,
-            "t": time.time(),
-            "kernel_pid": self.pid,
-            "busy": bool(state.get("busy")),
-            "seq": state.get("seq"),
-            "started": state.get("started"),
-            "line": state.get("line"),
-            "file": state.get("file"),
-            "frame": state.get("frame"),
-            "phase": {k: state.get(k) for k in ("phase", "error", "depth")}
-            if state.get("phase")
+        state = self._state()
+        if state.t is None:
+            state = look.state
+        reply = Look(
+            nonce=look.nonce,
+            t=time.time(),
+            kernel_pid=self.pid,
+            busy=state.busy,
+            seq=state.seq,
+            started=state.started,
+            line=state.line,
+            file=state.file,
+            frame=list(state.frame) if state.frame else None,
+            phase=LookPhase(phase=state.phase, error=state.error, depth=state.depth)
+            if state.phase
             else None,
-            "cell": _cell(self.session_dir, state),
-            "verdict": os_threads[0]["verdict"] if os_threads else "gone",
-            "os_threads": os_threads,
-            "python": _agent_answer(self.session_dir, look.nonce),
-            "main_dump": _dump_since(self.session_dir, look.dump_offset),
-            "ignored_interrupt": self.ignored,
-            **look.extra,
-        }
-        if look.nonce == "interrupt":
-            self.ignored = reply
-            _write(os.path.join(self.session_dir, INTERRUPT), json.dumps(reply))
-            _log_ignored(reply)
-            return
-        _write(os.path.join(self.session_dir, f"where-{look.nonce}.json"), json.dumps(reply))
-
-    def _state(self) -> dict[str, Any]:
+            cell=_cell(self.session_dir, state),
+            verdict=os_threads[0]["verdict"] if os_threads else "gone",
+            os_threads=os_threads,
+            python=_agent_answer(self.session_dir, look.nonce),
+            main_dump=_dump_since(self.session_dir, look.dump_offset),
+            ignored_interrupt=self.ignored,
+        )
+        if "ignored_for" in look.extra:
+            reply["ignored_for"] = look.extra["ignored_for"]
         try:
-            state = StateFile(os.path.join(self.session_dir, STATE), writable=False)
-        except (OSError, ValueError):
-            return {}
-        try:
-            return state.read() or {}
-        finally:
-            state.close()
+            if look.nonce == "interrupt":
+                self.ignored = reply
+                write_look(os.path.join(self.session_dir, INTERRUPT), reply)
+                _log_ignored(reply)
+                return
+            write_look(os.path.join(self.session_dir, look_file(look.nonce)), reply)
+        except OSError:
+            pass
+
+    def _state(self) -> State:
+        return read_state(self.session_dir) or State()
 
 
-def _write(path: str, text: str) -> None:
-    try:
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-    except OSError:
-        pass
-
-
-def _cell(session_dir: str, state: dict[str, Any]) -> dict[str, Any] | None:
-    if not state.get("busy"):
+def _cell(session_dir: str, state: State) -> LookCell | None:
+    if not state.busy:
         return None
     for record in reversed(read_cells(session_dir)):
-        if record.get("event") == "start" and record.get("seq") == state.get("seq"):
-            return {k: record.get(k) for k in ("execution_count", "source", "t", "cell_id")}
+        if record.event == "start" and record.seq == state.seq:
+            return LookCell(
+                execution_count=record.execution_count,
+                source=record.source,
+                t=record.t,
+                cell_id=record.cell_id,
+            )
     return None
 
 
-def _agent_answer(session_dir: str, nonce: str) -> list[dict[str, Any]] | None:
-    try:
-        with open(os.path.join(session_dir, ANSWER), encoding="utf-8") as f:
-            answer = json.load(f)
-    except (OSError, ValueError):
-        answer = None
-    with_nonce = isinstance(answer, dict) and answer.get("nonce") == nonce
+def _agent_answer(session_dir: str, nonce: str) -> list[PyThread] | None:
+    answer = read_answer(session_dir, nonce)
     try:
         os.unlink(os.path.join(session_dir, REQUEST))  # unanswered: withdrawn
     except OSError:
         pass
-    return answer.get("threads") if with_nonce and isinstance(answer, dict) else None
+    return answer
 
 
-def _dump_since(session_dir: str, offset: int) -> list[list[Any]] | None:
+def _dump_since(session_dir: str, offset: int) -> list[Frame] | None:
     from ..diagnosis.stacks import parse_faulthandler
 
-    try:
-        with open(os.path.join(session_dir, "dumps.txt"), "rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    dumps = parse_faulthandler(text)
+    data = read_private(os.path.join(session_dir, DUMPS)) or b""
+    dumps = parse_faulthandler(data[offset:].decode("utf-8", "replace"))
     if not dumps:
         return None
     return [[fr.file, fr.line, fr.function] for fr in dumps[0].frames]
 
 
-def _log_ignored(reply: dict[str, Any]) -> None:
+def _log_ignored(reply: Look) -> None:
     from ..diagnosis.hang import describe
 
     sys.stderr.write(f"kernel-doctor: {describe(reply, interrupt=True)}\n")

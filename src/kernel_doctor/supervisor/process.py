@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -11,7 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ..agent.layout import (
+from ..agent.protocol import (
     ENV_DATA_LIMIT,
     ENV_DUMP_SIGNAL,
     ENV_REPORTS,
@@ -58,9 +59,9 @@ class Supervisor:
         self.options = options
         self.cgroup = options.get("cgroup")
         self.session = self._open_session()
-        from .session import REPORTS, runtime_dir
+        from ..paths import reports_dir
 
-        self.reports = os.path.join(runtime_dir(create=False), REPORTS)
+        self.reports = reports_dir(create=False)
         # KERNEL_DOCTOR_AGENT=0: supervise without loading the agent into the kernel.
         self.agent = is_ipykernel(kernel_argv) and os.environ.get("KERNEL_DOCTOR_AGENT") != "0"
         self.dump_signal = dump_signal() if self.agent else None
@@ -71,7 +72,8 @@ class Supervisor:
     # -- start -------------------------------------------------------------------
 
     def _open_session(self) -> Session:
-        from .session import Session, fallback_sessions_dir
+        from ..paths import fallback_sessions_dir
+        from .session import Session
 
         if "session" in self.options:
             try:
@@ -203,30 +205,29 @@ class Supervisor:
 
             setting = self.options.get("guard") or os.environ.get(ENV_GUARD)
             guard = make_guard(setting, source.limit, self.session.directory, pid)
+        from ..agent.protocol import LimitRecord, Meta
+
+        limit = source.limit
         self.session.write_meta(
-            {
-                "guard": guard.describe() if guard is not None else None,
-                "supervisor_pid": os.getpid(),
-                "host": os.uname().nodename,
-                "kernel_pid": pid,
-                "kernel_argv": self.kernel_argv,
-                "started": self.started_epoch,
-                "connection_file": connection_file(self.kernel_argv),
-                "kernel_name": self.options.get("kernel-name"),
-                "session_name": os.environ.get("JPY_SESSION_NAME") or None,
-                "agent": self.agent,
-                "limit": {
-                    "limit_bytes": source.limit.limit_bytes,
-                    "kind": source.limit.kind,
-                    "source": source.limit.source,
-                    "path": source.limit.path,
-                },
-                "oom_kills_before": self.oom_before,
+            Meta(
+                supervisor_pid=os.getpid(),
+                supervisor_start=procfs.start_time(os.getpid()),
+                kernel_pid=pid,
+                started=self.started_epoch,
+                host=os.uname().nodename,
+                kernel_argv=tuple(self.kernel_argv),
+                connection_file=connection_file(self.kernel_argv),
+                kernel_name=self.options.get("kernel-name"),
+                session_name=os.environ.get("JPY_SESSION_NAME") or None,
+                agent=self.agent,
+                limit=LimitRecord(limit.limit_bytes, limit.kind, limit.source, limit.path),
+                oom_kills_before=self.oom_before,
                 # The cgroup's high-water mark covers its whole life, earlier kernels'
                 # included: it says something about this kernel only if it rises.
-                "peak_before": source.peak(),
-                "rlimits": address_space_limits(),
-            }
+                peak_before=source.peak(),
+                rlimits=address_space_limits(),
+                guard=guard.describe() if guard is not None else None,
+            )
         )
         if self.session.write_error is not None:
             sys.stderr.write(
@@ -389,8 +390,9 @@ class Supervisor:
         if source is not None:
             source.close()
         guard = getattr(getattr(self, "sampler", None), "guard", None)
-        if guard is not None:  # %doctor guard may have changed it since the start
-            self.session.meta["guard"] = guard.describe()
+        if guard is not None and self.session.meta is not None:
+            # %doctor guard may have changed it since the start
+            self.session.meta = dataclasses.replace(self.session.meta, guard=guard.describe())
         evidence = collect(
             self.session.directory,
             status=status,

@@ -11,8 +11,9 @@ import os
 import re
 import shutil
 
+from ..agent.private import is_private_dir
+from ..agent.protocol import read_meta, read_samples
 from ..probe.procfs import is_supervisor
-from .session import read_meta
 
 # Only folders named like our sessions ("<supervisor pid>-<start ms>") are touched.
 SESSION_NAME = re.compile(r"^\d+-\d+$")
@@ -28,15 +29,14 @@ def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
     host = os.uname().nodename
     for name in names:
         directory = os.path.join(sessions_root, name)
-        if directory == own or not SESSION_NAME.match(name):
+        if directory == own or not SESSION_NAME.match(name) or not is_private_dir(directory):
             continue
         meta = read_meta(directory)
-        if not meta:
+        if meta is None:
             continue  # a supervisor still starting (or not ours): leave it alone
-        if meta.get("host", host) != host:
+        if (meta.host or host) != host:
             continue  # a runtime dir shared with other machines: not ours to judge
-        pid = meta.get("supervisor_pid")
-        if is_supervisor(pid):
+        if is_supervisor(meta.supervisor_pid, meta.supervisor_start):
             continue
         try:
             path = _report(directory)
@@ -52,11 +52,10 @@ def _report(directory: str) -> str | None:
     from ..diagnosis import diagnose
     from ..reports.store import publish
     from .collect import collect
-    from .session import read_samples
 
     samples = read_samples(directory)
     meta = read_meta(directory)
-    ended = float(meta.get("started") or 0.0) + (samples[-1][0] if samples else 0.0)
+    ended = (meta.started if meta else 0.0) + (samples[-1].elapsed if samples else 0.0)
     evidence = collect(directory, status=None, ended=ended, requested=None, supervisor_lost=True)
     diagnosis = diagnose(evidence)
     if diagnosis is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..agent.layout import StateFile, guard_signal
+from ..agent.protocol import DUMPS, State, StateFile, guard_signal
 from ..probe import procfs
 from ..probe.base import MemorySource
 from ..probe.files import Reader
@@ -55,7 +55,7 @@ class Sampler:
         self.guard: Guard | None = None  # set by the supervisor for agent kernels
         self.guard_signal = guard_signal() if dump_signal is not None else None
         self.state: StateFile | None = None
-        self.last_state: dict[str, object] = {}
+        self.last_state = State()
         self.peak_counted = 0
         self.last_counted = 0
         self.peak_kernel = 0
@@ -77,10 +77,10 @@ class Sampler:
     def interval(self) -> float:
         if self.state is None:
             return BLIND_INTERVAL
-        if not self.last_state.get("busy"):
+        if not self.last_state.busy:
             return IDLE_INTERVAL
-        started = self.last_state.get("started")
-        young = isinstance(started, (int, float)) and time.time() - started < YOUNG_CELL
+        started = self.last_state.started
+        young = started is not None and time.time() - started < YOUNG_CELL
         guard = self.guard
         if guard is not None and guard.enabled and self.last_counted >= guard.near:
             return NEAR_INTERVAL if young else NEAR_BUSY_INTERVAL
@@ -104,7 +104,7 @@ class Sampler:
             state = self.state.read()
             if state is not None:
                 self.last_state = state
-            if not force and not self.last_state.get("busy") and now < self._idle_due:
+            if not force and not self.last_state.busy and now < self._idle_due:
                 # Woken for a cell that has already ended: keep the idle rhythm.
                 self.next_due = self._idle_due
                 return
@@ -141,7 +141,7 @@ class Sampler:
                 # state record is attached.
                 guard.follow(int(fields[5]) * procfs.PAGE_SIZE, counted)
                 if guard.check(self.last_state, counted, self.kernel_pid, self.guard_signal):
-                    self.session.event("guard", usage=counted, seq=self.last_state.get("seq"))
+                    self.session.event("guard", usage=counted, seq=self.last_state.seq)
         self.next_due = now + self.interval()
         self._idle_due = now + IDLE_INTERVAL
 
@@ -164,7 +164,7 @@ class Sampler:
         if not procfs.catches(self.kernel_pid, self.dump_signal):
             return False
         try:
-            size = os.path.getsize(os.path.join(self.session.directory, "dumps.txt"))
+            size = os.path.getsize(os.path.join(self.session.directory, DUMPS))
         except OSError:
             size = 0
         if not os.path.exists(f"/proc/{self.kernel_pid}"):

@@ -1,43 +1,38 @@
-"""A supervised kernel's session directory: where evidence is written as it happens."""
+"""A supervised kernel's session directory: where evidence is written as it happens.
+
+The files and their records are the session protocol's (``agent.protocol``); this
+is the supervisor's writing side of it."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from typing import Any
 
-from ..agent.layout import EVENTS, META, SAMPLE, SAMPLES, read_meta, read_samples
-
-SESSIONS = "sessions"
-REPORTS = "reports"
-
-
-def runtime_dir(create: bool = True) -> str:
-    """kernel-doctor's folder in the Jupyter runtime dir (mode 0700 when created)."""
-    base = os.environ.get("JUPYTER_RUNTIME_DIR")
-    if not base:  # jupyter_core knows the platform rules; it costs ~5 ms to import
-        from jupyter_core.paths import jupyter_runtime_dir
-
-        base = jupyter_runtime_dir()
-    path = os.path.join(base, "kernel-doctor")
-    if create:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+from ..agent.private import check_private_dir
+from ..agent.protocol import (
+    EVENTS,
+    SAMPLE,
+    SAMPLES,
+    Meta,
+    event_line,
+    open_append,
+    write_meta,
+)
 
 
-def fallback_sessions_dir() -> str:
-    """Where evidence goes when the runtime dir cannot be written: a private folder
-    in the temp dir, refused if someone else made it first."""
-    import tempfile
-
-    path = os.path.join(tempfile.gettempdir(), f"kernel-doctor-{os.getuid()}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.lstat(path)
-    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(path):
-        raise PermissionError(13, "not a private folder of this user", path)
-    return os.path.join(path, SESSIONS)
+def _own_dir(directory: str) -> str:
+    """``directory`` as a private folder: made 0700, or one of this user's own folders
+    (not a symlink) tightened to 0700; anything else raises ``OSError``."""
+    try:
+        os.makedirs(directory, mode=0o700)
+    except FileExistsError:
+        info = os.lstat(directory)
+        if info.st_uid == os.geteuid() and os.path.isdir(directory) and info.st_mode & 0o077:
+            os.chmod(directory, 0o700)  # a caller's own --session folder
+    check_private_dir(directory)
+    return directory
 
 
 class Session:
@@ -47,39 +42,30 @@ class Session:
     evidence. What the diagnosis cannot do without is also kept in memory."""
 
     def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.meta: dict[str, Any] = {}
+        self.directory = _own_dir(directory)
+        self.meta: Meta | None = None
         self.write_error: OSError | None = None
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._events = os.open(
-            os.path.join(directory, EVENTS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
-        )
-        self._samples = os.open(
-            os.path.join(directory, SAMPLES), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
-        )
+        self._events = open_append(directory, EVENTS)
+        self._samples = open_append(directory, SAMPLES)
 
     @classmethod
     def create(cls, base: str | None = None) -> Session:
-        root = base or os.path.join(runtime_dir(), SESSIONS)
+        from ..paths import sessions_dir
+
+        root = base or sessions_dir()
         name = f"{os.getpid()}-{int(time.time() * 1000)}"
         return cls(os.path.join(root, name))
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
+    def write_meta(self, meta: Meta) -> None:
         self.meta = meta
-        path = os.path.join(self.directory, META)
         try:
-            with open(path + ".tmp", "w") as f:
-                json.dump(meta, f)
-            os.replace(path + ".tmp", path)
+            write_meta(self.directory, meta)
         except OSError as exc:
             self.write_error = exc
-            with contextlib.suppress(OSError):
-                os.unlink(path + ".tmp")
 
     def event(self, kind: str, **fields: Any) -> None:
-        record = {"event": kind, "t": time.time(), **fields}
         with contextlib.suppress(OSError):
-            os.write(self._events, json.dumps(record).encode() + b"\n")
+            os.write(self._events, event_line(kind, time.time(), fields))
 
     def sample(self, elapsed: float, counted: int, kernel_rss: int) -> None:
         with contextlib.suppress(OSError):
@@ -95,20 +81,3 @@ class Session:
 
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def read_events(directory: str) -> list[dict[str, Any]]:
-    records = []
-    try:
-        with open(os.path.join(directory, EVENTS), "rb") as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
-    except OSError:
-        pass
-    return records
-
-
-__all__ = ["Session", "read_events", "read_meta", "read_samples", "runtime_dir"]

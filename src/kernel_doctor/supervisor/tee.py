@@ -6,6 +6,8 @@ import collections
 import os
 import threading
 
+from ..agent.private import write_atomic
+
 TAIL_BYTES = 64 * 1024
 # How much not-yet-written output we hold for a slow stderr before dropping the
 # oldest: the kernel must never wait on whoever reads our stderr.
@@ -115,7 +117,6 @@ class StderrTee:
         self._saved = self._read_total
         if self._log:
             try:
-                with open(self._log, "wb") as f:
-                    f.write(self._tail)
+                write_atomic(self._log, bytes(self._tail))  # 0600, never through a symlink
             except OSError:
                 pass

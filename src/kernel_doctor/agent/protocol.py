@@ -1,0 +1,377 @@
+"""The session protocol: the files a supervised kernel's session folder holds, and
+the typed records in them, each with one writer and one reader.
+
+Both sides import this module: the supervisor from kernel-doctor's own Python, the
+agent from inside the kernel (possibly another Python, loaded by path), and every
+reader of a session (``live``, ``where``, ``top``, the server, recovery). So it uses
+the standard library only, and every file goes through ``private`` (this user's
+own regular files, never a symlink, never a blocking open): a session folder may sit
+where other users can see it, and its contents are only as trustworthy as its owner.
+
+A session directory (0700) holds:
+
+``cells.jsonl``  the agent's flight record: one JSON line when a cell starts and one
+                 when it ends, written unbuffered so a SIGKILL loses nothing.
+``state``        a fixed-size memory-mapped record of what the kernel is doing right
+                 now (busy, running cell, its current line), rewritten while a cell
+                 runs; see ``StateFile``.
+``dumps.txt``    faulthandler stack dumps asked for by the supervisor's dump signal.
+``fatal.txt``    faulthandler's dump at a fatal signal (SIGSEGV, SIGABRT, ...).
+``samples.bin``  the supervisor's memory samples (see ``SAMPLE``).
+``events.jsonl`` the supervisor's own record (start, limit, marks, signals).
+``stderr.log``   the tail of the kernel's stderr.
+``meta.json``    what the supervisor knew at the start (``Meta``).
+``control``      a FIFO through which ``kernel-doctor where`` asks for a ``Look``.
+``where-NONCE.json``, ``interrupt.json``  the supervisor's looks (``Look``).
+``where.request``, ``where-agent.json``   the agent's half of a look.
+``guard.json``, ``notice.json``           guard trips and the last death's notice.
+
+Readers treat a record that does not parse or has wrong types as absent: a session
+written by another version, or cut short by a death, must never crash a reader.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from typing import Any
+
+from .private import append_private, open_private, read_private, write_atomic
+from .records import (
+    LOOK_SCHEMA,
+    AgentAnswer,
+    CellError,
+    CellRecord,
+    Event,
+    Frame,
+    GuardInfo,
+    GuardStop,
+    GuardTrip,
+    LimitRecord,
+    Look,
+    LookCell,
+    LookPhase,
+    Meta,
+    OsThread,
+    PyThread,
+    Sample,
+    State,
+    _float,
+    _int,
+    _str,
+    valid,
+)
+
+# The records are part of the protocol: import them from here.
+__all__ = [
+    "AgentAnswer",
+    "CellError",
+    "CellRecord",
+    "Event",
+    "Frame",
+    "GuardInfo",
+    "GuardStop",
+    "GuardTrip",
+    "LimitRecord",
+    "Look",
+    "LookCell",
+    "LookPhase",
+    "Meta",
+    "OsThread",
+    "PyThread",
+    "Sample",
+    "State",
+]
+
+ENV_SESSION = "KERNEL_DOCTOR_SESSION"
+ENV_DUMP_SIGNAL = "KERNEL_DOCTOR_DUMP_SIGNAL"
+# A pipe's write end the agent pokes when a cell starts, so the supervisor samples a
+# new cell at once instead of at its next idle tick (a fill can outrun that).
+ENV_WAKE_FD = "KERNEL_DOCTOR_WAKE_FD"
+ENV_REPORTS = "KERNEL_DOCTOR_REPORTS"  # where stored reports are, for %doctor
+# RLIMIT_DATA's soft value before the memory guard's ceiling, which the supervisor may
+# set before the agent loads (so a refusal can be told from an ordinary MemoryError).
+ENV_DATA_LIMIT = "KERNEL_DOCTOR_DATA_LIMIT"
+GUARD = "guard.json"  # what the supervisor saw when it tripped the memory guard
+NOTICE = "notice.json"  # the previous kernel's death, for the next cell to show
+
+
+def dump_signal() -> int:
+    """The real-time signal the supervisor sends to ask the agent for a stack dump
+    (SIGRTMIN+6: clear of glibc's own and of the low ones other tools favour)."""
+    import signal
+
+    return int(signal.SIGRTMIN) + 6
+
+
+def guard_signal() -> int:
+    """The signal that tells the agent the memory guard tripped (SIGRTMIN+8)."""
+    import signal
+
+    return int(signal.SIGRTMIN) + 8
+
+
+CELLS = "cells.jsonl"
+STATE = "state"
+DUMPS = "dumps.txt"
+FATAL = "fatal.txt"
+SAMPLES = "samples.bin"
+EVENTS = "events.jsonl"
+STDERR = "stderr.log"
+META = "meta.json"
+CONTROL = "control"
+INTERRUPT = "interrupt.json"
+REQUEST = "where.request"  # the nonce of the supervisor's pending request to the agent
+ANSWER = "where-agent.json"  # the agent's answer to it
+
+
+def look_file(nonce: str) -> str:
+    return f"where-{nonce}.json"
+
+
+def _load(data: bytes | None) -> dict[str, Any] | None:
+    if not data:
+        return None
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _dump(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+# -- meta.json: what the supervisor knew at the start ------------------------------
+
+
+def write_meta(directory: str, meta: Meta) -> None:
+    write_atomic(os.path.join(directory, META), _dump(meta.to_json()))
+
+
+def read_meta(directory: str) -> Meta | None:
+    return Meta.from_json(_load(read_private(os.path.join(directory, META))))
+
+
+# -- state: what the kernel is doing right now --------------------------------------
+
+
+STATE_SIZE = 8192
+_HEADER = struct.Struct("<4sII")  # magic, sequence, payload length
+_MAGIC = b"KDS1"
+
+
+class StateFile:
+    """A small record rewritten in place through a shared mapping.
+
+    Writes are plain memory stores, so they cost microseconds and survive the
+    kernel's SIGKILL (the page cache keeps them). The sequence number is odd while
+    a write is in progress, so a reader can tell a torn record and retry.
+    """
+
+    def __init__(self, path: str, *, writable: bool) -> None:
+        fd = open_private(path, os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY)
+        try:
+            if writable and os.fstat(fd).st_size < STATE_SIZE:
+                # Real blocks, not a sparse file: a store into a page the filesystem
+                # cannot back (a full disk) would kill the kernel with SIGBUS.
+                os.posix_fallocate(fd, 0, STATE_SIZE)
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            self._map = mmap.mmap(fd, STATE_SIZE, access=access)
+        finally:
+            os.close(fd)
+        self._seq = 0
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write an encoded JSON object."""
+        if len(data) > STATE_SIZE - _HEADER.size:
+            data = b'{"truncated":true}'
+        self._seq += 1
+        self._map[0 : _HEADER.size] = _HEADER.pack(_MAGIC, self._seq * 2 - 1, len(data))
+        self._map[_HEADER.size : _HEADER.size + len(data)] = data
+        self._map[0 : _HEADER.size] = _HEADER.pack(_MAGIC, self._seq * 2, len(data))
+
+    def read(self) -> State | None:
+        for _ in range(20):
+            magic, seq, length = _HEADER.unpack_from(self._map, 0)
+            if magic != _MAGIC or length > STATE_SIZE - _HEADER.size:
+                return None
+            data = self._map[_HEADER.size : _HEADER.size + length]
+            if seq % 2 == 0 and _HEADER.unpack_from(self._map, 0)[1] == seq:
+                return State.from_json(_load(data))
+        return None
+
+    def close(self) -> None:
+        self._map.close()
+
+
+def read_state(session_dir: str) -> State | None:
+    """The agent's last state record in ``session_dir``, or None if there is none."""
+    try:
+        state = StateFile(os.path.join(session_dir, STATE), writable=False)
+    except (OSError, ValueError):
+        return None
+    try:
+        return state.read()
+    finally:
+        state.close()
+
+
+# -- cells.jsonl: the agent's flight record -----------------------------------------
+
+
+def read_cells(session_dir: str) -> list[CellRecord]:
+    """Every complete record of the agent's flight record, oldest first."""
+    data = read_private(os.path.join(session_dir, CELLS), limit=1 << 30)
+    records = []
+    for line in (data or b"").splitlines():
+        record = CellRecord.from_json(_load(line))  # a line cut short by a death: None
+        if record is not None:
+            records.append(record)
+    return records
+
+
+# -- samples.bin: the supervisor's memory samples -----------------------------------
+
+
+SAMPLE = struct.Struct("<dqq")
+
+
+def read_samples(directory: str) -> list[Sample]:
+    data = read_private(os.path.join(directory, SAMPLES), limit=1 << 30) or b""
+    usable = len(data) - len(data) % SAMPLE.size
+    return [Sample(*SAMPLE.unpack_from(data, i)) for i in range(0, usable, SAMPLE.size)]
+
+
+def last_sample(directory: str) -> Sample | None:
+    """The newest sample alone, read from the file's end: for views that refresh."""
+    try:
+        fd = open_private(os.path.join(directory, SAMPLES))
+    except OSError:
+        return None
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        usable = end - end % SAMPLE.size
+        if usable == 0:
+            return None
+        data = os.pread(fd, SAMPLE.size, usable - SAMPLE.size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) < SAMPLE.size:
+        return None
+    return Sample(*SAMPLE.unpack(data))
+
+
+# -- events.jsonl: the supervisor's own record --------------------------------------
+
+
+def event_line(kind: str, t: float, fields: dict[str, Any]) -> bytes:
+    return json.dumps({"event": kind, "t": t, **fields}).encode() + b"\n"
+
+
+def read_events(directory: str) -> list[Event]:
+    events = []
+    for line in (read_private(os.path.join(directory, EVENTS)) or b"").splitlines():
+        record = _load(line)
+        if record is None:
+            continue
+        kind, t = _str(record.get("event")), _float(record.get("t"))
+        if kind is not None and t is not None:
+            events.append(Event(kind, t, _int(record.get("offset"))))
+    return events
+
+
+# -- looks: ``kernel-doctor where`` and ignored interrupts --------------------------
+
+
+def write_look(path: str, look: Look) -> None:
+    write_atomic(path, json.dumps(look).encode())
+
+
+def read_look(path: str) -> Look | None:
+    record = _load(read_private(path))
+    if record is None or not valid(record, LOOK_SCHEMA):
+        return None
+    look: Look = record  # type: ignore[assignment]  # checked against the schema
+    return look
+
+
+def read_answer(session_dir: str, nonce: str) -> list[PyThread] | None:
+    record = _load(read_private(os.path.join(session_dir, ANSWER)))
+    if record is None or record.get("nonce") != nonce:
+        return None
+    threads = record.get("threads")
+    if not valid(threads, LOOK_SCHEMA["python"]):
+        return None
+    checked: list[PyThread] = threads  # type: ignore[assignment]  # checked
+    return checked
+
+
+def write_answer(session_dir: str, answer: AgentAnswer) -> None:
+    write_atomic(os.path.join(session_dir, ANSWER), json.dumps(answer).encode())
+
+
+def read_request(session_dir: str) -> str | None:
+    data = read_private(os.path.join(session_dir, REQUEST), limit=64)
+    text = data.decode("ascii", "replace").strip() if data else ""
+    return text if text.isalnum() else None
+
+
+def write_request(session_dir: str, nonce: str) -> None:
+    write_atomic(os.path.join(session_dir, REQUEST), nonce.encode())
+
+
+# -- guard.json and notice.json: from the supervisor to the agent -------------------
+
+
+def write_guard_trip(session_dir: str, trip: GuardTrip) -> None:
+    write_atomic(os.path.join(session_dir, GUARD), json.dumps(trip).encode())
+
+
+def read_guard_trip(session_dir: str) -> GuardTrip | None:
+    record = _load(read_private(os.path.join(session_dir, GUARD)))
+    if record is None:
+        return None
+    ints = ("seq", "usage_bytes", "limit_bytes", "threshold_bytes")
+    if any(_int(record.get(k)) is None for k in ints):
+        return None
+    if not all(isinstance(record.get(k), str) for k in ("limit_source", "threshold_text")):
+        return None
+    trip: GuardTrip = record  # type: ignore[assignment]  # checked above
+    return trip
+
+
+def write_notice(session_dir: str, text: str) -> None:
+    write_atomic(os.path.join(session_dir, NOTICE), json.dumps({"text": text}).encode())
+
+
+def take_notice(session_dir: str) -> str | None:
+    """The notice left for this kernel, removed as it is read (shown once)."""
+    path = os.path.join(session_dir, NOTICE)
+    record = _load(read_private(path))
+    if record is None:
+        return None
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    text = record.get("text")
+    return text if isinstance(text, str) else None
+
+
+# -- the agent's own append-only files ----------------------------------------------
+
+
+def open_append(session_dir: str, name: str) -> int:
+    """``name`` in the session, for appending (0600, this user's, no symlink)."""
+    return append_private(os.path.join(session_dir, name))
+
+
+def read_text(session_dir: str, name: str, limit: int = 1 << 26) -> str:
+    data = read_private(os.path.join(session_dir, name), limit)
+    return data.decode(errors="replace") if data else ""

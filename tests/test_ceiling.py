@@ -1,0 +1,349 @@
+"""The allocation layer's RLIMIT_DATA ceiling is the kernel's alone: every process the
+kernel starts gets the user's limit back (forked or exec'd, however started), and a
+limit the user sets in the kernel becomes the bound the ceiling never rises above.
+The supervisor's side against a plain process; the agent's in a Python that loads it
+by hand; both together in a real supervised kernel in a 300 MB memory cgroup."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from conftest import remove_cgroup_tree
+from kernel_doctor._errors import CgroupUnavailable
+from kernel_doctor.probe.create import make_limited_cgroup
+from kernel_doctor.supervisor.ceiling import Ceiling
+from kernels import KERNEL_ARGV, STARTUP_TIMEOUT, alive, execute, expression
+
+MiB = 1024**2
+GiB = 1024**3
+DATA = resource.RLIMIT_DATA
+# The limit the kernel starts with: finite, so that a child given the ceiling (about
+# 1.3 GiB here) or an unlimited one would both show; above a 40 GiB reservation.
+ORIGINAL = (48 * GiB, 64 * GiB)
+
+
+def set_original() -> None:
+    resource.setrlimit(DATA, ORIGINAL)
+
+
+# -- the supervisor's side -------------------------------------------------------------
+
+
+@pytest.fixture
+def process() -> Iterator[int]:
+    """A process standing for the kernel, started with ORIGINAL."""
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=set_original)
+    try:
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait()
+
+
+def limits(pid: int) -> tuple[int, int]:
+    return resource.prlimit(pid, DATA)
+
+
+def test_a_limit_the_user_lowers_is_the_new_bound(process: int) -> None:
+    ceiling = Ceiling(process, 300 * MiB)
+    ceiling.update(100 * MiB, 200 * MiB)
+    first = 200 * MiB + ceiling.reserve
+    assert limits(process) == (first, ORIGINAL[1])
+    user = (first - 64 * MiB, 32 * GiB)  # soft below the ceiling, hard lowered too
+    resource.prlimit(process, DATA, user)
+    for data, counted in ((100 * MiB, 200 * MiB), (100 * MiB, 0), (8 * GiB, 0)):
+        ceiling.update(data, counted)  # room and mappings grow: never above the user's
+        assert limits(process) == user
+    assert ceiling.bound == user
+    ceiling.update(MiB, 299 * MiB)  # a ceiling below the user's limit still moves
+    assert limits(process) == (MiB + MiB + ceiling.reserve, user[1])
+
+    above = (16 * GiB, 32 * GiB)  # lowered from the original, above the ceiling
+    resource.prlimit(process, DATA, above)
+    ceiling.update(MiB, 299 * MiB)  # at or above the bound: a spawn's lift, left once
+    assert limits(process) == above
+    ceiling.update(MiB, 299 * MiB)  # still there: the user's, and the ceiling is back
+    assert ceiling.bound == above
+    assert limits(process) == (MiB + MiB + ceiling.reserve, above[1])
+
+    mine = (3 * GiB, 32 * GiB)  # above the ceiling: the user's, kept when it is off
+    resource.prlimit(process, DATA, mine)
+    ceiling.release()
+    assert limits(process) == mine and ceiling.current is None
+
+
+def test_the_agents_lift_and_an_older_ceiling_are_not_the_users(process: int) -> None:
+    ceiling = Ceiling(process, 300 * MiB)
+    ceiling.update(100 * MiB, 200 * MiB)
+    older = limits(process)
+    resource.prlimit(process, DATA, ORIGINAL)  # the agent lifts it for a spawn
+    ceiling.update(100 * MiB, 0)
+    assert limits(process) == ORIGINAL  # left alone for the spawn's child
+    ceiling.update(100 * MiB, 0)  # a sample later (a long os.system): the ceiling again
+    newer = limits(process)
+    assert newer == (400 * MiB + ceiling.reserve, ORIGINAL[1])
+    resource.prlimit(process, DATA, older)  # the agent puts back the one it lifted
+    ceiling.update(100 * MiB, 0)
+    assert limits(process) == newer  # ours: moved on, not taken for the user's
+    assert ceiling.bound == ORIGINAL
+
+
+def test_a_limit_set_between_reading_and_writing_is_kept(process: int) -> None:
+    ceiling = Ceiling(process, 300 * MiB)
+    ceiling.update(100 * MiB, 200 * MiB)
+    read = ceiling._read
+
+    def stale(set_meanwhile: tuple[int, int]) -> None:
+        """The next update reads what is there now, then ``set_meanwhile`` is set."""
+        seen = limits(process)
+
+        def read_then_set() -> tuple[int, int] | None:
+            ceiling._read = read  # type: ignore[method-assign]
+            resource.prlimit(process, DATA, set_meanwhile)
+            return seen
+
+        ceiling._read = read_then_set  # type: ignore[method-assign]
+
+    stale(ORIGINAL)  # the agent's lift, in between
+    ceiling.update(100 * MiB, 0)
+    assert limits(process) == ORIGINAL  # handed back to the spawn
+    assert ceiling.bound == ORIGINAL
+    assert ceiling.current is not None
+    resource.prlimit(process, DATA, (ceiling.current, ORIGINAL[1]))  # the agent undoes it
+    # The user's, in between, with a lower hard limit: our write fails where we may
+    # not raise that again (no CAP_SYS_RESOURCE), or raises it where we may; either
+    # way the user's limits are what is left.
+    user = (500 * MiB, 40 * GiB)
+    stale(user)
+    ceiling.update(100 * MiB, 100 * MiB)  # a ceiling that moved: set
+    assert limits(process) == user and ceiling.bound == user
+    assert ceiling.error is None
+
+
+# -- the agent's side ------------------------------------------------------------------
+
+# Loads the agent's half by hand in a Python standing for the kernel, under a ceiling
+# set as the supervisor sets it (past the agent's wrappers), and starts children every
+# way there is. Each prints its RLIMIT_DATA (the shell one prints its own line).
+CHILDREN = """\
+import multiprocessing, os, resource, subprocess, sys, types
+
+DATA = resource.RLIMIT_DATA
+PRINT = "import resource; print(resource.getrlimit(resource.RLIMIT_DATA))"
+RESERVE = (
+    "import mmap; mmap.mmap(-1, 40 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS"
+    " | 0x4000); print('reserved')"  # MAP_NORESERVE
+)
+
+
+def run(cmd, **kwargs):
+    return subprocess.run(cmd, capture_output=True, text=True, **kwargs).stdout.strip()
+
+
+def spawned(spawn, *args):
+    r, w = os.pipe()
+    pid = spawn(*args, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r) as f:
+        return f.read().strip()
+
+
+if __name__ == "__main__":
+    os.environ["KERNEL_DOCTOR_DATA_LIMIT"] = str(resource.getrlimit(DATA)[0])
+    from kernel_doctor.agent import guard
+
+    agent = types.SimpleNamespace()
+    guard.keep_children_limit(agent)
+    supervisor_sets = getattr(resource.setrlimit, guard._WRAPPED)
+    supervisor_sets(DATA, (1 << 30, resource.getrlimit(DATA)[1]))
+    python = [sys.executable, "-c", PRINT]
+    got = {
+        "kernel": str(resource.getrlimit(DATA)),
+        "run": run(python),
+        "reserve": run([sys.executable, "-c", RESERVE]),
+        "close_fds=False": run(python, close_fds=False),
+        "preexec_fn": run(python, preexec_fn=lambda: None),
+        "shell": run(f"{sys.executable} -c '{PRINT}'", shell=True),
+        "posix_spawn": spawned(os.posix_spawn, sys.executable, python),
+        "posix_spawnp": spawned(os.posix_spawnp, sys.executable, python),
+    }
+    for method in ("fork", "spawn", "forkserver"):
+        with multiprocessing.get_context(method).Pool(1) as pool:
+            got[method] = str(pool.apply(resource.getrlimit, (DATA,)))
+    got["kernel after"] = str(resource.getrlimit(DATA))
+    print(repr(got), flush=True)
+    pid = os.fork()
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-c", "print('fork+execv', end=' '); " + PRINT])
+    os.waitpid(pid, 0)
+    sys.stdout.flush()
+    os.system(f"printf 'system '; {sys.executable} -c '{PRINT}'")
+"""
+
+
+def test_every_child_of_the_kernel_gets_the_users_limit(tmp_path: Path) -> None:
+    script = tmp_path / "children.py"
+    script.write_text(CHILDREN)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=set_original,
+    )
+    assert done.returncode == 0, done.stderr
+    first, *shell = done.stdout.splitlines()
+    got = ast.literal_eval(first)
+    assert got.pop("kernel") == got.pop("kernel after") == str((GiB, ORIGINAL[1]))
+    assert got.pop("reserve") == "reserved"  # 40 GiB, which the ceiling would refuse
+    assert got == dict.fromkeys(got, str(ORIGINAL)), got
+    assert shell == [f"fork+execv {ORIGINAL}", f"system {ORIGINAL}"], done.stdout
+
+
+# -- both, in a supervised kernel ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kernel(
+    tmp_path_factory: pytest.TempPathFactory, cgroup_parent: str
+) -> Iterator[BlockingKernelClient]:
+    """One supervised ipykernel for this module's tests, started with ORIGINAL in its
+    own 300 MB cgroup, where the guard and its ceiling are on."""
+    try:
+        cgroup = make_limited_cgroup(300 * MiB)
+    except CgroupUnavailable as exc:
+        pytest.skip(f"no memory cgroup: {exc}")
+    if cgroup.path is None:
+        pytest.skip("memory cgroups only through systemd-run here; --cgroup needs a directory")
+    spec = tmp_path_factory.mktemp("kernels") / "kd-ceiling"
+    spec.mkdir()
+    argv = [sys.executable, "-m", "kernel_doctor.supervise", "--cgroup", cgroup.path, "--"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv + KERNEL_ARGV, "display_name": "kd", "language": "python"})
+    )
+    ksm = KernelSpecManager(kernel_dirs=[str(spec.parent)])
+    km = KernelManager(kernel_name="kd-ceiling", kernel_spec_manager=ksm)
+    seen: list[psutil.Process] = []
+    try:
+        km.start_kernel(preexec_fn=set_original)
+        launched = psutil.Process(km.provisioner.process.pid)  # type: ignore[union-attr]
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        seen.extend([launched, *launched.children(recursive=True)])
+        try:
+            yield kc
+        finally:
+            kc.stop_channels()
+    finally:
+        with contextlib.suppress(Exception):
+            km.shutdown_kernel(now=True)
+        for proc in alive(seen):  # only what this module started
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        remove_cgroup_tree(cgroup.path)
+
+
+def run_cell(kc: BlockingKernelClient, code: str) -> Any:
+    """Run ``code``; the value it leaves in ``result``."""
+    reply, _ = execute(kc, code, result="result")
+    assert reply["status"] == "ok", reply
+    return ast.literal_eval(expression(reply, "result"))
+
+
+KERNEL_CHILDREN = """\
+import multiprocessing, os, resource, subprocess, sys, tempfile, time
+PRINT = "import resource; print(resource.getrlimit(resource.RLIMIT_DATA))"
+RESERVE = (
+    "import mmap; mmap.mmap(-1, 40 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS"
+    " | 0x4000); print('reserved')"  # MAP_NORESERVE
+)
+deadline = time.monotonic() + 10  # the supervisor's first sample sets the ceiling
+original = int(os.environ["KERNEL_DOCTOR_DATA_LIMIT"])  # the supervisor's, passed on
+while resource.getrlimit(resource.RLIMIT_DATA)[0] == original and time.monotonic() < deadline:
+    time.sleep(0.02)
+
+def run(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+with tempfile.NamedTemporaryFile("r") as out:
+    os.system(f"{sys.executable} -c '{PRINT}' > {out.name}")
+    system = out.read()
+with multiprocessing.get_context("spawn").Pool(1) as pool:
+    spawned = pool.apply(resource.getrlimit, (resource.RLIMIT_DATA,))
+result = (
+    resource.getrlimit(resource.RLIMIT_DATA), run(PRINT), run(RESERVE), system, spawned,
+    resource.getrlimit(resource.RLIMIT_DATA),
+)
+"""
+
+
+def test_children_of_a_guarded_kernel_get_its_original_limit(kernel: Any) -> None:
+    before, run, reserve, system, spawned, after = run_cell(kernel, KERNEL_CHILDREN)
+    assert before[0] < 2 * GiB and before[1] == ORIGINAL[1], before  # the guard's ceiling
+    assert after[0] < 2 * GiB, after  # the ceiling is back after the spawns
+    assert run == system == f"{ORIGINAL}\n"
+    assert reserve == "reserved\n"  # 40 GiB, MAP_NORESERVE: as in a plain kernel
+    assert spawned == ORIGINAL
+
+
+# The user's limit is watched for 2 s of samples; halfway, 64 MiB mapped but not
+# touched raise the ceiling the supervisor would set by as much.
+USER_LIMIT = """\
+import mmap, os, resource, subprocess, sys, time
+DATA = resource.RLIMIT_DATA
+with open("/proc/self/statm") as f:
+    mapped = int(f.read().split()[5]) * os.sysconf("SC_PAGE_SIZE")
+ceiling = resource.getrlimit(DATA)[0]
+user = ({soft}, {hard})
+resource.setrlimit(DATA, user)
+highest, seen, spare = 0, set(), None
+start = time.monotonic()
+while time.monotonic() < start + 2:
+    soft, hard = resource.getrlimit(DATA)
+    highest = max(highest, soft)
+    seen.add(hard)
+    if spare is None and time.monotonic() > start + 1:
+        spare = mmap.mmap(-1, 64 * 1024**2, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    time.sleep(0.005)
+child = subprocess.run(
+    [sys.executable, "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_DATA))"],
+    capture_output=True, text=True,
+).stdout
+result = (user, ceiling, resource.getrlimit(DATA), highest, sorted(seen), child)
+"""
+
+
+def test_a_limit_the_user_lowers_is_kept_and_passed_on(kernel: Any) -> None:
+    # A little above what the kernel has mapped, so below the ceiling (which is at
+    # least that plus its 1 GiB reserve): in force all along, and passed on.
+    soft, hard = "mapped + 512 * 1024**2", "resource.getrlimit(DATA)[1]"
+    user, ceiling, now, highest, hards, child = run_cell(
+        kernel, USER_LIMIT.format(soft=soft, hard=hard)
+    )
+    assert user[0] < ceiling
+    assert now == user and highest == user[0] and hards == [ORIGINAL[1]]
+    assert child == f"{user}\n"
+
+    # Lowered from the original, above the ceiling, and the hard limit too: the
+    # ceiling stays in force, never above it, and children get the user's limit.
+    user, ceiling, now, highest, hards, child = run_cell(
+        kernel, USER_LIMIT.format(soft=8 * GiB, hard=32 * GiB)
+    )
+    assert now[0] < 2 * GiB and now[1] == 32 * GiB, now  # the ceiling back under it
+    assert highest <= 8 * GiB and hards == [32 * GiB]
+    assert child == f"{(8 * GiB, 32 * GiB)}\n"

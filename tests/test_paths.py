@@ -1,0 +1,183 @@
+"""Private files and folders (agent.private) and where kernel-doctor keeps them (paths).
+
+Another user's files are made here by chown to ``nobody`` (65534), which needs root;
+tests/test_shared_machine.py tries the same attacks as a real second user."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from kernel_doctor.agent.private import (
+    UntrustedFile,
+    check_private_dir,
+    open_fifo,
+    open_private,
+    printable,
+    private_dir,
+    read_private,
+    write_atomic,
+)
+from kernel_doctor.agent.protocol import Meta, read_meta, write_meta
+from kernel_doctor.paths import runtime_dir, session_roots, sessions_dir
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make another user's files")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+# -- the runtime dir ------------------------------------------------------------------
+
+
+def test_a_missing_runtime_dir_is_made_0700(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = tmp_path / "share" / "jupyter" / "runtime"
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(base))
+    old = os.umask(0o022)
+    try:
+        assert runtime_dir() == str(base / "kernel-doctor")
+    finally:
+        os.umask(old)
+    assert mode(base) == 0o700  # the server's token files live here
+    assert mode(base / "kernel-doctor") == 0o700
+    assert mode(Path(sessions_dir())) == 0o700
+
+
+def test_an_own_runtime_dir_left_0755_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = tmp_path / "runtime"
+    base.mkdir(mode=0o755)
+    base.chmod(0o755)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(base))
+    runtime_dir()
+    assert mode(base) == 0o700
+
+
+@as_root
+def test_a_shared_sticky_runtime_dir_gets_a_folder_per_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    squat = shared / "kernel-doctor"
+    squat.mkdir(mode=0o777)
+    os.chown(squat, NOBODY, NOBODY)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(shared))
+    assert runtime_dir() == str(shared / f"kernel-doctor-{os.geteuid()}")
+    assert mode(shared / f"kernel-doctor-{os.geteuid()}") == 0o700
+
+
+@as_root
+def test_a_squatted_folder_of_ours_is_refused_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    squat = shared / f"kernel-doctor-{os.geteuid()}"
+    squat.mkdir(mode=0o700)
+    os.chown(squat, NOBODY, NOBODY)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(shared))
+    with pytest.raises(UntrustedFile) as refused:
+        runtime_dir()
+    assert (
+        str(refused.value)
+        == f"[Errno {errno.EPERM}] owned by uid {NOBODY}, not by this user: '{squat}'"
+    )
+
+
+@as_root
+def test_a_shared_runtime_dir_without_the_sticky_bit_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Group members could rename our folder there and put theirs in its place.
+    shared = tmp_path / "group"
+    shared.mkdir()
+    shared.chmod(0o2775)
+    os.chown(shared, NOBODY, NOBODY)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(shared))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    assert runtime_dir() == str(tmp_path / f"kernel-doctor-{os.geteuid()}")
+    assert os.listdir(shared) == []
+    assert session_roots() == [str(tmp_path / f"kernel-doctor-{os.geteuid()}" / "sessions")]
+
+
+# -- opening files --------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)  # a blocking open would hang here
+def test_a_fifo_where_a_file_belongs_is_refused_at_once(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "meta.json")
+    t0 = time.monotonic()
+    assert read_private(str(tmp_path / "meta.json")) is None
+    assert read_meta(str(tmp_path)) is None
+    with pytest.raises(UntrustedFile, match="not a regular file"):
+        os.close(open_private(str(tmp_path / "meta.json")))
+    assert time.monotonic() - t0 < 1
+
+
+def test_a_symlink_is_never_followed(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_text("secret")
+    (tmp_path / "link").symlink_to(target)
+    assert read_private(str(tmp_path / "link")) is None
+    with pytest.raises(OSError) as refused:
+        open_private(str(tmp_path / "link"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    assert refused.value.errno == errno.ELOOP
+    write_atomic(str(tmp_path / "link"), b"new")  # replaces the link itself
+    assert target.read_text() == "secret"
+    assert not (tmp_path / "link").is_symlink()
+    assert (tmp_path / "link").read_bytes() == b"new" and mode(tmp_path / "link") == 0o600
+
+
+@as_root
+def test_another_users_file_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "meta.json"
+    write_meta(str(tmp_path), Meta(1, 2, 3, 4.0, session_name="planted"))
+    assert read_meta(str(tmp_path)) is not None
+    os.chown(path, NOBODY, NOBODY)
+    assert read_meta(str(tmp_path)) is None
+    with pytest.raises(UntrustedFile, match=f"owned by uid {NOBODY}"):
+        open_private(str(path))
+
+
+def test_control_must_be_a_fifo(tmp_path: Path) -> None:
+    (tmp_path / "control").write_text("")
+    with pytest.raises(UntrustedFile, match="not a FIFO"):
+        open_fifo(str(tmp_path / "control"), os.O_WRONLY)
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "linked").symlink_to(tmp_path / "pipe")
+    with pytest.raises(OSError) as refused:
+        open_fifo(str(tmp_path / "linked"), os.O_RDWR)
+    assert refused.value.errno == errno.ELOOP
+
+
+def test_private_folders(tmp_path: Path) -> None:
+    made = Path(private_dir(str(tmp_path / "a")))
+    assert mode(made) == 0o700
+    made.chmod(0o755)  # one of ours, opened by an older version: closed again
+    assert mode(Path(private_dir(str(made)))) == 0o700
+    (tmp_path / "link").symlink_to(made)
+    with pytest.raises(UntrustedFile, match="not a folder"):
+        check_private_dir(str(tmp_path / "link"))
+
+
+def test_printable_escapes_terminal_sequences() -> None:
+    assert printable("\x1b[31mEVIL\x1b[0m.ipynb") == "\\x1b[31mEVIL\\x1b[0m.ipynb"
+    assert printable("a\nb\tc") == "a\\nb\\tc"
+    assert printable("a\nb\tc", newlines=True) == "a\nb\tc"
+    assert printable("données ✓") == "données ✓"
