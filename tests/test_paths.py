@@ -52,14 +52,15 @@ def test_a_missing_runtime_dir_is_made_0700(
     assert mode(Path(sessions_dir())) == 0o700
 
 
-def test_an_own_runtime_dir_left_0755_is_closed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("left", [0o755, 0o775, 0o2775])  # 0775: kernel-doctor 0.1, umask 002
+def test_an_own_runtime_dir_left_open_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: int
 ) -> None:
     base = tmp_path / "runtime"
-    base.mkdir(mode=0o755)
-    base.chmod(0o755)
+    base.mkdir()
+    base.chmod(left)
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(base))
-    runtime_dir()
+    assert runtime_dir() == str(base / "kernel-doctor")  # the user's own: reports stay
     assert mode(base) == 0o700
 
 
@@ -70,6 +71,7 @@ def test_a_shared_sticky_runtime_dir_gets_a_folder_per_user(
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
+    os.chown(shared, NOBODY, NOBODY)  # like /tmp: someone else's, open to all
     squat = shared / "kernel-doctor"
     squat.mkdir(mode=0o777)
     os.chown(squat, NOBODY, NOBODY)
@@ -85,6 +87,7 @@ def test_a_squatted_folder_of_ours_is_refused_with_the_reason(
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
+    os.chown(shared, NOBODY, NOBODY)  # like /tmp: someone else's, open to all
     squat = shared / f"kernel-doctor-{os.geteuid()}"
     squat.mkdir(mode=0o700)
     os.chown(squat, NOBODY, NOBODY)
@@ -181,3 +184,32 @@ def test_printable_escapes_terminal_sequences() -> None:
     assert printable("a\nb\tc") == "a\\nb\\tc"
     assert printable("a\nb\tc", newlines=True) == "a\nb\tc"
     assert printable("données ✓") == "données ✓"
+
+
+def test_a_look_nested_without_end_is_not_read(tmp_path: Path) -> None:
+    from kernel_doctor.agent.protocol import read_look
+
+    look = '{"nonce": "x", "busy": true}'
+    for _ in range(5000):
+        look = '{"busy": true, "ignored_interrupt": ' + look + "}"
+    (tmp_path / "interrupt.json").write_text(look)
+    assert read_look(str(tmp_path / "interrupt.json")) is None
+    (tmp_path / "ok.json").write_text('{"nonce": "x", "busy": true, "os_threads": []}')
+    assert read_look(str(tmp_path / "ok.json")) == {"nonce": "x", "busy": True, "os_threads": []}
+    (tmp_path / "bad.json").write_text('{"nonce": "x", "os_threads": [{"tid": "1"}]}')
+    assert read_look(str(tmp_path / "bad.json")) is None
+
+
+def test_leftovers_of_killed_runs_are_removed(tmp_path: Path) -> None:
+    from kernel_doctor.supervisor.recovery import recover_stale_sessions
+
+    root = Path(private_dir(str(tmp_path / "sessions")))
+    now = int(time.time() * 1000)
+    gone = Path(private_dir(str(root / f"run-{2**22 + 7}-{now}")))  # no such pid
+    (gone / "cells.jsonl").write_text('{"event": "start", "source": "secret"}\n')
+    mine = Path(private_dir(str(root / f"papermill-{os.getpid()}-{now}")))  # still running
+    later = Path(private_dir(str(root / f"run-{os.getpid()}-{now - 10**9}")))  # pid reused
+    own = Path(private_dir(str(root / "1-2")))
+    recover_stale_sessions(str(root), str(own))
+    assert not gone.exists() and not later.exists()
+    assert mine.exists() and own.exists()

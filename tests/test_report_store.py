@@ -97,6 +97,21 @@ def cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
             "id: expected the file's name without .json",
         ),
         (b'{"outcome": "kernel_', "not valid JSON (JSONDecodeError)"),
+        # Numbers no formatter survives (json reads them all): invalid, not a crash.
+        (
+            b'{"outcome": "kernel_died", "id": "' + BAD.encode() + b'", "line": NaN}',
+            "not valid JSON (ValueError)",
+        ),
+        (
+            b'{"outcome": "kernel_died", "id": "' + BAD.encode() + b'", "kernel": '
+            b'{"ended": 1e999}}',
+            "kernel.ended: expected a number or null, found a number",
+        ),
+        (
+            b'{"outcome": "kernel_died", "id": "' + BAD.encode() + b'", "memory": '
+            b'{"peak_bytes": 1' + b"0" * 400 + b"}}",
+            "memory.peak_bytes: expected an integer or null, found a number",
+        ),
     ],
 )
 def test_reports_skips_a_bad_report_with_one_warning(
@@ -288,6 +303,20 @@ def test_a_regular_file_is_replaced_and_keeps_its_mode(tmp_path: Path) -> None:
     assert target.read_bytes() == DATA
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert target.stat().st_ino != before  # a new file renamed over it: never half-written
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make another user's file")
+def test_another_users_file_lends_neither_owner_nor_mode(tmp_path: Path) -> None:
+    # As root writing into a shared folder: a file another user put (or swapped) there
+    # is replaced by one of ours, 0600, never given its owner or its mode.
+    target = tmp_path / "report.json"
+    target.write_text("planted")
+    target.chmod(0o666)
+    os.chown(target, 65534, 65534)
+    write_json(str(target), DOC)
+    info = target.stat()
+    assert target.read_bytes() == DATA
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (os.geteuid(), 0o600)
 
 
 @pytest.mark.parametrize("exists", [True, False])

@@ -16,7 +16,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from ._errors import ExitCode
+from ._errors import CommandError, ExitCode
 from .agent.protocol import read_cells, read_meta, read_samples, read_state
 from .diagnosis.stacks import user_frames
 from .evidence import Frame
@@ -48,7 +48,15 @@ def run_notebook(nb: Any, *, cgroup: LimitedCgroup | None, **kwargs: Any) -> Bat
     from .paths import new_session_dir
 
     # In the user's private runtime dir, never in a shared temp dir (see paths).
-    session_dir = new_session_dir("run")
+    try:
+        session_dir = new_session_dir("run")
+    except OSError as exc:
+        if cgroup is not None:
+            cgroup.remove()
+        raise CommandError(
+            f"cannot make a private folder for the run's evidence ({exc.strerror or exc}: "
+            f"{exc.filename}); point JUPYTER_RUNTIME_DIR at a folder of your own"
+        ) from exc
     try:
         return _execute(nb, session_dir=session_dir, cgroup=cgroup, **kwargs)
     finally:

@@ -10,6 +10,7 @@ whatever the engine does: ``kernel-doctor run`` has exit codes of its own).
 from __future__ import annotations
 
 import shutil
+import sys
 from typing import Any
 
 from nbclient.exceptions import DeadKernelError
@@ -24,7 +25,14 @@ class KernelDoctorEngine(NBClientEngine):  # type: ignore[misc]
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
         from .paths import new_session_dir
 
-        session_dir = new_session_dir("papermill")
+        try:
+            session_dir = new_session_dir("papermill")
+        except OSError as exc:  # fail open: the notebook runs, unsupervised
+            sys.stderr.write(
+                f"kernel-doctor: cannot make a private folder for evidence ({exc}); "
+                "running the notebook unsupervised\n"
+            )
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
         km = SupervisedKernelManager(
             kernel_name=kernel_name,
             supervisor_options={"session": session_dir, "quiet": "1"},

@@ -50,20 +50,23 @@ def runtime_dir(create: bool = True) -> str:
             pass
     try:
         info = os.lstat(base)
-    except FileNotFoundError:
+    except OSError:  # missing or unreachable: making our folder there says why
         return os.path.join(base, "kernel-doctor")
-    shared = info.st_uid != os.geteuid() or bool(info.st_mode & 0o022)
-    if stat.S_ISDIR(info.st_mode) and shared:
-        if info.st_mode & stat.S_ISVTX:  # like /tmp: nobody can rename what is ours
-            path = os.path.join(base, f"kernel-doctor-{os.geteuid()}")
-        else:
-            # Others could rename our folder and put theirs in its place after we
-            # checked it: keep to the private folder in the temp dir (sticky) instead.
-            path = _temp_dir()
+    shared_sticky = info.st_mode & stat.S_ISVTX and info.st_mode & 0o022
+    if stat.S_ISDIR(info.st_mode) and shared_sticky:
+        # A shared runtime dir like /tmp (whoever owns it): nobody can rename what is
+        # ours in it, so a folder named after this user is safe once checked.
+        path = os.path.join(base, f"kernel-doctor-{os.geteuid()}")
+    elif stat.S_ISDIR(info.st_mode) and info.st_uid != os.geteuid():
+        # Someone else's folder without the sticky bit: they (or their group) could
+        # rename our folder and put theirs in its place after we checked it. Keep to
+        # the private folder in the temp dir instead.
+        path = _temp_dir()
     else:
         # The user's own runtime dir (or not a folder at all, which fails below with
-        # the error that says so). kernel-doctor 0.1 made it 0755, exposing the
-        # server's token files: make it 0700 again, as jupyter_core would have.
+        # the error that says so). kernel-doctor 0.1 made it 0755 (0775 under a umask
+        # of 002), exposing the server's token files: make it 0700 again, as
+        # jupyter_core would have.
         if create and stat.S_ISDIR(info.st_mode) and info.st_mode & 0o077:
             os.chmod(base, 0o700)
         path = os.path.join(base, "kernel-doctor")
@@ -100,9 +103,13 @@ def fallback_sessions_dir() -> str:
 
 def new_session_dir(kind: str = "") -> str:
     """A new private session folder for a caller's own run (``kernel-doctor run``,
-    the papermill engine): named ``<kind>-<pid>-<ms>``, made 0700."""
+    the papermill engine): named ``<kind>-<pid>-<ms>``, made 0700. Where the runtime
+    dir cannot be used, in the temp-dir fallback; ``OSError`` if neither can."""
     name = f"{kind}-{os.getpid()}-{int(time.time() * 1000)}"
-    return private_dir(os.path.join(sessions_dir(), name))
+    try:
+        return private_dir(os.path.join(sessions_dir(), name))
+    except OSError:
+        return private_dir(os.path.join(fallback_sessions_dir(), name))
 
 
 def session_roots() -> list[str]:

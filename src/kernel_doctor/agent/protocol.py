@@ -184,6 +184,8 @@ class StateFile:
         finally:
             os.close(fd)
         self._seq = 0
+        self._read_data = b""  # the record read last, and what it said
+        self._read: State | None = None
 
     def write_bytes(self, data: bytes) -> None:
         """Write an encoded JSON object."""
@@ -201,7 +203,9 @@ class StateFile:
                 return None
             data = self._map[_HEADER.size : _HEADER.size + length]
             if seq % 2 == 0 and _HEADER.unpack_from(self._map, 0)[1] == seq:
-                return State.from_json(_load(data))
+                if data != self._read_data:  # most samples find it unchanged
+                    self._read_data, self._read = data, State.from_json(_load(data))
+                return self._read
         return None
 
     def close(self) -> None:
@@ -295,7 +299,10 @@ def write_look(path: str, look: Look) -> None:
 
 def read_look(path: str) -> Look | None:
     record = _load(read_private(path))
-    if record is None or not valid(record, LOOK_SCHEMA):
+    try:
+        if record is None or not valid(record, LOOK_SCHEMA):
+            return None
+    except RecursionError:  # nested without end: not one of ours
         return None
     look: Look = record  # type: ignore[assignment]  # checked against the schema
     return look

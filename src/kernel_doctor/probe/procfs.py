@@ -58,6 +58,19 @@ def start_time(pid: int, proc: str = "/proc") -> int | None:
     return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
 
 
+def started_at(pid: int, proc: str = "/proc") -> float | None:
+    """When ``pid`` started, in epoch seconds (to a clock tick)."""
+    ticks = start_time(pid, proc)
+    boot = next(
+        (line.split()[1] for line in (read_text(f"{proc}/stat") or "").splitlines()
+         if line.startswith("btime ")),
+        None,
+    )  # fmt: skip
+    if ticks is None or boot is None or not boot.isdigit():
+        return None
+    return int(boot) + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def parent_of(pid: int, proc: str = "/proc") -> int | None:
     fields = _stat_fields(pid, proc)
     return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None

@@ -7,6 +7,7 @@ found, never the value (it may be long, or hostile to a terminal).
 
 from __future__ import annotations
 
+import math
 from typing import TypeAlias, TypeGuard, cast
 
 # What json.loads returns: the values kept as they are (a hang's threads, extra keys).
@@ -41,12 +42,20 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
+# JSON numbers a report can hold: byte counts, pids and times fit in 64 bits. A larger
+# integer (json reads 400 digits as well as 4), inf or NaN would crash whatever formats
+# it (sizes, dates, the server's JSON), so it makes the report invalid instead.
+_LIMIT = 2**63
+
+
 def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and -_LIMIT < value < _LIMIT
 
 
 def _is_number(value: object) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return _is_int(value) if isinstance(value, int) else math.isfinite(value)
 
 
 class Fields:

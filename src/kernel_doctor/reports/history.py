@@ -50,13 +50,17 @@ def read_document(path: str) -> tuple[Report, dict[str, JSON]]:
             "cannot be read: it is gone, larger than 16 MiB, or not this user's own regular file",
         )
     try:
-        document = json.loads(data)
+        document = json.loads(data, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise BadReport("", f"not valid JSON ({type(exc).__name__})") from None
     report = Report.from_json(document)
     if report.id != report_id(path):
         raise BadReport("id", "expected the file's name without .json")
     return report, document
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def read_report(path: str) -> Report:

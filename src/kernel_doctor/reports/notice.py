@@ -110,11 +110,11 @@ def notice_text(report: Report) -> str:
 
 def leave_notice(session_dir: str, meta: Meta | None) -> bool:
     """Find the previous death of this notebook and leave its notice for the agent."""
-    report = find_previous(meta)
-    if report is None:
-        return False
     try:
+        report = find_previous(meta)
+        if report is None:
+            return False
         write_notice(session_dir, notice_text(report))
-    except OSError:
-        return False
+    except Exception:
+        return False  # a kernel's start is worth more than a notice
     return True

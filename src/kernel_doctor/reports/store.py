@@ -62,8 +62,8 @@ def write_json(path: str, document: Report | Mapping[str, Any]) -> None:
     - A symlink is followed: its target is written (``os.path.realpath``), as any
       program writing to a path would.
     - A regular file, or nothing, is replaced at once: a temp file next to the target,
-      renamed over it. An existing file keeps its permission bits (and, where this
-      user may, its owner); a new one is made 0600, as stored reports are.
+      renamed over it. An existing file of this user's keeps its permission bits; a
+      new one (or another user's, replaced) is made 0600, as stored reports are.
     - Anything else there (a terminal, a FIFO another program reads, ``/dev/full``)
       is written into, never replaced: opened for writing without O_CREAT or O_TRUNC.
 
@@ -79,19 +79,25 @@ def write_json(path: str, document: Report | Mapping[str, Any]) -> None:
         except OSError as exc:
             raise ReportNotWritten(path, exc.strerror or str(exc)) from None
         return
+    # Resolved once: what is looked at below is what is written (a path that another
+    # user can swap between a file and a symlink must not make us check one file and
+    # replace, or take the mode of, another).
+    target = os.path.realpath(path)
     try:
-        info: os.stat_result | None = os.stat(path)  # follows symlinks, /proc's too
+        info: os.stat_result | None = os.lstat(target)
     except FileNotFoundError:
-        info = None  # nothing there, or a symlink to nothing yet: made below
+        info = None  # nothing there (yet): made below
     except OSError as exc:
         raise ReportNotWritten(path, exc.strerror or str(exc)) from None
     if info is not None and stat.S_ISDIR(info.st_mode):
         raise ReportNotWritten(path, "it is a directory")
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        raise ReportNotWritten(path, "it changed while being written; try again")
     try:
         if info is not None and not stat.S_ISREG(info.st_mode):
-            _write_into(path, data)
+            _write_into(target, data, info)
         else:
-            _replace(os.path.realpath(path), data, info)
+            _replace(target, data, info)
     except OSError as exc:
         why = exc.strerror or str(exc)
         if exc.errno == errno.ENXIO and info is not None and stat.S_ISFIFO(info.st_mode):
@@ -120,13 +126,16 @@ def _open_descriptor(path: str) -> int | None:
     return None  # another process's: an ordinary path
 
 
-def _write_into(path: str, data: bytes) -> None:
-    """Write ``data`` into the device or FIFO at ``path``. Opened O_NONBLOCK so a FIFO
-    with no reader fails at once (ENXIO) instead of hanging the run; blocking again
-    once open, so a slow reader is waited for rather than cut short."""
-    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+def _write_into(path: str, data: bytes, seen: os.stat_result) -> None:
+    """Write ``data`` into the device or FIFO at ``path`` (which was ``seen``). Opened
+    O_NONBLOCK so a FIFO with no reader fails at once (ENXIO) instead of hanging the
+    run; blocking again once open, so a slow reader is waited for, not cut short."""
+    flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags)
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by a file since the first look
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino, now.st_rdev) != (seen.st_dev, seen.st_ino, seen.st_rdev):
+            # Not what was looked at: swapped since (a device another user pointed at).
             raise OSError(errno.EAGAIN, "it changed while being written; try again")
         os.set_blocking(fd, True)
         _write_all(fd, data)
@@ -150,11 +159,11 @@ def _replace(target: str, data: bytes, old: os.stat_result | None) -> None:
         raise FileExistsError(errno.EEXIST, "no free temporary name next to it", target)
     try:
         try:
-            if old is not None:
+            if old is not None and old.st_uid == os.geteuid():
+                # The user's own file keeps its permissions. Another user's gets ours
+                # (0600): its owner and mode are never copied, so a file swapped in
+                # by someone else cannot lend them to whatever is written.
                 os.fchmod(fd, stat.S_IMODE(old.st_mode) & 0o777)
-                if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
-                    with contextlib.suppress(OSError):  # root only, or a group of ours
-                        os.fchown(fd, old.st_uid, old.st_gid)
             _write_all(fd, data)
             os.fsync(fd)
         finally:

@@ -184,7 +184,9 @@ class Inspector:
             reply["ignored_for"] = look.extra["ignored_for"]
         try:
             if look.nonce == "interrupt":
-                self.ignored = reply
+                # Kept without the earlier one it carries: looks never nest deeper.
+                self.ignored = reply.copy()
+                self.ignored.pop("ignored_interrupt", None)
                 write_look(os.path.join(self.session_dir, INTERRUPT), reply)
                 _log_ignored(reply)
                 return

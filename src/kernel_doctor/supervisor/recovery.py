@@ -13,10 +13,13 @@ import shutil
 
 from ..agent.private import is_private_dir
 from ..agent.protocol import read_meta, read_samples
-from ..probe.procfs import is_supervisor
+from ..probe.procfs import is_supervisor, owned_by_me, started_at
 
-# Only folders named like our sessions ("<supervisor pid>-<start ms>") are touched.
+# Only folders named like our sessions ("<supervisor pid>-<start ms>") are touched,
+# and those of `kernel-doctor run` and the papermill engine ("run-<pid>-<start ms>"),
+# which are removed once the process that made them is gone: it reported already.
 SESSION_NAME = re.compile(r"^\d+-\d+$")
+RUN_SESSION = re.compile(r"^(?:run|papermill)-(\d+)-(\d+)$")
 
 
 def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
@@ -29,7 +32,14 @@ def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
     host = os.uname().nodename
     for name in names:
         directory = os.path.join(sessions_root, name)
-        if directory == own or not SESSION_NAME.match(name) or not is_private_dir(directory):
+        if directory == own or not is_private_dir(directory):
+            continue
+        run = RUN_SESSION.match(name)
+        if run is not None:
+            if not _running(int(run.group(1)), int(run.group(2)) / 1000):
+                shutil.rmtree(directory, ignore_errors=True)  # left by a killed run
+            continue
+        if not SESSION_NAME.match(name):
             continue
         meta = read_meta(directory)
         if meta is None:
@@ -46,6 +56,15 @@ def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
             reports.append(path)
         shutil.rmtree(directory, ignore_errors=True)
     return reports
+
+
+def _running(pid: int, made: float) -> bool:
+    """The process that made a run's folder at ``made`` still runs (not a later one
+    with its pid: that started after the folder was made)."""
+    if not owned_by_me(pid):
+        return False
+    started = started_at(pid)
+    return started is None or started <= made + 1.0
 
 
 def _report(directory: str) -> str | None:
