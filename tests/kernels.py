@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,3 +349,52 @@ def count_sigints(kernel: Kernel, how: str) -> int:
     iopub_until(kc, msg_id, is_idle)
     assert reply["status"] == "ok", reply
     return int(expression(reply, "hits"))
+
+
+@contextlib.contextmanager
+def kernel_in_cgroup(
+    kernels_dir: Path, limit: int, preexec_fn: Any = None
+) -> Iterator[BlockingKernelClient]:
+    """A supervised ipykernel in a memory cgroup of its own (``limit`` bytes), started
+    through a KernelManager from a kernelspec written under ``kernels_dir``; skips
+    where no cgroup can be made. The kernel, its processes and the cgroup are gone
+    afterwards, whatever happened."""
+    import pytest
+
+    from conftest import remove_cgroup_tree
+    from kernel_doctor._errors import CgroupUnavailable
+    from kernel_doctor.probe.create import make_limited_cgroup
+
+    try:
+        cgroup = make_limited_cgroup(limit)
+    except CgroupUnavailable as exc:
+        pytest.skip(f"no memory cgroup: {exc}")
+    if cgroup.path is None:
+        pytest.skip("memory cgroups only through systemd-run here; --cgroup needs a directory")
+    spec = kernels_dir / "kd-limited"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "kernel_doctor.supervise", "--cgroup", cgroup.path, "--"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv + KERNEL_ARGV, "display_name": "kd", "language": "python"})
+    )
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+    km = KernelManager(kernel_name="kd-limited", kernel_spec_manager=ksm)
+    seen: list[psutil.Process] = []
+    try:
+        km.start_kernel(**({"preexec_fn": preexec_fn} if preexec_fn else {}))
+        launched = psutil.Process(km.provisioner.process.pid)  # type: ignore[union-attr]
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        seen.extend([launched, *launched.children(recursive=True)])
+        try:
+            yield kc
+        finally:
+            kc.stop_channels()
+    finally:
+        with contextlib.suppress(Exception):
+            km.shutdown_kernel(now=True)
+        for proc in alive(seen):  # only what this helper started
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        remove_cgroup_tree(cgroup.path)

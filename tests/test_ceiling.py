@@ -7,8 +7,6 @@ by hand; both together in a real supervised kernel in a 300 MB memory cgroup."""
 from __future__ import annotations
 
 import ast
-import contextlib
-import json
 import resource
 import subprocess
 import sys
@@ -16,17 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
 
-from conftest import remove_cgroup_tree
-from kernel_doctor._errors import CgroupUnavailable
-from kernel_doctor.probe.create import make_limited_cgroup
 from kernel_doctor.supervisor.ceiling import Ceiling
-from kernels import KERNEL_ARGV, STARTUP_TIMEOUT, alive, execute, expression
+from kernels import execute, expression, kernel_in_cgroup
 
 MiB = 1024**2
 GiB = 1024**3
@@ -224,39 +216,8 @@ def kernel(
 ) -> Iterator[BlockingKernelClient]:
     """One supervised ipykernel for this module's tests, started with ORIGINAL in its
     own 300 MB cgroup, where the guard and its ceiling are on."""
-    try:
-        cgroup = make_limited_cgroup(300 * MiB)
-    except CgroupUnavailable as exc:
-        pytest.skip(f"no memory cgroup: {exc}")
-    if cgroup.path is None:
-        pytest.skip("memory cgroups only through systemd-run here; --cgroup needs a directory")
-    spec = tmp_path_factory.mktemp("kernels") / "kd-ceiling"
-    spec.mkdir()
-    argv = [sys.executable, "-m", "kernel_doctor.supervise", "--cgroup", cgroup.path, "--"]
-    (spec / "kernel.json").write_text(
-        json.dumps({"argv": argv + KERNEL_ARGV, "display_name": "kd", "language": "python"})
-    )
-    ksm = KernelSpecManager(kernel_dirs=[str(spec.parent)])
-    km = KernelManager(kernel_name="kd-ceiling", kernel_spec_manager=ksm)
-    seen: list[psutil.Process] = []
-    try:
-        km.start_kernel(preexec_fn=set_original)
-        launched = psutil.Process(km.provisioner.process.pid)  # type: ignore[union-attr]
-        kc = km.client()
-        kc.start_channels()
-        kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
-        seen.extend([launched, *launched.children(recursive=True)])
-        try:
-            yield kc
-        finally:
-            kc.stop_channels()
-    finally:
-        with contextlib.suppress(Exception):
-            km.shutdown_kernel(now=True)
-        for proc in alive(seen):  # only what this module started
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        remove_cgroup_tree(cgroup.path)
+    with kernel_in_cgroup(tmp_path_factory.mktemp("kernels"), 300 * MiB, set_original) as kc:
+        yield kc
 
 
 def run_cell(kc: BlockingKernelClient, code: str) -> Any:

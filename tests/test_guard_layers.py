@@ -5,22 +5,13 @@ cells, and a cell running in an ipykernel 7 subshell thread."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
 
-from conftest import remove_cgroup_tree
-from kernel_doctor._errors import CgroupUnavailable
-from kernel_doctor.probe.create import make_limited_cgroup
-from kernels import KERNEL_ARGV, STARTUP_TIMEOUT, alive, execute, iopub_until, is_idle, shell_reply
+from kernels import execute, iopub_until, is_idle, kernel_in_cgroup, shell_reply
 from test_guard import FILL_TO, run, text_of
 
 MiB = 1024**2
@@ -136,39 +127,8 @@ def test_growth_across_several_cells(notebook: Any, tmp_path: Path, cgroup_paren
 @pytest.fixture
 def supervised_in_cgroup(tmp_path: Path, cgroup_parent: str) -> Iterator[Any]:
     """A supervised ipykernel in its own 300 MB cgroup, through a KernelManager."""
-    try:
-        cgroup = make_limited_cgroup(300 * MiB)
-    except CgroupUnavailable as exc:
-        pytest.skip(f"no memory cgroup: {exc}")
-    if cgroup.path is None:
-        pytest.skip("memory cgroups only through systemd-run here; --cgroup needs a directory")
-    spec = tmp_path / "kernels" / "kd-limited"
-    spec.mkdir(parents=True)
-    argv = [sys.executable, "-m", "kernel_doctor.supervise", "--cgroup", cgroup.path, "--"]
-    (spec / "kernel.json").write_text(
-        json.dumps({"argv": argv + KERNEL_ARGV, "display_name": "kd", "language": "python"})
-    )
-    ksm = KernelSpecManager(kernel_dirs=[str(spec.parent)])
-    km = KernelManager(kernel_name="kd-limited", kernel_spec_manager=ksm)
-    seen: list[psutil.Process] = []
-    try:
-        km.start_kernel()
-        launched = psutil.Process(km.provisioner.process.pid)  # type: ignore[union-attr]
-        kc = km.client()
-        kc.start_channels()
-        kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
-        seen.extend([launched, *launched.children(recursive=True)])
-        try:
-            yield kc
-        finally:
-            kc.stop_channels()
-    finally:
-        with contextlib.suppress(Exception):
-            km.shutdown_kernel(now=True)
-        for proc in alive(seen):  # only what this test started
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        remove_cgroup_tree(cgroup.path)
+    with kernel_in_cgroup(tmp_path / "kernels", 300 * MiB) as kc:
+        yield kc
 
 
 def test_a_subshell_cell_is_stopped_in_its_own_thread(supervised_in_cgroup: Any) -> None:
