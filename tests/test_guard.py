@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import pytest
 
 from conftest import run_cli
 
@@ -187,3 +188,31 @@ def test_doctor_answers_quickly_with_a_crowded_namespace(
     code, report, nb = run(notebook(cells), tmp_path)
     assert code == 0, report["summary"]
     assert text_of(nb.cells[-1]).startswith("True "), text_of(nb.cells[-1])
+
+
+RSS = "int(open('/proc/self/statm').read().split()[1]) * 4096"
+
+
+# Built in a function's frame, which the traceback keeps: big blocks (mmapped by
+# malloc) and small ones (malloc's heap, which keeps what is freed unless trimmed).
+BUILD = {
+    "blocks": "parts = []\n    for i in range(100):\n        parts.append(bytearray(10 * 2**20))",
+    "strings": "parts = {}\n    for i in range(10**8):\n        parts[i] = 'x' * 600 + str(i)",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BUILD))
+def test_memory_a_stopped_cell_held_is_given_back(
+    notebook: Any, tmp_path: Path, cgroup_parent: str, kind: str
+) -> None:
+    # What the stopped cell built in its own frames (a function's locals, the value
+    # stack) is freed once the trip is shown, though the traceback (sys.last_value,
+    # %tb) keeps the frames themselves: the kernel is where it was before the cell.
+    grow = f"def build():\n    {BUILD[kind]}\n    return parts\nkept = build()\n"
+    before = f"before = {RSS}"
+    after = f"import gc; gc.collect(); print(({RSS} - before) // 2**20)"
+    path = notebook(["keep = 'earlier'", before, grow, after])
+    code, report, nb = run(path, tmp_path, "--allow-errors")
+    assert code == 1
+    assert_stopped(report, 2, 6)
+    assert int(text_of(nb.cells[3])) < 20, "MiB still held after the trip"

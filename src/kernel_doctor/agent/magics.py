@@ -19,6 +19,7 @@ from typing import Any
 from .guard import format_bytes
 from .private import read_private
 from .protocol import ENV_REPORTS, CellRecord, Sample, read_meta, read_samples
+from .settings import guard_setting
 
 USAGE = "usage: %doctor [memory | guard [85%|2G|off|on] | deaths | show [ID]]"
 
@@ -215,12 +216,10 @@ def guard(words: list[str]) -> None:
         print("kernel-doctor's agent is not running in this kernel.")
         return
     if words:
-        setting = words[0].lower()
-        if setting == "on":
-            setting = "90%"
-        valid = setting == "off" or setting.endswith("%") or setting[:1].isdigit()
-        if not valid:
-            print(USAGE)
+        try:
+            setting = guard_setting(" ".join(words))  # the reader `run --guard` uses
+        except ValueError as exc:
+            print(f"%doctor guard: {exc}")
             return
         agent.set_guard(setting)
     meta = read_meta(agent.session_dir)

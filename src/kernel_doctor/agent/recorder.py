@@ -11,7 +11,8 @@ import sys
 import tempfile
 import threading
 import time
-from types import CodeType, FrameType
+import traceback
+from types import CodeType, FrameType, TracebackType
 from typing import IO, Any
 
 from .errors import describe_error
@@ -243,6 +244,12 @@ class Agent:
             described = describe_error(error, filename)
             if "guard" not in described:
                 self._allocation_refused(error, described)
+            if "guard" in described:
+                # The guard stopped the cell to keep memory: what the cell built in its
+                # frames (a function's locals, half-built values) goes now, not when
+                # another error replaces sys.last_value. The traceback itself stays.
+                free_frames(error.__traceback__)
+                give_back_memory()
         data = CellRecord("end", now, cell["seq"], file=filename or None, error=described).to_line()
         with self._lock:
             if error is None:
@@ -424,3 +431,27 @@ def _timed_line(frame: FrameType) -> int | None:
             return current.f_lineno + 1
         current = current.f_back
     return None
+
+
+def free_frames(tb: TracebackType | None) -> None:
+    """Drop the locals of a traceback's frames, keeping the traceback. Before 3.13 a
+    frame keeps a dict of its locals once anything asked for ``f_locals`` (IPython's
+    traceback formatting does), and ``frame.clear()`` leaves that dict as it was:
+    reading ``f_locals`` after the clear brings it in line, and the values go."""
+    traceback.clear_frames(tb)
+    while tb is not None:
+        tb.tb_frame.f_locals  # noqa: B018  # the read is what resyncs it
+        tb = tb.tb_next
+
+
+def give_back_memory() -> None:
+    """Return the C heap's free memory to the system. glibc keeps small blocks a cell
+    freed for reuse, so without this a stopped cell's memory stays charged to the
+    kernel's cgroup: measured under 300 MiB, a dict of 600-byte strings stopped at
+    the guard left 209 MiB held after its frames were freed, 7 MiB with this."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, macOS): nothing to trim

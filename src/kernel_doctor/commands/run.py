@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from .._errors import UsageError
+from ..agent.settings import guard_setting
 from ..sizes import MIN_MEMORY_LIMIT, format_size, parse_size
 
 # The largest notebook read. Notebooks with every output embedded run to tens of MiB,
@@ -205,17 +206,10 @@ def _check_writable(flag: str, path: str) -> None:
 def _guard(text: str | None) -> str | None:
     if text is None:
         return None
-    value = text.strip()
-    if value.endswith("%"):
-        try:
-            share = float(value[:-1])
-        except ValueError:
-            share = -1.0
-        if not 0 < share <= 100:
-            raise UsageError(f"--guard {text!r}: give a percentage above 0 and up to 100%")
-        return value
-    parse_size(value)  # a size, or a one-line error naming the forms it reads
-    return value
+    try:
+        return guard_setting(text)  # the reader %doctor guard and the supervisor use
+    except ValueError as exc:
+        raise UsageError(f"--guard: {exc}") from None
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -14,12 +14,13 @@ import sys
 import time
 
 from ..agent.protocol import GuardInfo, GuardTrip, State, read_meta, write_guard_trip, write_meta
+from ..agent.settings import GUARD_DEFAULT, guard_bytes, guard_setting
 from ..probe import procfs
 from ..probe.base import MemoryLimit
 from .ceiling import Ceiling
 
 ENV_GUARD = "KERNEL_DOCTOR_GUARD"
-DEFAULT = "90%"
+DEFAULT = GUARD_DEFAULT
 # Growth within the cell that counts as the cell's doing: small cells of a kernel
 # that holds most of its limit never get near it.
 GROWTH_MIN_SHARE = 0.02
@@ -32,22 +33,15 @@ NEAR_SHARE = 0.25
 
 
 def threshold(setting: str | None, limit: int) -> tuple[int, str] | None:
-    """(bytes, as the user wrote it) from "90%", "1.5G" or "off"; None when off.
-    An unreadable setting falls back to the default: the guard must not vanish."""
-    text = (setting or DEFAULT).strip().lower()
-    if text in ("off", "0", "no", "false", "none"):
-        return None
+    """(bytes, the setting as kernel-doctor writes it) from "90%", "1.5G" or "off"
+    (``agent.settings`` reads it); None when off. An unreadable setting falls back to
+    the default, with a warning where it was given: the guard must not vanish."""
     try:
-        if text.endswith("%"):
-            share = float(text[:-1]) / 100
-            if not 0 < share <= 1:
-                raise ValueError(text)
-            return int(limit * share), text
-        from ..sizes import parse_size
-
-        return min(parse_size(text), limit), text
-    except Exception:
-        return int(limit * 0.9), DEFAULT
+        text = guard_setting(setting or DEFAULT)
+    except ValueError:
+        text = DEFAULT
+    found = guard_bytes(text, limit)
+    return None if found is None else (found, text)
 
 
 class Guard:

@@ -204,6 +204,13 @@ class Supervisor:
             from .guard import ENV_GUARD, make_guard
 
             setting = self.options.get("guard") or os.environ.get(ENV_GUARD)
+            if setting:
+                from ..agent.settings import GUARD_DEFAULT, guard_setting
+
+                try:
+                    guard_setting(setting)
+                except ValueError as exc:  # the guard stays, at its default
+                    sys.stderr.write(f"kernel-doctor: warning: {exc}; using {GUARD_DEFAULT}\n")
             guard = make_guard(setting, source.limit, self.session.directory, pid)
         from ..agent.protocol import LimitRecord, Meta
 
