@@ -816,3 +816,22 @@ def test_last_sample_reads_the_newest_complete_one(tmp_path: Path) -> None:
     with open(path, "ab") as f:
         f.write(SAMPLE.pack(4, 400, 40)[:5])  # a sample being written
     assert last_sample(str(tmp_path)) == (3.0, 300, 30)
+
+
+def test_sizing_a_variable_at_a_trip_never_copies_it() -> None:
+    # It runs when memory is nearly gone: a copy of a big container was what killed
+    # the kernel in benchmarks/guard.py (list-growth at 512 MiB, py-strings at 4 GiB).
+    import tracemalloc
+
+    from kernel_doctor.agent.guard import _size
+
+    items = list(range(10**6))
+    table = dict.fromkeys(range(10**5), "x")
+    tracemalloc.start()
+    try:
+        sizes = _size(items), _size(table)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak  # a list(items) would be 8 MB
+    assert sizes[0] > 8 * 10**6 and sizes[1] > 2 * 10**6
