@@ -679,8 +679,8 @@ def test_guard_threshold_settings() -> None:
     limit = 1000 * 1024**2
     assert threshold(None, limit) == (int(limit * 0.9), "90%")
     assert threshold("80%", limit) == (int(limit * 0.8), "80%")
-    assert threshold("500M", limit) == (500 * 1024**2, "500m")
-    assert threshold("5G", limit) == (limit, "5g")  # never above the limit itself
+    assert threshold("500m", limit) == (500 * 1024**2, "500M")  # as kernel-doctor writes it
+    assert threshold("5G", limit) == (limit, "5G")  # never above the limit itself
     assert threshold("off", limit) is None
     assert threshold("banana", limit) == (int(limit * 0.9), "90%")  # never silently off
 
