@@ -7,16 +7,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import make_notebook, run_cli
-from kernel_doctor.agent.protocol import ENV_SESSION
 from kernel_doctor.agent.settings import guard_bytes, guard_setting
 from kernel_doctor.supervisor.guard import threshold
+from test_agent import shell  # noqa: F401  # a fixture
 
 GiB = 1024**3
 BAD = ["150%", "0%", "-5%", "9zz", "abc%", "lots"]
@@ -65,21 +64,8 @@ def test_run_refuses_a_bad_guard(tmp_path: Path, capsys: Any, text: str) -> None
     assert capsys.readouterr().err.strip() == f"kernel-doctor: error: --guard: {message(text)}"
 
 
-@pytest.fixture
-def agent_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from IPython.core.interactiveshell import InteractiveShell
-
-    monkeypatch.setenv(ENV_SESSION, str(tmp_path))
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "kernel_doctor")
-    try:
-        yield ip
-    finally:
-        ip.run_line_magic("unload_ext", "kernel_doctor")
-        InteractiveShell.clear_instance()
-
-
-def test_doctor_guard_reads_as_run_does(agent_shell: Any, capsys: Any) -> None:
+@pytest.mark.usefixtures("shell")  # an IPython shell with the agent loaded
+def test_doctor_guard_reads_as_run_does(capsys: Any) -> None:
     from kernel_doctor.agent import running_agent
     from kernel_doctor.agent.magics import guard
 

@@ -26,8 +26,8 @@ import pytest
 import kernel_doctor
 from conftest import make_notebook, run_cli
 from kernel_doctor.commands.run import MAX_NOTEBOOK_SIZE
+from test_cli import check_refusal
 
-PREFIX = "kernel-doctor: error: "
 NO_KERNEL = "no-such-kernel-kd"
 MiB = 1024**2
 
@@ -42,17 +42,6 @@ def digest(path: Path) -> str | None:
         return None
 
 
-def one_line(code: int, out: str, err: str) -> str:
-    """The message of a refusal, after checking it is one: exit 2, one line."""
-    assert "Traceback" not in err, err
-    assert code == 2, err
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(PREFIX), lines[0]
-    return lines[0][len(PREFIX) :]
-
-
 def refused(capsys: Any, argv: list[str], keep: Path) -> str:
     """``main(argv)`` in this process, expected to refuse, leaving the folder of
     ``keep`` (a file of the user's: the notebook) with the same names and ``keep``
@@ -61,7 +50,7 @@ def refused(capsys: Any, argv: list[str], keep: Path) -> str:
     before, names = digest(keep), sorted(os.listdir(folder))
     capsys.readouterr()
     code, _ = run_cli(argv)
-    message = one_line(code, *capsys.readouterr())
+    message = check_refusal(code, *capsys.readouterr())
     assert digest(keep) == before
     assert sorted(os.listdir(folder)) == names
     return message
@@ -251,7 +240,7 @@ def test_existing_output_that_is_not_writable(flag: str) -> None:
         )
         if proc.returncode == 77:
             pytest.skip("uid 65534 has other access here than the test needs")
-        message = one_line(proc.returncode, proc.stdout, proc.stderr)
+        message = check_refusal(proc.returncode, proc.stdout, proc.stderr)
         assert message == f"{flag} {str(target)!r} exists and is not writable; give another file"
         assert target.read_text() == "root's file"
         assert sorted(os.listdir(folder)) == ["nb.ipynb", "out.ipynb"]

@@ -48,6 +48,7 @@ from kernels import (
     wait_ready,
     write_kernelspecs,
 )
+from test_reports import DEATH_KEYS
 
 # Each cycle takes 5-10 s on a 2-core machine (a graceful end with children waits for
 # jupyter_client's 2.5 s grace, twice); KD_SOAK_CYCLES=50 for a real soak.
@@ -57,24 +58,7 @@ SOAK_CYCLES = int(os.environ.get("KD_SOAK_CYCLES", "4"))
 CYCLE_ENDINGS = [(False, False), (True, True), (False, True), (True, False)]
 REPORT_ID = re.compile(r"^\d{8}-\d{6}-(\d+)$")
 # Every top-level field of a death report (reports/model.py, the documented contract).
-REPORT_FIELDS = {
-    "kernel_doctor",
-    "id",
-    "created",
-    "outcome",
-    "cause",
-    "summary",
-    "signal",
-    "exit_code",
-    "cell",
-    "line",
-    "stack",
-    "memory",
-    "evidence",
-    "advice",
-    "kernel",
-    "stderr_tail",
-}
+REPORT_FIELDS = set(DEATH_KEYS)
 
 
 @pytest.fixture
