@@ -38,30 +38,32 @@ import os
 import struct
 from typing import Any
 
-from .private import append_private, open_private, read_private, write_atomic
-from .records import (
+from .looks import (
     LOOK_SCHEMA,
     AgentAnswer,
+    Frame,
+    Look,
+    LookCell,
+    LookPhase,
+    OsThread,
+    PyThread,
+    valid,
+)
+from .private import append_private, open_private, read_private, write_atomic
+from .records import (
     CellError,
     CellRecord,
     Event,
-    Frame,
     GuardInfo,
     GuardStop,
     GuardTrip,
     LimitRecord,
-    Look,
-    LookCell,
-    LookPhase,
     Meta,
-    OsThread,
-    PyThread,
     Sample,
     State,
     _float,
     _int,
     _str,
-    valid,
 )
 
 # The records are part of the protocol: import them from here.
