@@ -128,7 +128,14 @@ def test_a_guard_trip_is_notified_and_the_kernel_lives(lab: Server) -> None:
             page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
             page.keyboard.press("Shift+Enter")
             toast = page.locator(".Toastify__toast").filter(has_text="memory guard stopped")
-            toast.wait_for(timeout=60_000)
+            try:
+                toast.wait_for(timeout=60_000)
+            except sync_api.TimeoutError:
+                # Say what the page showed instead (a death? another error?).
+                page.screenshot(path=str(ARTIFACTS / "5-guard-trip-timeout.png"))
+                shown = page.locator(".jp-OutputArea-output").all_inner_texts()
+                toasts = page.locator(".Toastify__toast").all_inner_texts()
+                raise AssertionError(f"no guard toast; outputs {shown}, toasts {toasts}") from None
             assert "stopped this cell (In [1], line 3)" in toast.inner_text()
             page.keyboard.press("Shift+Enter")  # the next cell: same kernel, still alive
             page.locator(".jp-OutputArea-output").filter(has_text="alive").wait_for(timeout=30_000)
