@@ -14,8 +14,6 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +21,9 @@ from typing import Any
 
 import pytest
 
-import kernel_doctor
 from conftest import make_notebook, run_cli
 from kernel_doctor.commands.run import MAX_NOTEBOOK_SIZE
-from test_cli import check_refusal
+from test_cli import check_refusal, run_unprivileged
 
 NO_KERNEL = "no-such-kernel-kd"
 MiB = 1024**2
@@ -199,22 +196,6 @@ def test_output_symlink_to_a_regular_file_passes(
 
 # Runs in a fresh process as uid/gid 65534 (root writes any file): imports first,
 # while it may still read this Python's site-packages, then drops its privileges.
-UNPRIVILEGED = """
-import json, os, sys
-import nbformat
-from kernel_doctor.commands import main, run
-import jupyter_client.kernelspec, rich.console, kernel_doctor.batch  # noqa
-nbformat.validator.get_validator(version=4, version_minor=5)
-os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
-target = sys.argv[2]
-if not os.access(target, os.F_OK) or os.access(target, os.W_OK):
-    sys.exit(77)
-sys.exit(main(json.loads(sys.argv[1])))
-"""
-
-
 @pytest.mark.parametrize("flag", ["--output", "--report-json"])
 def test_existing_output_that_is_not_writable(flag: str) -> None:
     if os.geteuid() != 0:
@@ -227,20 +208,10 @@ def test_existing_output_that_is_not_writable(flag: str) -> None:
         target = folder / "out.ipynb"
         target.write_text("root's file")
         os.chmod(target, 0o644)
-        src = str(Path(kernel_doctor.__file__).parent.parent)
         argv = ["run", str(path), flag, str(target)]
-        proc = subprocess.run(
-            [sys.executable, "-c", UNPRIVILEGED, json.dumps(argv), str(target)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": src},
-            check=False,
-        )
-        if proc.returncode == 77:
-            pytest.skip("uid 65534 has other access here than the test needs")
-        message = check_refusal(proc.returncode, proc.stdout, proc.stderr)
+        need = [(str(target), os.F_OK, True), (str(target), os.W_OK, False)]
+        proc = run_unprivileged(argv, need)  # as uid 65534, who may not write it
+        message = check_refusal(*proc)
         assert message == f"{flag} {str(target)!r} exists and is not writable; give another file"
         assert target.read_text() == "root's file"
         assert sorted(os.listdir(folder)) == ["nb.ipynb", "out.ipynb"]
