@@ -119,7 +119,7 @@ def test_a_limit_set_between_reading_and_writing_is_kept(process: int) -> None:
     # The user's, in between, with a lower hard limit: our write fails where we may
     # not raise that again (no CAP_SYS_RESOURCE), or raises it where we may; either
     # way the user's limits are what is left.
-    user = (500 * MiB, 40 * GiB)
+    user = (200 * MiB, 40 * GiB)  # below the ceiling, which is about 300 MiB
     stale(user)
     ceiling.update(100 * MiB, 100 * MiB)  # a ceiling that moved: set
     assert limits(process) == user and ceiling.bound == user
@@ -157,7 +157,7 @@ def spawned(spawn, *args):
 
 if __name__ == "__main__":
     os.environ["KERNEL_DOCTOR_DATA_LIMIT"] = str(resource.getrlimit(DATA)[0])
-    from kernel_doctor.agent import guard
+    from kernel_doctor.agent import ceiling as guard
 
     agent = types.SimpleNamespace()
     guard.keep_children_limit(agent)
@@ -174,10 +174,15 @@ if __name__ == "__main__":
         "posix_spawn": spawned(os.posix_spawn, sys.executable, python),
         "posix_spawnp": spawned(os.posix_spawnp, sys.executable, python),
     }
+    got["kernel after"] = str(resource.getrlimit(DATA))
+    import threading
+    threading.Thread(target=len, args=((),)).start()  # lifts, left for the supervisor
+    got["a thread's lift"] = str(resource.getrlimit(DATA))
     for method in ("fork", "spawn", "forkserver"):
         with multiprocessing.get_context(method).Pool(1) as pool:
             got[method] = str(pool.apply(resource.getrlimit, (DATA,)))
-    got["kernel after"] = str(resource.getrlimit(DATA))
+        supervisor_sets(DATA, (1 << 30, resource.getrlimit(DATA)[1]))  # after its threads
+    got["kernel after threads"] = str(resource.getrlimit(DATA))
     print(repr(got), flush=True)
     pid = os.fork()
     if pid == 0:
@@ -201,7 +206,9 @@ def test_every_child_of_the_kernel_gets_the_users_limit(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     first, *shell = done.stdout.splitlines()
     got = ast.literal_eval(first)
-    assert got.pop("kernel") == got.pop("kernel after") == str((GiB, ORIGINAL[1]))
+    ceiling = str((GiB, ORIGINAL[1]))
+    assert got.pop("kernel") == got.pop("kernel after") == ceiling
+    assert got.pop("kernel after threads") == ceiling
     assert got.pop("reserve") == "reserved"  # 40 GiB, which the ceiling would refuse
     assert got == dict.fromkeys(got, str(ORIGINAL)), got
     assert shell == [f"fork+execv {ORIGINAL}", f"system {ORIGINAL}"], done.stdout
@@ -290,9 +297,9 @@ result = (user, ceiling, resource.getrlimit(DATA), highest, sorted(seen), child)
 
 
 def test_a_limit_the_user_lowers_is_kept_and_passed_on(kernel: Any) -> None:
-    # A little above what the kernel has mapped, so below the ceiling (which is at
-    # least that plus its 1 GiB reserve): in force all along, and passed on.
-    soft, hard = "mapped + 512 * 1024**2", "resource.getrlimit(DATA)[1]"
+    # A little above what the kernel has mapped, so below the ceiling (that plus the
+    # 200 MiB or so the 300 MB limit leaves): in force all along, and passed on.
+    soft, hard = "mapped + 128 * 1024**2", "resource.getrlimit(DATA)[1]"
     user, ceiling, now, highest, hards, child = run_cell(
         kernel, USER_LIMIT.format(soft=soft, hard=hard)
     )

@@ -6,9 +6,9 @@ the guard signal. The handler here runs in the main thread between two bytecodes
 the cell and raises ``KernelDoctorMemoryError`` there: the cell stops, the kernel and
 its variables stay. Standard library only, like the rest of the agent.
 
-The supervisor's allocation layer (an RLIMIT_DATA ceiling, supervisor/ceiling.py) is
-the kernel's alone: ``keep_children_limit`` gives every process the kernel starts the
-user's own limit back, and notes a limit the user sets in the kernel.
+The allocation layer's refusals are recognised here (``allocation_refusal``); its
+in-kernel half, which keeps the ceiling the kernel's alone and lets threads start, is
+``agent/ceiling.py``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import time
 from types import FrameType
 from typing import Any
 
+from .ceiling import data_limit, keep_children_limit
 from .protocol import (
-    ENV_DATA_LIMIT,
     GuardStop,
     guard_signal,
     last_sample,
@@ -163,223 +163,6 @@ def message(guard: dict[str, Any], where: str, variables: list[tuple[str, int]])
     return " ".join(parts)
 
 
-def _data_limit() -> int | None:
-    try:
-        import resource
-
-        return resource.getrlimit(resource.RLIMIT_DATA)[0]
-    except (ImportError, OSError, ValueError):
-        return None
-
-
-# -- RLIMIT_DATA: the ceiling is the kernel's, never its children's ------------------
-#
-# The supervisor's ceiling (supervisor/ceiling.py) is the kernel's soft RLIMIT_DATA,
-# which a child inherits when it is cloned. Every child must start with the user's
-# limit instead: ``agent.data_limit``, the kernel's before the ceiling (the supervisor
-# passes it in KERNEL_DOCTOR_DATA_LIMIT), then whatever the user sets in the kernel
-# with ``resource.setrlimit``/``prlimit`` (wrapped below, so it is known at once).
-#
-# A fork runs Python's at-fork hooks (os.fork, multiprocessing's fork, pty.fork, and
-# subprocess with preexec_fn), and one resets the limit in the child. Exec'd children
-# mostly run none: subprocess's fork_exec (vfork since 3.10 unless preexec_fn),
-# os.posix_spawn and os.system (glibc's posix_spawn), and through them
-# multiprocessing's spawn and forkserver. How to give those the user's limit was
-# measured (2 cores, a 2 GiB ceiling, children that reserve 40 GiB MAP_NORESERVE as
-# they start; reservations that worked):
-# - the supervisor noticing new children in its process-tree walk and prlimit-ing
-#   them: polled every 2 / 20 / 1000 ms, 74 / 6 / 0 of 200 for a small C program
-#   (51 / 4 / 0 static, both cores busy); Python children, slower to start, 40 / 40 /
-#   1–2 of 40. Its real walk runs every 10th sample: 0.2–0.5 s in a cell, 10 s idle.
-# - the agent prlimit-ing the child by its pid as soon as fork_exec returns: 200 of
-#   200 idle, but 147 of 200 for the static program with both cores busy (the parent
-#   is descheduled after the vfork); and os.system gives no pid at all.
-# - the agent lifting the kernel's ceiling to the user's limit around the spawn and
-#   putting it back right after: 200 of 200 in every case, as the child is cloned
-#   with the lift. The kernel was without its ceiling for a median 55–130 µs (at most
-#   ~1 ms) per subprocess.run; a lift and its undoing cost 2.6 µs.
-# The last is what is done. While lifted, another thread's allocation is not refused
-# (the threshold layer still watches); os.system stays lifted through the command
-# until the supervisor, which leaves a value at the user's limit alone for one sample
-# only (it may be a lift), puts its ceiling back. A lock orders lifts, their undoing
-# and the user's own settings; spawns that overlap share a lift. Not covered: a C
-# library that forks and execs or calls system() itself, and a limit lowered below
-# the ceiling by other means than Python's resource module (the agent lifts to the
-# last limit it knows).
-
-
-def _set_data_limit(limits: tuple[int, int]) -> None:
-    """Set RLIMIT_DATA past the wrapper below, which takes what it sets for the user's."""
-    import resource
-
-    setrlimit = getattr(resource.setrlimit, _WRAPPED, resource.setrlimit)
-    setrlimit(resource.RLIMIT_DATA, limits)
-
-
-def _num(value: int) -> int:
-    """A limit as a number to compare (Python has RLIM_INFINITY as -1)."""
-    return 1 << 64 if value == -1 else value
-
-
-class _DataLimits:
-    """The kernel's side of the ceiling: lifted to the user's limit around spawns."""
-
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent  # agent.data_limit: the user's soft limit
-        self.pid = os.getpid()
-        self.lock = threading.RLock()  # a signal handler in the main thread may spawn
-        self.spawning = 0
-        self.lifted: tuple[int, int] | None = None  # (the ceiling, the lift) to undo
-
-    def target(self, hard: int) -> int:
-        """The user's soft limit, within the hard one."""
-        bound: int = self.agent.data_limit
-        return hard if _num(bound) > _num(hard) else bound
-
-    def lift(self) -> None:
-        import resource
-
-        with self.lock:
-            self.spawning += 1
-            try:
-                soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-                if _num(soft) > _num(self.agent.data_limit):
-                    # Raised past the limit we know, which no ceiling is: the user's
-                    # own, set by other means than the resource module.
-                    self.agent.data_limit = soft
-                    return
-                target = self.target(hard)
-                if _num(soft) < _num(target):
-                    _set_data_limit((target, hard))
-                    self.lifted = (soft, target)  # the newest ceiling, for overlaps
-            except (OSError, ValueError):
-                pass
-
-    def drop(self) -> None:
-        import resource
-
-        with self.lock:
-            self.spawning -= 1
-            if self.spawning > 0 or self.lifted is None:
-                return
-            ceiling, target = self.lifted
-            self.lifted = None
-            try:
-                soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-                if soft == target:  # not moved meanwhile (by the supervisor, the user)
-                    _set_data_limit((ceiling, hard))
-            except (OSError, ValueError):
-                pass
-
-    def user_sets(self, call: Any, args: tuple[Any, ...]) -> Any:
-        """The user's own ``resource.setrlimit``/``prlimit`` of RLIMIT_DATA: their
-        soft limit is the new bound, and a spawn under way must not undo it."""
-        import resource
-
-        with self.lock:
-            result = call(*args)
-            self.agent.data_limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
-            self.lifted = None
-        return result
-
-    def in_child(self) -> None:
-        """After a fork (the child's at-fork hook): the user's limit, not the ceiling."""
-        import resource
-
-        try:
-            soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-            target = self.target(hard)
-            if _num(soft) < _num(target):
-                _set_data_limit((target, hard))
-        except (OSError, ValueError):
-            pass
-
-
-_limits: _DataLimits | None = None  # this kernel's, once installed
-# What starts a process without Python's at-fork hooks, and what sets a limit.
-_SPAWNERS = (
-    ("_posixsubprocess", "fork_exec"),  # multiprocessing's spawn and forkserver
-    ("subprocess", "_fork_exec"),  # subprocess's own name for it (3.11+)
-    ("os", "posix_spawn"),
-    ("os", "posix_spawnp"),
-    ("os", "system"),
-)
-_SETTERS = (("resource", "setrlimit"), ("resource", "prlimit"))
-_WRAPPED = "_kernel_doctor_wraps"
-
-
-def _ours() -> _DataLimits | None:
-    limits = _limits
-    return limits if limits is not None and os.getpid() == limits.pid else None
-
-
-def _spawner(real: Any) -> Any:
-    def spawn(*args: Any, **kwargs: Any) -> Any:
-        limits = _ours()
-        if limits is None:  # not the kernel (a forked child has the user's limit)
-            return real(*args, **kwargs)
-        limits.lift()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            limits.drop()
-
-    return spawn
-
-
-def _setter(real: Any) -> Any:
-    """``resource.setrlimit(resource, limits)`` or ``prlimit(pid, resource, limits)``."""
-    with_pid = real.__name__ == "prlimit"
-
-    def set_limit(*args: Any) -> Any:
-        import resource
-
-        limits = _ours()
-        if limits is not None and len(args) == (3 if with_pid else 2):
-            ours = not with_pid or args[0] in (0, limits.pid)
-            if ours and args[-2] == resource.RLIMIT_DATA:
-                return limits.user_sets(real, args)
-        return real(*args)
-
-    return set_limit
-
-
-def _after_fork_in_child() -> None:
-    limits = _limits
-    if limits is not None and os.getpid() != limits.pid:
-        limits.in_child()
-
-
-def keep_children_limit(agent: Any) -> None:
-    """Set ``agent.data_limit`` (the user's RLIMIT_DATA) and make every process the
-    kernel starts get it instead of the supervisor's ceiling."""
-    global _limits
-    given = os.environ.get(ENV_DATA_LIMIT, "")
-    # The supervisor may have set its ceiling already; it says what was there before.
-    agent.data_limit = int(given) if given.lstrip("-").isdigit() else _data_limit()
-    if agent.data_limit is None:
-        return
-    if _limits is None:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-    _limits = _DataLimits(agent)
-    import importlib
-
-    for wrap, names in ((_spawner, _SPAWNERS), (_setter, _SETTERS)):
-        for module_name, name in names:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                continue
-            real = getattr(module, name, None)
-            if real is None or hasattr(real, _WRAPPED):
-                continue  # absent here, or wrapped by an agent loaded before
-            wrapper = wrap(real)
-            for attribute in ("__name__", "__qualname__", "__doc__"):
-                setattr(wrapper, attribute, getattr(real, attribute, None))
-            setattr(wrapper, _WRAPPED, real)
-            setattr(module, name, wrapper)
-
-
 # PyTorch's CPU allocator raises RuntimeError, not MemoryError: "DefaultCPUAllocator:
 # can't allocate memory: you tried to allocate 17179869184 bytes."
 _TORCH_FAILURE = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
@@ -403,7 +186,7 @@ def allocation_refusal(agent: Any, error: BaseException) -> GuardStop | None:
     """The guard's record when ``error`` is a MemoryError from the allocation layer:
     the supervisor's ceiling (RLIMIT_DATA) was in force and the request did not fit."""
     original = getattr(agent, "data_limit", None)
-    ceiling = _data_limit()
+    ceiling = data_limit()
     if original is None or ceiling is None or ceiling == original:
         return None  # no ceiling of ours: an ordinary MemoryError
     request = _request(error)

@@ -1,19 +1,25 @@
 """The memory guard's allocation layer: an allocation that cannot fit fails at once.
 
 The kernel's ``RLIMIT_DATA`` (soft) is kept at what it has mapped now plus what the
-limit leaves plus a reserve, so ``np.zeros`` of 20 GiB in an 8 GiB container raises
+limit leaves plus a small margin, so ``np.zeros`` of 20 GiB in an 8 GiB container raises
 ``MemoryError`` in the cell instead of starting an OOM death.
 
-Why ``RLIMIT_DATA`` and why the reserve (measured, MACHINE-FACTS.md): it counts
-private writable mappings whether touched or not, but not PROT_NONE reservations, so
-PyTorch's and JAX's address-space reservations are free until committed. It does count
-each thread's 8 MiB stack, which costs almost no memory: a reserve of a few hundred
-MiB let only 37–65 more threads start. And libzmq aborts when an allocation fails, so
-the ceiling must never starve the kernel's own small allocations. The reserve is
-therefore room for 128 thread stacks (1 GiB at the usual 8 MiB): a refused allocation
-is one larger than what the limit leaves plus that, which no real memory could hold;
-growth below it is the threshold layer's job. The ceiling follows the kernel at every
-sample, so it never stays below what memory the kernel could really get.
+Why ``RLIMIT_DATA`` (measured, MACHINE-FACTS.md): it counts private writable mappings
+whether touched or not, but not PROT_NONE reservations, so PyTorch's and JAX's
+address-space reservations are free until committed; a refused ``mmap``/``brk`` is a
+``MemoryError`` (NumPy, bytes, dict resizes) or PyTorch's RuntimeError in the cell.
+
+What the ceiling leaves above what the limit leaves is a margin, not a reserve: about
+2 % of the limit (8-64 MiB), for what the kernel's other threads allocate between two
+samples. A larger one lets through exactly the single allocations that kill: with the
+earlier 1 GiB reserve (room for 128 thread stacks), one array of 20 % of a 2 GiB
+limit at 85 % passed and the OOM killer ended the kernel as NumPy filled it
+(benchmarks/GUARD.md). Thread stacks, which ``RLIMIT_DATA`` counts in full, come from
+glibc's stack cache that the agent fills as it starts, or lift the ceiling
+(agent/ceiling.py). Where that cache cannot be had (a C library other than glibc
+2.34+), the reserve of 128 stacks stays, and with it the gap.
+The ceiling follows the kernel at every sample, so it never stays below what memory
+the kernel could really get.
 
 The ceiling is the kernel's alone, and never above the user's own limit:
 
@@ -39,12 +45,18 @@ The ceiling is the kernel's alone, and never above the user's own limit:
 
 from __future__ import annotations
 
+import os
 import resource
 from collections import deque
 
-# Thread stacks the reserve leaves room for, beyond what the limit leaves.
+from ..agent.ceiling import thread_stack_size
+
+# Above what the limit leaves: this share of the limit, within these bounds.
+MARGIN_SHARE = 0.02
+MARGIN_MIN = 8 * 1024**2
+MARGIN_MAX = 64 * 1024**2
+# Thread stacks the reserve leaves room for where glibc's stack cache is not ours.
 RESERVED_STACKS = 128
-DEFAULT_STACK = 8 * 1024**2
 # A new ceiling is set only when it moved this much: one prlimit call, not one a sample.
 STEP = 4 * 1024**2
 # Ceilings set lately, still recognised as ours when read back: the agent puts the one
@@ -54,11 +66,22 @@ KEPT = 8
 Limits = tuple[int, int]  # (soft, hard), as resource.prlimit has them
 
 
-def reserve() -> int:
-    """Room for RESERVED_STACKS thread stacks of the size new threads get."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
-    stack = soft if 0 < soft != resource.RLIM_INFINITY and soft < 2**31 else DEFAULT_STACK
-    return RESERVED_STACKS * max(stack, DEFAULT_STACK)
+def stack_cache_works() -> bool:
+    """glibc 2.34+, whose stack cache size is a tunable (the kernel runs on the same C
+    library as its supervisor, as the kernelspec starts it on the same machine)."""
+    try:
+        name, _, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except (AttributeError, OSError, ValueError):
+        return False
+    return name == "glibc" and (major, minor) >= (2, 34)
+
+
+def reserve(limit_bytes: int) -> int:
+    """What the ceiling leaves above what the limit leaves."""
+    if stack_cache_works():
+        return min(MARGIN_MAX, max(MARGIN_MIN, int(limit_bytes * MARGIN_SHARE)))
+    return RESERVED_STACKS * thread_stack_size()
 
 
 def _num(value: int) -> int:
@@ -72,7 +95,7 @@ class Ceiling:
     def __init__(self, pid: int, limit_bytes: int) -> None:
         self.pid = pid
         self.limit_bytes = limit_bytes
-        self.reserve = reserve()
+        self.reserve = reserve(limit_bytes)
         self.original: Limits = resource.prlimit(pid, resource.RLIMIT_DATA)
         # The user's limit, which the ceiling never exceeds: the kernel's own at its
         # start, then whatever the user sets in it.

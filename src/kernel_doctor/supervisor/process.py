@@ -12,6 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from ..agent.ceiling import TUNABLES, with_stack_cache
 from ..agent.protocol import (
     ENV_DATA_LIMIT,
     ENV_DUMP_SIGNAL,
@@ -23,6 +24,7 @@ from ..agent.protocol import (
     dump_signal,
 )
 from ..probe import procfs
+from .ceiling import stack_cache_works
 from .signals import FORWARDED, Forwarder, die_with_parent, load_libc
 from .tee import StderrTee
 
@@ -112,6 +114,10 @@ class Supervisor:
                 import resource
 
                 env[ENV_DATA_LIMIT] = str(resource.getrlimit(resource.RLIMIT_DATA)[0])
+            if stack_cache_works():
+                # glibc's stack cache, which the agent fills: threads start under the
+                # allocation layer's tight ceiling (agent/ceiling.py says why).
+                env[TUNABLES] = with_stack_cache(env.get(TUNABLES))
             path = env.get("PYTHONPATH")
             env["PYTHONPATH"] = AGENT_BOOT + (os.pathsep + path if path else "")
             argv.append(f"--IPKernelApp.extra_extensions={AGENT_MODULE}")

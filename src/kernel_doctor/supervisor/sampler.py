@@ -65,6 +65,7 @@ class Sampler:
         self._armed = [True] * len(MARKS)
         self.next_due = 0.0
         self._idle_due = 0.0
+        self.force_next = False  # the next sample is taken even while the kernel idles
         self._statm = Reader(f"/proc/{kernel_pid}/statm")
 
     def attach_state(self, path: str) -> None:
@@ -87,7 +88,14 @@ class Sampler:
         return YOUNG_INTERVAL if young else BUSY_INTERVAL
 
     def poked(self, data: bytes) -> None:
-        """The agent writes b"c" as a cell starts and b"e" as it ends."""
+        """The agent writes b"c" as a cell starts, b"e" as it ends, and b"t" when it
+        lifted the allocation layer's ceiling to start a thread."""
+        if b"t" in data:
+            # Put the ceiling back, counting the new stack: the first sample leaves a
+            # lift alone (a spawn's may still be in use), the one after sets it.
+            self.sample(force=True)
+            self.force_next = True
+            self.next_due = min(self.next_due, time.monotonic() + NEAR_INTERVAL)
         guard = self.guard
         near = guard is not None and guard.enabled and self.last_counted >= guard.near
         if near:
@@ -100,6 +108,7 @@ class Sampler:
 
     def sample(self, force: bool = False) -> None:
         now = time.monotonic()
+        force, self.force_next = force or self.force_next, False
         if self.state is not None:
             state = self.state.read()
             if state is not None:
