@@ -119,7 +119,7 @@ def test_a_limit_set_between_reading_and_writing_is_kept(process: int) -> None:
     # The user's, in between, with a lower hard limit: our write fails where we may
     # not raise that again (no CAP_SYS_RESOURCE), or raises it where we may; either
     # way the user's limits are what is left.
-    user = (200 * MiB, 40 * GiB)  # below the ceiling, which is about 300 MiB
+    user = (150 * MiB, 40 * GiB)  # below the ceiling (300 MiB), none of our ceilings
     stale(user)
     ceiling.update(100 * MiB, 100 * MiB)  # a ceiling that moved: set
     assert limits(process) == user and ceiling.bound == user

@@ -38,6 +38,9 @@ class Watch:
 
 class MemorySource(abc.ABC):
     limit: MemoryLimit
+    # Active file cache within ``counted`` at its last call: reclaimable when memory
+    # runs short, so room an allocation may still take (the allocation layer's view).
+    active_file: int = 0
 
     @abc.abstractmethod
     def counted(self) -> int | None:

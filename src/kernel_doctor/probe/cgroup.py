@@ -117,6 +117,7 @@ class CgroupV1(MemorySource):
             return None
         stat = parse_keyed(self._stat.read())
         inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
+        self.active_file = stat.get("total_active_file", stat.get("active_file", 0))
         return max(0, usage - inactive)
 
     def oom_kills(self) -> int | None:
@@ -198,6 +199,7 @@ class CgroupV2(MemorySource):
         if current is None:
             return None
         stat = parse_keyed(self._stat.read())
+        self.active_file = stat.get("active_file", 0)
         return max(0, current - stat.get("inactive_file", 0))
 
     def oom_kills(self) -> int | None:

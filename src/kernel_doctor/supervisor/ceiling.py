@@ -9,15 +9,16 @@ whether touched or not, but not PROT_NONE reservations, so PyTorch's and JAX's
 address-space reservations are free until committed; a refused ``mmap``/``brk`` is a
 ``MemoryError`` (NumPy, bytes, dict resizes) or PyTorch's RuntimeError in the cell.
 
-What the ceiling leaves above what the limit leaves is a margin, not a reserve: about
-2 % of the limit (8-64 MiB), for what the kernel's other threads allocate between two
-samples. A larger one lets through exactly the single allocations that kill: with the
-earlier 1 GiB reserve (room for 128 thread stacks), one array of 20 % of a 2 GiB
-limit at 85 % passed and the OOM killer ended the kernel as NumPy filled it
+The ceiling leaves exactly what the limit leaves, counting active file cache as room
+(reclaim gives it back; inactive file cache is not counted at all). Any margin above
+that lets through exactly the single allocations that kill: with the earlier 1 GiB
+reserve (room for 128 thread stacks), one array of 20 % of a 2 GiB limit at 85 %
+passed and the OOM killer ended the kernel as NumPy filled it; with a 10 MiB margin,
+a 512 MiB kernel still died of arrays 6 and 9 MiB larger than the room left
 (benchmarks/GUARD.md). Thread stacks, which ``RLIMIT_DATA`` counts in full, come from
 glibc's stack cache that the agent fills as it starts, or lift the ceiling
 (agent/ceiling.py). Where that cache cannot be had (a C library other than glibc
-2.34+), the reserve of 128 stacks stays, and with it the gap.
+2.34+), a reserve of 128 stacks stays above the room, and with it the gap.
 The ceiling follows the kernel at every sample, so it never stays below what memory
 the kernel could really get.
 
@@ -51,14 +52,10 @@ from collections import deque
 
 from ..agent.ceiling import thread_stack_size
 
-# Above what the limit leaves: this share of the limit, within these bounds.
-MARGIN_SHARE = 0.02
-MARGIN_MIN = 8 * 1024**2
-MARGIN_MAX = 64 * 1024**2
 # Thread stacks the reserve leaves room for where glibc's stack cache is not ours.
 RESERVED_STACKS = 128
 # A new ceiling is set only when it moved this much: one prlimit call, not one a sample.
-STEP = 4 * 1024**2
+STEP = 1024**2
 # Ceilings set lately, still recognised as ours when read back: the agent puts the one
 # it lifted back after a spawn, which may be older than the last we set.
 KEPT = 8
@@ -77,11 +74,10 @@ def stack_cache_works() -> bool:
     return name == "glibc" and (major, minor) >= (2, 34)
 
 
-def reserve(limit_bytes: int) -> int:
-    """What the ceiling leaves above what the limit leaves."""
-    if stack_cache_works():
-        return min(MARGIN_MAX, max(MARGIN_MIN, int(limit_bytes * MARGIN_SHARE)))
-    return RESERVED_STACKS * thread_stack_size()
+def reserve() -> int:
+    """What the ceiling leaves above what the limit leaves: nothing where threads take
+    their stacks from the cache the agent fills."""
+    return 0 if stack_cache_works() else RESERVED_STACKS * thread_stack_size()
 
 
 def _num(value: int) -> int:
@@ -95,7 +91,7 @@ class Ceiling:
     def __init__(self, pid: int, limit_bytes: int) -> None:
         self.pid = pid
         self.limit_bytes = limit_bytes
-        self.reserve = reserve(limit_bytes)
+        self.reserve = reserve()
         self.original: Limits = resource.prlimit(pid, resource.RLIMIT_DATA)
         # The user's limit, which the ceiling never exceeds: the kernel's own at its
         # start, then whatever the user sets in it.
@@ -107,7 +103,8 @@ class Ceiling:
 
     def update(self, data_bytes: int, counted: int) -> None:
         """``data_bytes``: the kernel's private writable mappings now (statm's data);
-        ``counted``: what the limit counts now (the whole cgroup's working set)."""
+        ``counted``: what the limit counts now that reclaim cannot give back (the whole
+        cgroup's, less its file cache)."""
         if self.error is not None:
             return
         seen = self._read()

@@ -92,10 +92,11 @@ class Guard:
             allocation_error=ceiling.error if ceiling is not None else None,
         )
 
-    def follow(self, data_bytes: int, counted: int) -> None:
-        """Move the allocation layer's ceiling with the kernel (each sample)."""
+    def follow(self, data_bytes: int, held: int) -> None:
+        """Move the allocation layer's ceiling with the kernel (each sample); ``held``:
+        what the limit counts that reclaim cannot give back (no file cache)."""
         if self.enabled and self.ceiling is not None:
-            self.ceiling.update(data_bytes, counted)
+            self.ceiling.update(data_bytes, held)
 
     def check(self, state: State, counted: int, pid: int, signum: int | None) -> bool:
         """Called at each sample; True when it signalled the kernel."""

@@ -148,7 +148,8 @@ class Sampler:
             if guard is not None:
                 # From the start: a notebook's first cell may come before the agent's
                 # state record is attached.
-                guard.follow(int(fields[5]) * procfs.PAGE_SIZE, counted)
+                data = int(fields[5]) * procfs.PAGE_SIZE
+                guard.follow(data, max(0, counted - self.source.active_file))
                 if guard.check(self.last_state, counted, self.kernel_pid, self.guard_signal):
                     self.session.event("guard", usage=counted, seq=self.last_state.seq)
         self.next_due = now + self.interval()
