@@ -100,6 +100,7 @@ class Ceiling:
         self.error: str | None = None
         self._ours: deque[int] = deque(maxlen=KEPT)  # ceilings set lately, below the bound
         self._raised: int | None = None  # a value at or above the bound, seen once
+        self.hold: int | None = None  # the most it may be while a stopped cell unwinds
 
     def update(self, data_bytes: int, counted: int) -> None:
         """``data_bytes``: the kernel's private writable mappings now (statm's data);
@@ -111,7 +112,10 @@ class Ceiling:
         if seen is None or not self._settle(seen):
             return
         room = max(0, self.limit_bytes - counted)
-        ceiling = self._clamp(data_bytes + room + self.reserve)
+        ceiling = data_bytes + room + self.reserve
+        if self.hold is not None:
+            ceiling = min(ceiling, self.hold)
+        ceiling = self._clamp(ceiling)
         if seen[0] == self.current and abs(ceiling - self.current) < STEP:
             return
         self._set(ceiling, seen)

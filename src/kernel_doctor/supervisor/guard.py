@@ -63,6 +63,8 @@ class Guard:
         self._last: int | None = None
         self._sent = 0.0
         self._tries = 0
+        self._data = self._held = 0  # the kernel's mappings and memory at the last sample
+        self._holding: int | None = None  # the stopped cell whose ceiling is held
 
     def configure(self, setting: str | None) -> None:
         self.setting = setting
@@ -95,8 +97,26 @@ class Guard:
     def follow(self, data_bytes: int, held: int) -> None:
         """Move the allocation layer's ceiling with the kernel (each sample); ``held``:
         what the limit counts that reclaim cannot give back (no file cache)."""
+        self._data, self._held = data_bytes, held
         if self.enabled and self.ceiling is not None:
             self.ceiling.update(data_bytes, held)
+
+    def _hold(self, seq: int | None) -> None:
+        """After a trip, until the stopped cell is over, the ceiling keeps half of the
+        room left: the cell's other threads (a ThreadPoolExecutor's, pandas'
+        read_csv's) go on allocating while its main thread unwinds, and past that
+        their allocations fail as MemoryErrors in those threads instead of growing
+        the kernel into the OOM killer (benchmarks/guard.py: pd-read-csv at 4 GiB)."""
+        ceiling = self.ceiling
+        if ceiling is None:
+            return
+        if seq is None:
+            ceiling.hold = None
+        else:
+            room = max(0, self.limit.limit_bytes - self._held)
+            ceiling.hold = self._data + room // 2
+        self._holding = seq
+        ceiling.update(self._data, self._held)
 
     def check(self, state: State, counted: int, pid: int, signum: int | None) -> bool:
         """Called at each sample; True when it signalled the kernel."""
@@ -105,6 +125,8 @@ class Guard:
             self.configure(wanted)  # %doctor guard, from the agent's state record
             self._write_meta()
         last, self._last = self._last, counted
+        if self._holding is not None and (not state.busy or state.seq != self._holding):
+            self._hold(None)  # the stopped cell is over
         if not self.enabled or signum is None:
             return False
         if not state.busy or state.seq is None:
@@ -137,6 +159,8 @@ class Guard:
             os.kill(pid, signum)
         except OSError:
             return False
+        if self._tries == 0:
+            self._hold(seq)
         self._sent, self._tries = now, self._tries + 1
         return True
 
