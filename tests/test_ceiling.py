@@ -126,6 +126,21 @@ def test_a_limit_set_between_reading_and_writing_is_kept(process: int) -> None:
     assert ceiling.error is None
 
 
+def test_a_held_ceiling_keeps_half_the_room_until_released(process: int) -> None:
+    # After a trip: the stopped cell's other threads may take half of what is left.
+    ceiling = Ceiling(process, 300 * MiB)
+    ceiling.update(100 * MiB, 200 * MiB)
+    assert limits(process)[0] == 200 * MiB + ceiling.reserve
+    ceiling.hold = 100 * MiB + 50 * MiB
+    ceiling.update(100 * MiB, 200 * MiB)
+    assert limits(process)[0] == 150 * MiB
+    ceiling.update(100 * MiB, 0)  # room grew meanwhile: still held
+    assert limits(process)[0] == 150 * MiB
+    ceiling.hold = None  # the cell is over
+    ceiling.update(100 * MiB, 0)
+    assert limits(process)[0] == 400 * MiB + ceiling.reserve
+
+
 # -- the agent's side ------------------------------------------------------------------
 
 # Loads the agent's half by hand in a Python standing for the kernel, under a ceiling

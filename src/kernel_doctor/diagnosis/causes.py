@@ -196,9 +196,12 @@ def _guard_facts(ev: Evidence) -> list[str]:
     allocation = guard.get("allocation") or {}
     if allocation and not allocation.get("error"):
         reserve = allocation.get("reserve_bytes") or 0
+        room = "the room left" + (
+            f" plus {reserve // 1024**2} MiB for thread stacks" if reserve else ""
+        )
         on += (
-            f"; its allocation layer refuses only what exceeds the room left plus "
-            f"{reserve // 1024**2} MiB for thread stacks, and each allocation here fitted"
+            f"; no single allocation was larger than {room} (the memory filled in "
+            "smaller steps)"
         )
     if guard.get("signals"):
         return [
