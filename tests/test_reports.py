@@ -25,7 +25,7 @@ from kernel_doctor.reports.notice import find_previous, leave_notice, notice_tex
 from kernel_doctor.reports.store import encode, prune, store
 
 MiB = 1024**2
-SUMMARY = "Out of memory in cell [3], line 2: the kernel grew to 300 MiB of the 300 MiB limit."
+SUMMARY = "Out of memory at In [3], line 2: the kernel grew to 300 MiB of the 300 MiB limit."
 LIMIT_SOURCE = "cgroup v1 memory limit of /sys/fs/cgroup/memory/kd"
 # Every key of a stored death report, in the order written (the README contract).
 DEATH_KEYS = [
@@ -49,7 +49,7 @@ DEATH_KEYS = [
 
 
 def death(pid: int, ended: float | None = None, **kernel: Any) -> tuple[Evidence, Diagnosis]:
-    """What the supervisor knows of an out-of-memory death in cell [3], line 2."""
+    """What the supervisor knows of an out-of-memory death at In [3], line 2."""
     ended = time.time() if ended is None else ended
     cell = CellRun(1, 3, "c3", "x = 1\ny = bytearray(10**9)", ended - 2, None, "<ipython-input-3>")
     ev = Evidence(
@@ -159,7 +159,7 @@ def test_death_report_json_keeps_the_contract() -> None:
 
 
 def test_run_reports_round_trip_with_guard_hang_and_interrupt() -> None:
-    doc = empty_report("timeout", "Cell 0 ran longer than the 1 s timeout.")
+    doc = empty_report("timeout", "In [1] ran longer than the 1 s timeout.")
     assert list(doc) == DEATH_KEYS[:-2]  # no kernel, no stderr tail: nothing died
     doc["guard"] = {"tripped": True, "layer": "threshold", "usage_bytes": 9, "limit_bytes": 10}
     doc["hang"] = {"summary": "s", "verdict": "burning CPU", "phase": None, "threads": [{"tid": 1}]}

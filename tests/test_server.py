@@ -418,7 +418,7 @@ def test_oom_death_is_shown_once_in_the_next_cell_of_that_notebook_only(
     assert server.request("GET", f"/api/kernels/{nb1.kernel_id}")["id"] == nb1.kernel_id
 
     text = assert_shown_once(nb1)
-    assert "Out of memory in cell [2], line 1" in text, text
+    assert "Out of memory at In [2], line 1" in text, text
     assert "Its variables are gone" in text
     assert "Memory: peak" in text and "of 400 MiB" in text, text
     # The variables really are gone: a new kernel.
@@ -452,7 +452,7 @@ def test_oom_death_is_shown_once_in_the_next_cell_of_that_notebook_only(
     assert f"kernel-{nb1.kernel_id}.json" in reports[0]["kernel"]["connection_file"]
     # The supervisor's diagnosis went to its stderr, which is the server's log.
     log = server.log_text()
-    assert "kernel-doctor: Out of memory in cell [2], line 1" in log, log[-3000:]
+    assert "kernel-doctor: Out of memory at In [2], line 1" in log, log[-3000:]
     assert f"kernel-doctor show {reports[0]['id']}" in log
     print(text)  # for the record, with -s
 
@@ -464,14 +464,14 @@ def test_segfault_is_shown_as_a_native_crash_in_the_next_cell(
     nb.run("x = 1")
     nb.run_until_death("import ctypes\nctypes.string_at(0)")
     text = assert_shown_once(nb)
-    assert "Native crash (SIGSEGV) in cell [2], line 2" in text, text
+    assert "Native crash (SIGSEGV) at In [2], line 2" in text, text
     assert "Out of memory" not in text
     crashes = [r for r in server.reports() if r["cause"] == "native_crash"]
     assert len(crashes) == 1, [r["summary"] for r in server.reports()]
     assert crashes[0]["signal"] == "SIGSEGV"
     assert crashes[0]["kernel"]["session_name"] == str(server.root / "crash.ipynb")
     log = server.log_text()
-    assert "kernel-doctor: Native crash (SIGSEGV) in cell [2], line 2" in log, log[-3000:]
+    assert "kernel-doctor: Native crash (SIGSEGV) at In [2], line 2" in log, log[-3000:]
 
 
 # -- the server extension, in the same real server -----------------------------------

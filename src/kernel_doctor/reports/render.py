@@ -14,9 +14,10 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.text import Text
 
+from ..agent.naming import cell_place, frame_place
 from ..agent.private import printable
 from ..sizes import format_size
-from .model import Report, StackFrame
+from .model import Report
 
 BARS = " ▁▂▃▄▅▆▇█"
 STYLE = {"ok": "green", "cell_error": "yellow", "kernel_died": "red", "timeout": "magenta"}
@@ -36,14 +37,6 @@ def sparkline(timeline: Sequence[Sequence[float]], limit: int | None, width: int
     return "".join(BARS[min(len(BARS) - 1, int(v / top * (len(BARS) - 1) + 0.5))] for v in picked)
 
 
-def frame_label(frame: StackFrame) -> str:
-    if frame.cell_index is not None:
-        return f"cell {frame.cell_index}"
-    if frame.execution_count is not None:
-        return f"cell [{frame.execution_count}]"
-    return printable(frame.file)
-
-
 def render(report: Report | Mapping[str, Any], console: Console | None = None) -> None:
     """Print ``report`` as a panel. A JSON report (``run``'s, made in this process)
     is read with ``Report.from_json`` first."""
@@ -53,10 +46,8 @@ def render(report: Report | Mapping[str, Any], console: Console | None = None) -
     parts: list[Any] = [Text(printable(report.summary), style="bold")]
     cell, line = report.cell, report.line
     if cell is not None and cell.source:
-        title = f"cell {cell.index}" if cell.index is not None else "cell"
-        if cell.execution_count is not None:
-            title += f" [{cell.execution_count}]"
-        parts.append(Text(f"\n{title}" + (f", line {line}" if line else ""), style="dim"))
+        title = cell_place(cell.execution_count, cell.index, line, unknown="the cell")
+        parts.append(Text(f"\n{title}", style="dim"))
         parts.append(
             Syntax(
                 printable(cell.source, newlines=True),
@@ -81,8 +72,8 @@ def render(report: Report | Mapping[str, Any], console: Console | None = None) -
     if len(stack) > 1 or (stack and stack[-1].function != "<module>"):
         parts.append(Text("\nstack (innermost last)", style="dim"))
         for frame in stack[-8:]:
-            where = frame_label(frame)
-            parts.append(Text(f"  {printable(frame.function)}  {where}, line {frame.line}"))
+            where = frame_place(frame.file, frame.line, frame.execution_count, frame.cell_index)
+            parts.append(Text(f"  {printable(frame.function)}  {printable(where)}"))
     if report.evidence:
         parts.append(Text("\nevidence", style="dim"))
         parts.extend(Text(f"  • {printable(fact)}") for fact in report.evidence)
