@@ -250,6 +250,44 @@ def test_exception_is_a_cell_error_not_a_death(notebook: Any, tmp_path: Path, ca
     assert "/tmp/ipykernel_" not in out
 
 
+def test_run_prints_only_its_progress_and_result(
+    notebook: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    # An ipykernel that writes to its stdout and stderr before it captures them (as
+    # ipykernel's own warnings, and a library's C code, do).
+    noisy = (
+        "import sys; print('noise on stderr', file=sys.stderr); print('noise on stdout'); "
+        "from ipykernel.kernelapp import launch_new_instance; launch_new_instance()"
+    )
+    spec = tmp_path / "jupyter" / "kernels" / "noisy"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-c", noisy, "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "Noisy", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    transport = (
+        "from ipykernel.kernelapp import IPKernelApp\nprint(IPKernelApp.instance().transport)"
+    )
+    path = notebook(["x = 1", transport], kernel="noisy")
+    out_nb = tmp_path / "out.ipynb"
+    code, report = run(path, tmp_path, "--output", str(out_nb))
+    out, err = capfd.readouterr()  # what reaches the terminal, the kernel's writes too
+    assert code == 0, report["summary"]
+    # One line to start (never broken at a comma), one per cell, then the result.
+    assert err.splitlines() == [
+        f"kernel-doctor: running {path} on kernel 'noisy' under the memory limit that "
+        "already applies",
+        "kernel-doctor: [1/2] In [1]",
+        "kernel-doctor: [2/2] In [2]",
+    ]
+    assert panel(out)[1] == "The notebook ran to the end."
+    assert "noise" not in out + err
+    # Over IPC (Unix sockets in the private session folder): no TCP port, no warning.
+    executed = nbformat.read(str(out_nb), as_version=4)
+    assert executed.cells[1].outputs[0]["text"] == "ipc\n"
+
+
 def test_timeout(notebook: Any, tmp_path: Path) -> None:
     cell = "import time\nx = 0\nwhile True:\n    x += 1\n"
     code, report = run(notebook(["y = 1", cell]), tmp_path, "--timeout", "1.5")

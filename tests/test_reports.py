@@ -351,6 +351,7 @@ def test_notice_text_without_memory_or_advice() -> None:
     text = notice_text(report)
     assert "Memory:" not in text and "Advice:" not in text
     assert "The kernel exited by itself with code 3." in text
+    assert text.endswith(" in a terminal.\n")  # the cell's own output starts a new line
 
 
 def test_notice_text_escapes_terminal_sequences() -> None:

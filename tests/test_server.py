@@ -393,6 +393,8 @@ def assert_shown_once(notebook: Notebook) -> str:
     assert first["msg_type"] == "display_data", outputs
     text = first["content"]["data"]["text/plain"]
     assert text.startswith(NOTICE_START), text
+    # Its own line: the cell's output never runs on after "…in a terminal."
+    assert text.endswith(" in a terminal.\n"), text
     assert [m["msg_type"] for m in outputs[1:]] == ["stream"], outputs
     assert streamed(outputs) == "after\n"
     again = notebook.run("print('again')")

@@ -32,6 +32,7 @@ from kernel_doctor.diagnosis.stacks import (
     runaway_recursion,
 )
 from kernel_doctor.evidence import CellRun, Evidence, Frame, MemoryEvidence
+from kernel_doctor.launch import ipc_transport
 from kernel_doctor.probe.base import MemoryLimit
 from kernel_doctor.sizes import format_size, parse_size
 from kernel_doctor.supervisor.collect import downsample
@@ -442,6 +443,14 @@ def test_long_paths_are_shortened_in_sentences() -> None:
     assert short_paths(short) == short  # short enough to read
     url = "see https://example.org/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p"
     assert short_paths(url) == url  # not a path
+
+
+def test_run_talks_to_an_ipykernel_over_ipc_where_the_path_fits(tmp_path: Path) -> None:
+    ipykernel = ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    ipc = {"transport": "ipc", "ip": str(tmp_path / "kernel")}
+    assert ipc_transport(str(tmp_path), ipykernel) == ipc
+    assert ipc_transport("/" + "d" * 120, ipykernel) == {}  # past a Unix socket's path: TCP
+    assert ipc_transport(str(tmp_path), ["R", "--slave", "-e", "IRkernel::main()"]) == {}
 
 
 # -------------------------------------------------------------------- diagnose

@@ -18,10 +18,11 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from ._errors import CommandError, ExitCode
 from .agent.naming import capital, cell_files, cell_name, cell_place
+from .agent.private import append_private, read_private
 from .agent.protocol import read_cells, read_meta, read_samples, read_state
 from .diagnosis.stacks import user_frames
 from .evidence import Frame
-from .launch import SupervisedKernelManager
+from .launch import SupervisedKernelManager, ipc_transport
 from .probe.create import LimitedCgroup
 from .reports.model import empty_report
 from .reports.store import REPORT_FILE
@@ -32,6 +33,10 @@ AGENT_DIR = os.path.join(os.path.dirname(__file__), "agent")
 # How long to wait for the supervisor to finish its report after nbclient saw the
 # kernel die. The supervisor exits only after writing it, so this is a ceiling.
 REPORT_WAIT = 10.0
+# The kernel's own stdout and stderr (ipykernel's log lines, a C library's messages)
+# go here, not to run's: its output is the progress and the result. The supervisor
+# keeps the stderr tail in its report; this file is for a death it did not report.
+KERNEL_OUTPUT = "kernel-output.log"
 
 
 class _Client(NotebookClient):
@@ -106,6 +111,9 @@ def _execute(
         supervisor_options=options,
         command_prefix=list(cgroup.command_prefix) if cgroup else [],
     )
+    argv = km.kernel_spec.argv if km.kernel_spec is not None else []
+    for name, value in ipc_transport(session_dir, argv).items():
+        setattr(km, name, value)  # before the connection file is written, at the start
     client = _Client(
         nb,
         km=km,
@@ -124,8 +132,9 @@ def _execute(
     current: int | None = None
     outcome, code = "ok", ExitCode.OK
     first_error: int | None = None
+    output = append_private(os.path.join(session_dir, KERNEL_OUTPUT))
     try:
-        with client.setup_kernel():
+        with client.setup_kernel(stdout=output, stderr=output):
             assert client.kc is not None
             info = client.wait_for_reply(client.kc.kernel_info())
             if info is not None:
@@ -170,6 +179,7 @@ def _execute(
         # KernelManager: end it here, or it outlives the run (a timed-out cell keeps
         # spinning) until our own process exits.
         _shut_down(client, now=outcome not in ("ok", "cell_error"))
+        os.close(output)
     _add_memory(report, session_dir)
     name_frames(report, nb, session_dir)
     failed = current if outcome in ("kernel_died", "timeout") else first_error
@@ -220,6 +230,8 @@ def death_report(nb: Any, index: int | None, session_dir: str) -> dict[str, Any]
     if report is None:
         report = empty_report("kernel_died", "The kernel died, and its supervisor left no report.")
         report["cause"] = "unknown"
+        output = read_private(os.path.join(session_dir, KERNEL_OUTPUT)) or b""
+        report["stderr_tail"] = output[-8000:].decode(errors="replace")
     report["outcome"] = "kernel_died"
     running_count = (report.get("cell") or {}).get("execution_count")
     if index is not None:
@@ -361,8 +373,6 @@ def mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
 def _load(path: str) -> dict[str, Any] | None:
     import json
 
-    from .agent.private import read_private
-
     try:
         value = json.loads(read_private(path) or b"null")
     except ValueError:
@@ -371,10 +381,11 @@ def _load(path: str) -> dict[str, Any] | None:
 
 
 def describe_limit(cgroup: LimitedCgroup | None) -> str:
+    """The end of run's first line: "with a 300 MiB memory limit (a new memory cgroup)"."""
     if cgroup is None:
-        return "the limit that already applies"
+        return "under the memory limit that already applies"
     how = "a new memory cgroup" if cgroup.path else "a systemd scope"
-    return f"{format_size(cgroup.limit_bytes)} ({how})"
+    return f"with a {format_size(cgroup.limit_bytes)} memory limit ({how})"
 
 
 __all__ = ["BatchResult", "describe_limit", "run_notebook"]

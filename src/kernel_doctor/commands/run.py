@@ -240,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     guard = "off" if args.no_guard else _guard(args.guard)
 
     from rich.console import Console
+    from rich.text import Text
 
     from ..batch import describe_limit, run_notebook
     from ..probe.create import make_limited_cgroup
@@ -248,10 +249,13 @@ def run(args: argparse.Namespace) -> int:
 
     cgroup = make_limited_cgroup(limit) if limit is not None else None
     err = Console(stderr=True, highlight=False)
-    err.print(
-        f"kernel-doctor: running {args.notebook} on kernel {kernel!r}, "
-        f"memory limit: {describe_limit(cgroup)}"
-    )
+
+    def log(text: str, style: str = "dim") -> None:
+        # One line each, never wrapped: a wrap at the terminal's width broke a
+        # sentence in two. Text, not markup: the notebook's name is the user's.
+        err.print(Text(f"kernel-doctor: {text}", style=style), soft_wrap=True)
+
+    log(f"running {args.notebook} on kernel {kernel!r} {describe_limit(cgroup)}", style="")
     result = run_notebook(
         nb,
         kernel_name=kernel,
@@ -260,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         cgroup=cgroup,
         allow_errors=args.allow_errors,
         guard=guard,
-        log=lambda text: err.print(f"kernel-doctor: {text}", style="dim"),
+        log=log,
     )
     if args.output:
         import nbformat

@@ -88,7 +88,8 @@ def find_previous(meta: Meta | None, now: float | None = None) -> Report | None:
 
 def notice_text(report: Report) -> str:
     """What the user reads at the top of the next cell's output (control characters
-    escaped: a console frontend prints it to a terminal)."""
+    escaped: a console frontend prints it to a terminal). It ends with a newline, so
+    the cell's own first output starts on a line of its own."""
     ended = report.kernel.ended if report.kernel else None
     when = time.strftime(" at %H:%M:%S", time.localtime(ended)) if ended else ""
     lines = [f"kernel-doctor: the previous kernel of this notebook died{when}."]
@@ -105,7 +106,7 @@ def notice_text(report: Report) -> str:
     lines.append(
         f"  Full report: %doctor deaths, or `kernel-doctor show {report.id}` in a terminal."
     )
-    return printable("\n".join(lines), newlines=True)
+    return printable("\n".join(lines), newlines=True) + "\n"
 
 
 def leave_notice(session_dir: str, meta: Meta | None) -> bool:
