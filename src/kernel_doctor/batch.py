@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from ._errors import CommandError, ExitCode
-from .agent.naming import capital, cell_files, cell_name, cell_place
+from .agent.naming import capital, cell_files, cell_name, cell_place, short_paths
 from .agent.private import append_private, read_private
 from .agent.protocol import read_cells, read_meta, read_samples, read_state
 from .diagnosis.stacks import user_frames
@@ -357,9 +357,12 @@ def _add_memory(report: dict[str, Any], session_dir: str) -> None:
 
 
 def mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
+    """The killed cell's error output: what happened and what to do; the evidence is
+    one command away (the notebook is read by people, the report by both)."""
     lines = [report.get("summary") or "The kernel died."]
-    lines += [f"  • {fact}" for fact in report.get("evidence", [])]
-    lines += [f"  → {tip}" for tip in report.get("advice", [])]
+    lines += [f"  → {short_paths(tip)}" for tip in report.get("advice", [])]
+    if report.get("id"):
+        lines.append(f"The evidence: kernel-doctor show {report['id']} --verbose")
     cell.setdefault("outputs", []).append(
         nbformat.v4.new_output(  # type: ignore[no-untyped-call]
             "error",

@@ -137,15 +137,21 @@ def _doctor(line: str) -> None:
         print(f"No report {wanted or 'stored'}: `%doctor deaths` lists them.")
         return
     print(chosen.get("summary"))
-    for fact in chosen.get("evidence") or []:
-        print(f"  • {fact}")
-    for tip in chosen.get("advice") or []:
-        print(f"  → {tip}")
+    advice = chosen.get("advice") or []
+    if advice:
+        print("What to do:")
+        for tip in advice:
+            print(f"  → {tip}")
     frames = chosen.get("stack") or []
     if frames:
         print("Stack (innermost last):")
         for f in frames[-10:]:
             print(f"  {f.get('function')}  {_frame_place(f)}")
+    evidence = chosen.get("evidence") or []
+    if evidence:
+        print("Evidence:")
+        for fact in evidence:
+            print(f"  • {fact}")
 
 
 def _frame_place(frame: dict[str, Any]) -> str:

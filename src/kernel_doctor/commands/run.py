@@ -65,6 +65,12 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         "the limit (default 90%%)",
     )
     guard.add_argument("--no-guard", action="store_true", help="let memory growth run")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show the report's evidence and full paths too",
+    )
 
 
 def _not_a_notebook_file(path: str, mode: int) -> UsageError:
@@ -271,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
 
         nbformat.write(result.notebook, args.output)  # type: ignore[no-untyped-call]
     # Shown first: a report that then cannot be written (a full disk) must not hide it.
-    render(result.report, Console(file=sys.stdout))
+    render(result.report, Console(file=sys.stdout), verbose=args.verbose)
     if args.report_json:
         write_json(args.report_json, result.report)
     return int(result.exit_code)
