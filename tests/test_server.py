@@ -476,6 +476,28 @@ def test_segfault_is_shown_as_a_native_crash_in_the_next_cell(
     assert "kernel-doctor: Native crash (SIGSEGV) at In [2], line 2" in log, log[-3000:]
 
 
+def test_the_kernel_model_says_why_the_kernel_died(server: Server, notebooks: Any) -> None:
+    # Clients that never load the lab extension (VS Code attached to this server, a
+    # script) read GET /api/kernels/<id>: its reason names the cause, cell and report.
+    nb = notebooks("exit.ipynb")
+    assert "reason" not in server.request("GET", f"/api/kernels/{nb.kernel_id}")
+    nb.run_until_death("import os\nos._exit(3)")
+    deadline = time.monotonic() + 15
+    while True:
+        model = server.request("GET", f"/api/kernels/{nb.kernel_id}")
+        if model.get("reason") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    [report] = [r for r in server.reports() if r["cause"] == "exit"]
+    assert model.get("reason") == (
+        "kernel-doctor: The kernel exited by itself with code 3 at In [1], line 2. "
+        f"Full report: kernel-doctor show {report['id']}"
+    ), model
+    # The sessions API, which frontends list kernels through, carries it too.
+    [session] = [s for s in server.request("GET", "/api/sessions") if s["id"] == nb.session_id]
+    assert session["kernel"]["reason"] == model["reason"]
+
+
 # -- the server extension, in the same real server -----------------------------------
 
 
