@@ -39,6 +39,7 @@ pytest.importorskip("jupyter_server")
 websocket = pytest.importorskip("websocket")  # websocket-client, a jupyter_server dependency
 
 LIMIT = 400 * 1024**2
+LAB_EXTENSION = Path(__file__).resolve().parent.parent / "src" / "kernel_doctor" / "labextension"
 TWIN = "python3-doctor"
 NOTICE_START = "kernel-doctor: the previous kernel of this notebook died"
 STARTUP_TIMEOUT = 60.0
@@ -134,6 +135,10 @@ def running_server(
         for path in dirs.values():
             path.mkdir()
         write_twin_kernelspec(dirs["data"])
+        # This tree's lab extension, not a copy installed elsewhere: JupyterLab takes the
+        # first one of a name on its path, and JUPYTER_PATH comes first.
+        (dirs["data"] / "labextensions").mkdir()
+        (dirs["data"] / "labextensions" / "kernel-doctor").symlink_to(LAB_EXTENSION)
         env = dict(os.environ)
         env.update(
             JUPYTER_PATH=str(dirs["data"]),
