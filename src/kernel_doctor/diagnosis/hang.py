@@ -8,7 +8,7 @@ import re
 import time
 from typing import Any
 
-from ..agent.naming import cell_name, cell_place, is_cell_file
+from ..agent.naming import cell_name, cell_place, frame_place, is_cell_file
 from ..agent.protocol import Look
 
 _PACKAGE = re.compile(r"[/\\](?:site|dist)-packages[/\\]([^/\\]+)")
@@ -24,7 +24,7 @@ def main_frames(reply: Look) -> list[list[Any]]:
 
 
 def where_in_code(reply: Look) -> str:
-    """ "in psycopg2 (connection.py, line 12) at In [4], line 2" and the like."""
+    """ "in psycopg2 (execute, line 12) at In [4], line 2" and the like."""
     frames = main_frames(reply)
     cell = reply.get("cell")
     count = cell["execution_count"] if cell else None
@@ -34,7 +34,8 @@ def where_in_code(reply: Look) -> str:
         return f"at {at}" if at else ""
     inner = frames[-1]
     if is_cell_file(str(inner[0])):
-        return f"at {at}" if at else f"at line {inner[1]} of a cell"
+        line_in = inner[1] if isinstance(inner[1], int) else None
+        return f"at {at}" if at else f"at {frame_place(str(inner[0]), line_in)}"
     match = _PACKAGE.search(str(inner[0]))
     package = match.group(1) if match else os.path.splitext(os.path.basename(str(inner[0])))[0]
     place = f"in {package} ({inner[2]}, line {inner[1]})"
