@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from .guard import format_bytes
-from .naming import cell_name, frame_place
+from .naming import cell_name, frame_place, short_paths
 from .private import read_private
 from .protocol import ENV_REPORTS, CellRecord, Sample, read_meta, read_samples
 from .settings import guard_setting
@@ -215,7 +215,7 @@ def memory() -> None:
         _, counted, kernel = samples[-1]
         print(
             f"Memory: {format_bytes(counted)} of {format_bytes(limit.limit_bytes)} "
-            f"({limit.source}); this kernel's processes {format_bytes(kernel)}."
+            f"({short_paths(limit.source)}); this kernel's processes {format_bytes(kernel)}."
         )
     else:
         print("Memory: no samples (this kernel is not supervised).")
