@@ -34,8 +34,9 @@ AGENT_DIR = os.path.join(os.path.dirname(__file__), "agent")
 # kernel die. The supervisor exits only after writing it, so this is a ceiling.
 REPORT_WAIT = 10.0
 # The kernel's own stdout and stderr (ipykernel's log lines, a C library's messages)
-# go here, not to run's: its output is the progress and the result. The supervisor
-# keeps the stderr tail in its report; this file is for a death it did not report.
+# go here, not to run's: its stderr is the progress, the supervisor's warnings and the
+# result. The supervisor keeps the stderr tail in its report; this file is for a
+# death it did not report.
 KERNEL_OUTPUT = "kernel-output.log"
 
 
@@ -101,7 +102,8 @@ def _execute(
     guard: str | None = None,
     session_dir: str,
 ) -> BatchResult:
-    options = {"session": session_dir, "quiet": "1"}
+    output_path = os.path.join(session_dir, KERNEL_OUTPUT)
+    options = {"session": session_dir, "quiet": "1", "kernel-output": output_path}
     if guard is not None:
         options["guard"] = guard
     if cgroup is not None and cgroup.path:
@@ -132,9 +134,9 @@ def _execute(
     current: int | None = None
     outcome, code = "ok", ExitCode.OK
     first_error: int | None = None
-    output = append_private(os.path.join(session_dir, KERNEL_OUTPUT))
+    output = append_private(output_path)
     try:
-        with client.setup_kernel(stdout=output, stderr=output):
+        with client.setup_kernel(stdout=output):
             assert client.kc is not None
             info = client.wait_for_reply(client.kc.kernel_info())
             if info is not None:

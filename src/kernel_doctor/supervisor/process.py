@@ -12,6 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from ..agent.private import append_private
 from ..agent.protocol import (
     ENV_DATA_LIMIT,
     ENV_DUMP_SIGNAL,
@@ -141,9 +142,22 @@ class Supervisor:
         finally:
             os.close(write_fd)
             os.close(self.wake_w)
-        self.tee = StderrTee(read_fd, 2, os.path.join(self.session.directory, STDERR))
+        output = self._kernel_output()
+        self.tee = StderrTee(read_fd, output, os.path.join(self.session.directory, STDERR))
         self.tee.start()
         return process
+
+    def _kernel_output(self) -> int:
+        """Where the kernel's stderr is copied: to ours, or to the file named by
+        ``kernel-output`` (``run`` keeps its stderr for its progress and result, and
+        our own warnings)."""
+        path = self.options.get("kernel-output")
+        if path:
+            try:
+                return append_private(path)
+            except OSError:
+                pass  # the kernel's messages are worth more on our stderr than lost
+        return 2
 
     # -- run ---------------------------------------------------------------------
 
