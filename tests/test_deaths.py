@@ -267,7 +267,8 @@ def test_run_prints_only_its_progress_and_result(
     )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     transport = (
-        "from ipykernel.kernelapp import IPKernelApp\nprint(IPKernelApp.instance().transport)"
+        "import os\nfrom ipykernel.kernelapp import IPKernelApp\n"
+        "print(IPKernelApp.instance().transport, os.environ.get('KERNEL_DOCTOR_KERNEL_OUTPUT'))"
     )
     path = notebook(["x = 1", transport], kernel="noisy")
     out_nb = tmp_path / "out.ipynb"
@@ -283,9 +284,10 @@ def test_run_prints_only_its_progress_and_result(
     ]
     assert panel(out)[1] == "The notebook ran to the end."
     assert "noise" not in out + err
-    # Over IPC (Unix sockets in the private session folder): no TCP port, no warning.
+    # Over IPC (Unix sockets in the private session folder): no TCP port, no warning;
+    # where the supervisor copies the kernel's stderr is not passed on to the kernel.
     executed = nbformat.read(str(out_nb), as_version=4)
-    assert executed.cells[1].outputs[0]["text"] == "ipc\n"
+    assert executed.cells[1].outputs[0]["text"] == "ipc None\n"
 
 
 def test_timeout(notebook: Any, tmp_path: Path) -> None:

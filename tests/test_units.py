@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -447,8 +448,10 @@ def test_long_paths_are_shortened_in_sentences() -> None:
 
 def test_run_talks_to_an_ipykernel_over_ipc_where_the_path_fits(tmp_path: Path) -> None:
     ipykernel = ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    ipc = {"transport": "ipc", "ip": str(tmp_path / "kernel")}
+    ipc = {"transport": "ipc", "ip": str(tmp_path / "ipc" / "kernel")}
     assert ipc_transport(str(tmp_path), ipykernel) == ipc
+    # The sockets' folder is private: zmq makes the sockets themselves 0755.
+    assert stat.S_IMODE((tmp_path / "ipc").stat().st_mode) == 0o700
     assert ipc_transport("/" + "d" * 120, ipykernel) == {}  # past a Unix socket's path: TCP
     assert ipc_transport(str(tmp_path), ["R", "--slave", "-e", "IRkernel::main()"]) == {}
 

@@ -19,7 +19,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from ._errors import CommandError, ExitCode
 from .agent.naming import capital, cell_files, cell_name, cell_place, short_paths
 from .agent.private import append_private, read_private
-from .agent.protocol import read_cells, read_meta, read_samples, read_state
+from .agent.protocol import ENV_KERNEL_OUTPUT, read_cells, read_meta, read_samples, read_state
 from .diagnosis.stacks import user_frames
 from .evidence import Frame
 from .launch import SupervisedKernelManager, ipc_transport
@@ -102,8 +102,7 @@ def _execute(
     guard: str | None = None,
     session_dir: str,
 ) -> BatchResult:
-    output_path = os.path.join(session_dir, KERNEL_OUTPUT)
-    options = {"session": session_dir, "quiet": "1", "kernel-output": output_path}
+    options = {"session": session_dir, "quiet": "1"}
     if guard is not None:
         options["guard"] = guard
     if cgroup is not None and cgroup.path:
@@ -134,9 +133,11 @@ def _execute(
     current: int | None = None
     outcome, code = "ok", ExitCode.OK
     first_error: int | None = None
+    output_path = os.path.join(session_dir, KERNEL_OUTPUT)
     output = append_private(output_path)
+    env = {**os.environ, ENV_KERNEL_OUTPUT: output_path}  # the kernel's stderr, to the log
     try:
-        with client.setup_kernel(stdout=output):
+        with client.setup_kernel(stdout=output, env=env):
             assert client.kc is not None
             info = client.wait_for_reply(client.kc.kernel_info())
             if info is not None:

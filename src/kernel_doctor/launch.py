@@ -29,9 +29,18 @@ def ipc_transport(session_dir: str, kernel_argv: Sequence[str]) -> dict[str, str
     its TCP is unencrypted."""
     import zmq
 
-    ip = os.path.join(session_dir, "kernel")
+    from .agent.private import private_dir
+
+    # In a folder of their own: zmq makes the sockets by the umask (0755), and only a
+    # 0700 folder keeps other users from connecting.
+    folder = os.path.join(session_dir, "ipc")
+    ip = os.path.join(folder, "kernel")
     ipykernel = any("ipykernel" in part for part in kernel_argv)
     if not ipykernel or not zmq.has("ipc") or len(ip.encode()) > MAX_IPC_PATH:
+        return {}
+    try:
+        private_dir(folder)
+    except OSError:
         return {}
     return {"transport": "ipc", "ip": ip}
 

@@ -14,8 +14,7 @@ import sys
 
 USAGE = (
     "usage: python -m kernel_doctor.supervise [--session DIR] [--cgroup DIR] [--report PATH] "
-    "[--kernel-name NAME] [--guard 90%|SIZE|off] [--kernel-output PATH] [--quiet] "
-    "-- KERNEL_ARGV..."
+    "[--kernel-name NAME] [--guard 90%|SIZE|off] [--quiet] -- KERNEL_ARGV..."
 )
 
 
@@ -28,7 +27,7 @@ def split_argv(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     if not kernel:
         raise ValueError("no kernel command line after '--'")
     options: dict[str, str] = {}
-    known = ("--session", "--cgroup", "--report", "--kernel-name", "--guard", "--kernel-output")
+    known = ("--session", "--cgroup", "--report", "--kernel-name", "--guard")
     i = 0
     while i < len(head):
         name = head[i]

@@ -16,6 +16,7 @@ from ..agent.private import append_private
 from ..agent.protocol import (
     ENV_DATA_LIMIT,
     ENV_DUMP_SIGNAL,
+    ENV_KERNEL_OUTPUT,
     ENV_REPORTS,
     ENV_SESSION,
     ENV_WAKE_FD,
@@ -101,6 +102,7 @@ class Supervisor:
     def _kernel_command(self) -> tuple[list[str], dict[str, str]]:
         argv = list(self.kernel_argv)
         env = dict(os.environ)
+        env.pop(ENV_KERNEL_OUTPUT, None)  # ours: a kernel's own `run` must not inherit it
         env[ENV_SESSION] = self.session.directory
         if env.get("JPY_PARENT_PID"):
             # ipykernel exits when its parent changes; its parent is now us.
@@ -148,10 +150,11 @@ class Supervisor:
         return process
 
     def _kernel_output(self) -> int:
-        """Where the kernel's stderr is copied: to ours, or to the file named by
-        ``kernel-output`` (``run`` keeps its stderr for its progress and result, and
-        our own warnings)."""
-        path = self.options.get("kernel-output")
+        """Where the kernel's stderr is copied: to ours, or to the file the caller names
+        in ENV_KERNEL_OUTPUT (``run`` keeps its stderr for its progress and result, and
+        our own warnings). An environment variable, not an option: a supervisor that
+        does not know it still runs, and copies to its stderr as before."""
+        path = os.environ.get(ENV_KERNEL_OUTPUT)
         if path:
             try:
                 return append_private(path)
