@@ -246,3 +246,63 @@ def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
         ip.run_line_magic("unload_ext", "kernel_doctor")
         InteractiveShell.clear_instance()
         os.close(w)
+
+
+def test_doctor_show_leads_with_what_to_do_and_names_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    import json
+
+    from kernel_doctor.agent.magics import _doctor
+    from kernel_doctor.agent.protocol import ENV_REPORTS
+
+    reports = tmp_path / "reports"
+    reports.mkdir(mode=0o700)
+    report = {
+        "id": "20261125-140312-4242",
+        "outcome": "kernel_died",
+        "cause": "out_of_memory",
+        "summary": "Out of memory at In [3], line 2: the kernel grew to 300 MiB of the 300 MiB.",
+        "evidence": ["the kernel (pid 4242) was ended by SIGKILL"],
+        "advice": ["Process the data in chunks."],
+        "stack": [
+            {
+                "file": "/tmp/ipykernel_9/111.py",
+                "line": 2,
+                "function": "<module>",
+                "cell_index": None,
+                "execution_count": 3,
+            },
+            {
+                "file": "/tmp/ipykernel_9/222.py",
+                "line": 4,
+                "function": "grow",
+                "cell_index": None,
+                "execution_count": 1,
+            },
+            {
+                "file": "/srv/venv/lib/python3.11/site-packages/numpy/core/numeric.py",
+                "line": 9,
+                "function": "ones",
+                "cell_index": None,
+                "execution_count": None,
+            },
+        ],
+        "kernel": {"ended": 1795600000.0},
+    }
+    path = reports / f"{report['id']}.json"
+    path.write_text(json.dumps(report))
+    path.chmod(0o600)
+    monkeypatch.setenv(ENV_REPORTS, str(reports))
+    _doctor(f"show {report['id']}")
+    assert capsys.readouterr().out.splitlines() == [
+        report["summary"],
+        "What to do:",
+        "  → Process the data in chunks.",
+        "Stack (innermost last):",
+        "  <module>  In [3], line 2",
+        "  grow  In [1], line 4",
+        "  ones  numpy/core/numeric.py, line 9",
+        "Evidence:",
+        "  • the kernel (pid 4242) was ended by SIGKILL",
+    ]

@@ -79,7 +79,7 @@ def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
             page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
             page.keyboard.press("Shift+Enter")  # held = 1
             page.keyboard.press("Shift+Enter")  # the memset: the kernel dies
-            toast = page.locator(".Toastify__toast").filter(has_text="Out of memory in cell")
+            toast = page.locator(".Toastify__toast").filter(has_text="Out of memory at In [2]")
             toast.wait_for(timeout=60_000)
             # JupyterLab's own modal says only that the kernel "appears to have died".
             dialog = page.locator(".jp-Dialog").filter(has_text="appears to have died")
@@ -87,7 +87,7 @@ def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
             dialog.get_by_role("button", name="Ok").click()
             page.wait_for_timeout(1000)  # the toast slides in
             text = toast.inner_text()
-            assert "Out of memory in cell [2], line 1" in text, text
+            assert "Out of memory at In [2], line 1" in text, text
             assert "of the 400 MiB limit" in text, text
             page.screenshot(path=str(ARTIFACTS / "2-notification.png"))
 
@@ -98,13 +98,22 @@ def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
             assert "bytearray(700 * 1024**2)" in cell_text
             # An error output (JupyterLab shows an error's traceback, on a red ground).
             error = failed.locator('.jp-OutputArea-output[data-mime-type*="stderr"]')
-            assert "Out of memory in cell [2], line 1" in error.inner_text()
+            # What happened and what to do; the evidence is one click away (Details).
+            lines = error.inner_text().splitlines()
+            assert lines[0].startswith("Out of memory at In [2], line 1: "), lines
+            assert lines[1].startswith("  → Process the data in chunks"), lines
+            assert lines[-1].startswith("The evidence: Details in the notification, or "), lines
+            assert not any("•" in line for line in lines), lines
             failed.screenshot(path=str(ARTIFACTS / "3-failed-cell.png"))
 
             toast.get_by_role("button", name="Details").click()
             report = page.locator(".kd-report")
             report.wait_for(timeout=10_000)
-            assert "What to do" in report.inner_text()
+            details = report.inner_text()
+            assert details.index("What to do") < details.index("Evidence"), details
+            # The frame is named by its cell, never by ipykernel's temp file.
+            assert "<module>  In [2], line 1" in details, details
+            assert "/tmp/ipykernel_" not in details, details
             page.screenshot(path=str(ARTIFACTS / "4-details.png"))
         finally:
             browser.close()

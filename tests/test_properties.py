@@ -724,7 +724,7 @@ def test_diagnose_is_total_and_follows_the_decision_table(ev: Evidence) -> None:
             running.started,
         )
         if running.execution_count and d.cause != "startup_failure":
-            assert f"cell [{running.execution_count}]" in d.summary
+            assert f" at In [{running.execution_count}]" in d.summary
     if d.line is not None:
         assert f"line {d.line}" in d.summary or d.cause == "startup_failure"
 

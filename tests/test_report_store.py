@@ -134,7 +134,7 @@ def test_show_latest_takes_the_newest_valid_report(reports: Path, capsys: Any) -
     assert json.loads(out)["id"] == GOOD_NEW
     assert err.splitlines() == [f"{WARNING}skipped {bad}: {BAD_TYPES_WHY} {ADVICE}"]
     code, out, err = cli(capsys, "show")  # rendered: "latest" is the default
-    assert code == 0 and "Out of memory in cell [3], line 2" in out
+    assert code == 0 and "Out of memory at In [3], line 2" in out
 
 
 @pytest.mark.timeout(30)  # a FIFO opened blocking would hang the command

@@ -23,7 +23,7 @@ REPORT = {
     "created": 1795600000.0,
     "outcome": "kernel_died",
     "cause": "out_of_memory",
-    "summary": "Out of memory in cell 3 (In [3]), line 3: the kernel grew to 1.0 GiB.",
+    "summary": "Out of memory at In [3], line 3: the kernel grew to 1.0 GiB.",
     "cell": {"index": 2, "execution_count": 3, "id": None, "source": "x"},
     "line": 3,
     "memory": {"peak_bytes": 1, "limit_bytes": 2, "limit_source": "cgroup v1"},

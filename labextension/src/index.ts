@@ -28,7 +28,13 @@ interface IReport {
   kernel: { connection_file?: string; ended?: number } | null;
   evidence?: string[];
   advice?: string[];
-  stack?: { file: string; line: number; function: string }[];
+  stack?: {
+    file: string;
+    line: number | null;
+    function: string;
+    cell_index?: number | null;
+    execution_count?: number | null;
+  }[];
   memory?: { peak_bytes?: number; limit_bytes?: number; limit_source?: string; timeline?: [number, number][] };
 }
 
@@ -85,6 +91,81 @@ function formatBytes(value: unknown): string {
     i++;
   }
   return `${n >= 10 || i === 0 ? n.toFixed(0) : n.toFixed(1)} ${units[i]}`;
+}
+
+// How a person is told which cell, and where: the same forms as kernel-doctor's
+// Python side (kernel_doctor/agent/naming.py), which writes the report's sentences.
+
+/** ipykernel's cell code files (/tmp/ipykernel_<pid>/<hash>.py) and IPython's. */
+const CELL_FILE = /(\/ipykernel_\d+\/\d+\.py$)|(^<ipython-input-(\d+)-[0-9a-f]+>$)/;
+const LONG_PATH = 40;
+
+function ordinal(n: number): string {
+  if (n % 100 >= 10 && n % 100 <= 20) {
+    return `${n}th`;
+  }
+  return `${n}${({ 1: 'st', 2: 'nd', 3: 'rd' } as Record<number, string>)[n % 10] || 'th'}`;
+}
+
+/** "In [3]" for execution count 3, else "the 4th cell" for 0-based index 3. */
+function cellName(count: number | null, index: number | null, unknown: string): string {
+  if (count !== null) {
+    return `In [${count}]`;
+  }
+  if (index !== null) {
+    return `the ${ordinal(index + 1)} cell`;
+  }
+  return unknown;
+}
+
+function cellPlace(
+  count: number | null,
+  index: number | null,
+  line: number | null,
+  unknown = 'the running cell'
+): string {
+  const name = cellName(count, index, unknown);
+  return line ? `${name}, line ${line}` : name;
+}
+
+/** "/sys/fs/cgroup/…/kernel-doctor-1-0" for a long absolute path. */
+function shortPath(path: string): string {
+  const parts = path.split('/');
+  if (path.length <= LONG_PATH || !path.startsWith('/') || parts.length <= 5) {
+    return path;
+  }
+  return [...parts.slice(0, 4), '…', parts[parts.length - 1]].join('/');
+}
+
+/** Every long absolute path in a sentence shortened (Details shows them whole). */
+function shortPaths(sentence: string): string {
+  return sentence.replace(/(^|[^\w/.~:-])(\/[^\s()'"]+)/g, (_, before: string, path: string) => {
+    const body = path.replace(/[.,;:]+$/, '');
+    return before + shortPath(body) + path.slice(body.length);
+  });
+}
+
+/** A source file as a person knows it: an installed package's path from the package on. */
+function shortFile(path: string): string {
+  for (const marker of ['site-packages/', 'dist-packages/', '/lib/python3']) {
+    const at = path.indexOf(marker);
+    if (at >= 0) {
+      return path.slice(at + marker.length).replace(/^[0-9./]+/, '');
+    }
+  }
+  return shortPath(path);
+}
+
+/** Where a stack frame is: "In [3], line 3" for a cell's code, else the file. */
+function framePlace(file: string, line: number | null, count: number | null, index: number | null): string {
+  const match = CELL_FILE.exec(file);
+  if (count === null && match && match[3]) {
+    count = Number(match[3]);
+  }
+  if (match || count !== null || index !== null) {
+    return cellPlace(count, index, line, 'a cell');
+  }
+  return line ? `${shortFile(file)}, line ${line}` : shortFile(file);
 }
 
 /** An HTML element whose content, if any, is set as text (never parsed as HTML). */
@@ -164,10 +245,23 @@ function sparkline(timeline: unknown, limitValue: unknown): SVGElement | null {
 /**
  * The Details panel, built with DOM calls: every value from the report is set as text
  * (or, for the timeline, as numbers checked finite), so none is ever parsed as HTML.
+ * What happened and what to do first; the evidence and full paths are here, one
+ * click from the notification.
  */
 function renderReport(report: IReport): HTMLElement {
   const root = element('div', undefined, 'kd-report');
   root.appendChild(element('h2', text(report.summary)));
+  const list = (title: string, items: string[]): void => {
+    if (items.length) {
+      root.appendChild(element('h3', title));
+      const node = element('ul');
+      for (const item of items) {
+        node.appendChild(element('li', item));
+      }
+      root.appendChild(node);
+    }
+  };
+  list('What to do', texts(report.advice));
   if (report.cell) {
     const marked = finite(report.line);
     const lines = text(report.cell.source)
@@ -176,7 +270,8 @@ function renderReport(report: IReport): HTMLElement {
         element('span', `${String(i + 1).padStart(3)}  ${source}`, marked === i + 1 ? 'kd-line' : undefined)
       );
     const count = finite(report.cell.execution_count);
-    root.appendChild(element('h3', `Cell [${count === null ? '?' : count}]`));
+    const index = finite(report.cell.index);
+    root.appendChild(element('h3', cellPlace(count, index, marked, 'The cell')));
     root.appendChild(preOf(lines));
   }
   const memory = report.memory || {};
@@ -193,28 +288,16 @@ function renderReport(report: IReport): HTMLElement {
   }
   const stack = (Array.isArray(report.stack) ? report.stack : []).filter(f => f && typeof f === 'object');
   if (stack.length) {
-    const frames = stack.map(f => {
-      const line = finite(f.line);
-      return document.createTextNode(
-        `${text(f.function)}  ${text(f.file)}, line ${line === null ? '?' : line}`
-      );
-    });
+    const frames = stack.map(f =>
+      document.createTextNode(
+        `${text(f.function)}  ` +
+          framePlace(text(f.file), finite(f.line), finite(f.execution_count), finite(f.cell_index))
+      )
+    );
     root.appendChild(element('h3', 'Stack (innermost last)'));
     root.appendChild(preOf(frames));
   }
-  for (const [title, items] of [
-    ['Evidence', texts(report.evidence)],
-    ['What to do', texts(report.advice)]
-  ] as [string, string[]][]) {
-    if (items.length) {
-      root.appendChild(element('h3', title));
-      const list = element('ul');
-      for (const item of items) {
-        list.appendChild(element('li', item));
-      }
-      root.appendChild(list);
-    }
-  }
+  list('Evidence', texts(report.evidence));
   return root;
 }
 
@@ -234,7 +317,8 @@ class MemoryStatus extends Widget {
     }
     const { counted_bytes, limit_bytes, limit_source } = state.memory;
     this.node.textContent = `Mem: ${formatBytes(counted_bytes)} / ${formatBytes(limit_bytes)}`;
-    this.node.title = `kernel-doctor: memory the limit counts, against ${text(limit_source) || 'the limit'}`;
+    this.node.title =
+      `kernel-doctor: memory the limit counts, against ${shortPaths(text(limit_source)) || 'the limit'}`;
     const threshold = finite(state.guard?.threshold_bytes);
     const near = threshold ? (finite(counted_bytes) || 0) >= threshold * 0.95 : false;
     this.toggleClass('kd-memory-warning', near);
@@ -331,10 +415,11 @@ class Doctor {
       output_type: 'error',
       ename: 'KernelDied',
       evalue: text(report.summary),
+      // What happened and what to do; the evidence is behind the notification's Details.
       traceback: [
         text(report.summary),
-        ...texts(report.evidence).map(e => `  • ${e}`),
-        ...texts(report.advice).map(a => `  → ${a}`)
+        ...texts(report.advice).map(a => `  → ${shortPaths(a)}`),
+        `The evidence: Details in the notification, or kernel-doctor show ${text(report.id)} --verbose`
       ]
     });
   }

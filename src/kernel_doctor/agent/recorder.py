@@ -6,7 +6,6 @@ import atexit
 import faulthandler
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -17,6 +16,7 @@ from typing import IO, Any
 
 from .errors import describe_error
 from .hooks import install_audit_hook, ipython_major, take_wake_fd
+from .naming import is_cell_file
 from .protocol import (
     CELLS,
     DUMPS,
@@ -280,7 +280,7 @@ class Agent:
         if self._cell is None or code.co_name != "<module>":
             return
         line = next((ln for _, _, ln in code.co_lines() if ln), None)
-        if line is None or not _CELL_FILE.search(code.co_filename):
+        if line is None or not is_cell_file(code.co_filename):  # exec() of other code
             return
         with self._lock:
             if self._cell is not None:
@@ -413,11 +413,6 @@ class Agent:
             current = back
             limit -= 1
         return None
-
-
-# ipykernel's cell files (/tmp/ipykernel_<pid>/<hash>.py) and IPython's
-# (<ipython-input-N-hash>): exec() of anything else is not a cell's statement.
-_CELL_FILE = re.compile(r"(/ipykernel_\d+/\d+\.py$)|(^<ipython-input-\d+-[0-9a-f]+>$)")
 
 
 def _timed_line(frame: FrameType) -> int | None:

@@ -6,6 +6,7 @@ import dataclasses
 import signal
 from dataclasses import dataclass
 
+from ..agent.naming import cell_place
 from ..evidence import CellRun, Evidence, Frame, StackDump
 from ..probe.procfs import signal_name
 from ..sizes import format_size
@@ -199,10 +200,7 @@ def _guard_facts(ev: Evidence) -> list[str]:
         room = "the room left" + (
             f" plus {reserve // 1024**2} MiB for thread stacks" if reserve else ""
         )
-        on += (
-            f"; no single allocation was larger than {room} (the memory filled in "
-            "smaller steps)"
-        )
+        on += f"; no single allocation was larger than {room} (the memory filled in smaller steps)"
     if guard.get("signals"):
         return [
             f"{on}; it signalled the cell, but the growth was inside one long call into C "
@@ -311,10 +309,10 @@ def oom_share(ev: Evidence) -> float | None:
 
 
 def where_text(cell: CellRun | None, line: int | None) -> str:
+    """Where in the summary's sentence the cell ran: " at In [3], line 2"."""
     if cell is None:
         return ""
-    label = f"cell [{cell.execution_count}]" if cell.execution_count else "the running cell"
-    return f" in {label}" + (f", line {line}" if line else "")
+    return f" at {cell_place(cell.execution_count, None, line)}"
 
 
 def _summary(cause: str, ev: Evidence, cell: CellRun | None, line: int | None) -> str:

@@ -13,9 +13,11 @@ import time
 from typing import TYPE_CHECKING
 
 from ..agent.ceiling import TUNABLES, with_stack_cache
+from ..agent.private import append_private
 from ..agent.protocol import (
     ENV_DATA_LIMIT,
     ENV_DUMP_SIGNAL,
+    ENV_KERNEL_OUTPUT,
     ENV_REPORTS,
     ENV_SESSION,
     ENV_WAKE_FD,
@@ -102,6 +104,7 @@ class Supervisor:
     def _kernel_command(self) -> tuple[list[str], dict[str, str]]:
         argv = list(self.kernel_argv)
         env = dict(os.environ)
+        env.pop(ENV_KERNEL_OUTPUT, None)  # ours: a kernel's own `run` must not inherit it
         env[ENV_SESSION] = self.session.directory
         if env.get("JPY_PARENT_PID"):
             # ipykernel exits when its parent changes; its parent is now us.
@@ -147,9 +150,23 @@ class Supervisor:
         finally:
             os.close(write_fd)
             os.close(self.wake_w)
-        self.tee = StderrTee(read_fd, 2, os.path.join(self.session.directory, STDERR))
+        output = self._kernel_output()
+        self.tee = StderrTee(read_fd, output, os.path.join(self.session.directory, STDERR))
         self.tee.start()
         return process
+
+    def _kernel_output(self) -> int:
+        """Where the kernel's stderr is copied: to ours, or to the file the caller names
+        in ENV_KERNEL_OUTPUT (``run`` keeps its stderr for its progress and result, and
+        our own warnings). An environment variable, not an option: a supervisor that
+        does not know it still runs, and copies to its stderr as before."""
+        path = os.environ.get(ENV_KERNEL_OUTPUT)
+        if path:
+            try:
+                return append_private(path)
+            except OSError:
+                pass  # the kernel's messages are worth more on our stderr than lost
+        return 2
 
     # -- run ---------------------------------------------------------------------
 
