@@ -65,6 +65,16 @@ _kd_deaf_sleep = _kd_subprocess.Popen(["sleep", "300"], preexec_fn=_kd_deaf)
 # -- kernels -------------------------------------------------------------------------
 
 
+def unguardable_fill(mib: int) -> str:
+    """One line of a cell that fills ``mib`` MiB in one C call, of shared memory, which
+    the memory guard's allocation layer does not count: an OOM death no guard prevents
+    (a private ``bytearray`` of that size is refused at once)."""
+    return (
+        f"import ctypes, mmap; fill = mmap.mmap(-1, {mib} * 1024**2); "
+        "ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(fill)), 1, len(fill))"
+    )
+
+
 def write_kernelspecs(root: Path) -> Path:
     kernels = root / "kernels"
     for name, argv in (("plain", KERNEL_ARGV), ("supervised", SUPERVISE + KERNEL_ARGV)):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kernels import unguardable_fill
 from test_server import TWIN, Server, running_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
@@ -59,9 +60,9 @@ def write_notebook(root: Path, name: str, cells: list[str]) -> None:
 
 def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    # One memset past the 400 MB limit: it fits under the guard's allocation ceiling and
-    # runs as one C call, so the kernel really dies, as without kernel-doctor.
-    write_notebook(lab.root, "oom.ipynb", ["held = 1", "data = bytearray(700 * 1024**2)"])
+    # One memset of shared memory past the 400 MB limit: the guard's allocation layer
+    # does not count it and it runs as one C call, so the kernel really dies.
+    write_notebook(lab.root, "oom.ipynb", ["held = 1", unguardable_fill(700)])
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -95,7 +96,7 @@ def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
             failed.wait_for(timeout=10_000)
             assert failed.count() == 1
             cell_text = failed.inner_text()
-            assert "bytearray(700 * 1024**2)" in cell_text
+            assert "mmap.mmap(-1, 700 * 1024**2)" in cell_text
             # An error output (JupyterLab shows an error's traceback, on a red ground).
             error = failed.locator('.jp-OutputArea-output[data-mime-type*="stderr"]')
             # What happened and what to do; the evidence is one click away (Details).

@@ -34,6 +34,7 @@ from conftest import remove_cgroup_tree
 from kernel_doctor._errors import CgroupUnavailable
 from kernel_doctor.kernelspecs import SpecInfo, twin_spec
 from kernel_doctor.probe.create import make_limited_cgroup
+from kernels import unguardable_fill
 
 pytest.importorskip("jupyter_server")
 websocket = pytest.importorskip("websocket")  # websocket-client, a jupyter_server dependency
@@ -420,7 +421,7 @@ def test_oom_death_is_shown_once_in_the_next_cell_of_that_notebook_only(
     kernel = server.request("GET", f"/api/kernels/{nb1.kernel_id}")
     assert kernel["name"] == TWIN
 
-    nb1.run_until_death("data = bytearray(600 * 1024**2)")
+    nb1.run_until_death(unguardable_fill(600))
     # The server restarted the same kernel (same id), and it works afresh.
     assert server.request("GET", f"/api/kernels/{nb1.kernel_id}")["id"] == nb1.kernel_id
 

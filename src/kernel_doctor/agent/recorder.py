@@ -14,6 +14,7 @@ import traceback
 from types import CodeType, FrameType, TracebackType
 from typing import IO, Any
 
+from .ceiling import start_unlifted
 from .errors import describe_error
 from .hooks import install_audit_hook, ipython_major, take_wake_fd
 from .naming import is_cell_file
@@ -128,12 +129,13 @@ class Agent:
         register(self.shell)
         install_audit_hook(self)
         atexit.register(self._at_exit)
-        self._watcher.start()
+        start_unlifted(self._watcher)
         with self._lock:
             self._write_state(busy=False)
         # The supervisor checks SigCgt before it sends a dump signal; this record
         # says the handler is in place and which thread is the main one.
         self._append(CellRecord("ready", time.time(), pid=os.getpid()))
+        self._poke(b"r")  # the supervisor sets the allocation layer's ceiling now
 
     def stop(self) -> None:
         install_audit_hook(None)

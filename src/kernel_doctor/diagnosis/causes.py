@@ -200,7 +200,11 @@ def _guard_facts(ev: Evidence) -> list[str]:
         room = "the room left" + (
             f" plus {reserve // 1024**2} MiB for thread stacks" if reserve else ""
         )
-        on += f"; no single allocation was larger than {room} (the memory filled in smaller steps)"
+        on += (
+            f"; its allocation layer refuses any single allocation larger than {room}, and "
+            "none was: memory filled in smaller steps, or in memory it does not count "
+            "(shared memory, memory-mapped files, child processes)"
+        )
     if guard.get("signals"):
         return [
             f"{on}; it signalled the cell, but the growth was inside one long call into C "

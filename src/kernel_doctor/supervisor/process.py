@@ -313,6 +313,8 @@ class Supervisor:
                     try:
                         pokes = os.read(self.cell_r, 4096)
                         if pokes:
+                            if self.sampler.state is None:
+                                self.sampler.attach_state(state_path)
                             self.sampler.poked(pokes)
                         else:  # no writer left: the kernel is ending
                             poller.unregister(self.cell_r)
