@@ -24,10 +24,9 @@ export class CoreDeathDialog {
   }
 
   /** The core's words for this panel's kernel death, as the panel says them. */
-  words(panel: NotebookPanel): { title: string; body: string } {
+  words(panel: NotebookPanel): { body: string } {
     const trans = this.translator.load('jupyterlab');
     return {
-      title: trans.__('Kernel Restarting'),
       body: trans.__(
         'The kernel for %1 appears to have died. It will restart automatically.',
         panel.sessionContext.session?.path
@@ -54,9 +53,9 @@ export class CoreDeathDialog {
   private replaceIn(dialogs: Dialog<unknown>[]): void {
     for (const dialog of dialogs) {
       for (const panel of this.replacing) {
-        const { title, body } = this.words(panel);
-        const shown = dialog.node.textContent || '';
-        if (!dialog.isDisposed && shown.includes(title) && shown.includes(body)) {
+        // Its body says it (the title is rendered later, by React).
+        const { body } = this.words(panel);
+        if (!dialog.isDisposed && (dialog.node.textContent || '').includes(body)) {
           dialog.resolve(); // its one button, Ok: as if the user had read it
         }
       }

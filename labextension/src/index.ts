@@ -78,7 +78,7 @@ class Doctor {
   private seenReports = new Set<string>();
   private seenIgnored = new Set<string>();
   private started = Date.now() / 1000;
-  private supervised = new Set<string>(); // kernel ids, as of the last poll
+  private supervised = new Set<string>(); // kernel ids ever seen supervised
   private notices = new Map<string, string>(); // kernel id → its death's notification
   private runningLine = new RunningLine();
   private ticks = 0;
@@ -233,7 +233,9 @@ class Doctor {
     }
     try {
       const states = await api<IKernelState[]>('kernels');
-      this.supervised = new Set(states.map(s => s.kernel_id));
+      // Kept once seen: a kernel that just died has left the list by the time the
+      // server's restarter notices and says 'autorestarting'.
+      states.forEach(s => this.supervised.add(s.kernel_id));
       const state = states.find(s => s.kernel_id === kernelId) || null;
       this.status?.display(state);
       this.running?.display(state);
