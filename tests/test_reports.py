@@ -27,6 +27,7 @@ from kernel_doctor.reports.notice import find_previous, leave_notice, notice_tex
 from kernel_doctor.reports.store import encode, prune, store
 
 MiB = 1024**2
+GiB = 1024**3
 SUMMARY = "Out of memory at In [3], line 2: the kernel grew to 300 MiB of the 300 MiB limit."
 LIMIT_SOURCE = "cgroup v1 memory limit of /sys/fs/cgroup/memory/kd"
 # Every key of a stored death report, in the order written (the README contract).
@@ -71,6 +72,7 @@ def death(pid: int, ended: float | None = None, **kernel: Any) -> tuple[Evidence
             kernel_peak_bytes=290 * MiB,
         ),
         cells=(cell,),
+        guard={"enabled": True, "threshold_bytes": 270 * MiB, "signals": 0},
         stderr_tail="Killed\n",
         **kernel,
     )
@@ -149,6 +151,8 @@ def test_death_report_json_keeps_the_contract() -> None:
         "limit_source": LIMIT_SOURCE,
         "limit_kind": "cgroup-v1",
         "timeline": [[0.0, 50 * MiB], [9.5, 300 * MiB]],
+        "threshold_bytes": 270 * MiB,
+        "cell_starts": [[8.0, 3]],
     }
     assert list(doc["kernel"]) == [
         "pid", "argv", "connection_file", "name", "session_name", "started", "ended"
@@ -424,7 +428,7 @@ def test_the_report_leads_with_what_happened_and_what_to_do() -> None:
         " ❱ 2 y = bytearray(10**9)",
         "",
         " memory: peak 300 MiB of 300 MiB (cgroup v1 memory limit of /sys/fs/cgroup/…/kd-1)",
-        " ▁█",
+        " ▁█  0–300 MiB over 9.5 s",
         "",
         " stack (innermost last)",
         "   <module>  In [3], line 2",
@@ -432,6 +436,24 @@ def test_the_report_leads_with_what_happened_and_what_to_do() -> None:
         "",
         " the evidence and full paths: kernel-doctor show 20261125-140312-4242 --verbose",
     ]
+
+
+@pytest.mark.parametrize(
+    ("timeline", "limit", "scale"),
+    [
+        ([(0.0, 50 * MiB), (12.2, 200 * MiB)], 300 * MiB, "0–300 MiB over 12 s"),
+        ([(0.0, 50 * MiB), (5.26, 600 * MiB)], 512 * MiB, "0–600 MiB over 5.3 s"),
+        ([(0.1, 2 * GiB), (200.0, 3 * GiB)], None, "0–3.0 GiB over 3 min 20 s"),
+        ([(0.1, 1), (7500.0, 2)], 4 * GiB, "0–4.0 GiB over 2 h 5 min"),
+        ([], 4 * GiB, ""),
+    ],
+)
+def test_the_sparkline_says_its_scale(
+    timeline: list[tuple[float, int]], limit: int | None, scale: str
+) -> None:
+    from kernel_doctor.reports.render import sparkline_scale
+
+    assert sparkline_scale(timeline, limit) == scale
 
 
 def test_verbose_shows_the_evidence_and_full_paths() -> None:

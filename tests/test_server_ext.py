@@ -101,6 +101,9 @@ async def test_live_state_and_a_look_inside_a_supervised_kernel(
         state = states[0]
         assert state["busy"] is False and state["memory"]["limit_bytes"] > 0
         assert state["guard"]["enabled"] is True
+        # No cell running: none named, no line, no time.
+        running = {k: state[k] for k in ("line", "execution_count", "cell_id", "elapsed")}
+        assert running == {"line": None, "execution_count": None, "cell_id": None, "elapsed": None}
         look = await fetch_json(jp_fetch, "kernels", kernel_id, "where")
         assert look["busy"] is False and look["summary"] == "idle: no cell is running"
         assert look["os_threads"][0]["tid"] == state["pid"]

@@ -41,6 +41,26 @@ def sparkline(timeline: Sequence[Sequence[float]], limit: int | None, width: int
     return "".join(BARS[min(len(BARS) - 1, int(v / top * (len(BARS) - 1) + 0.5))] for v in picked)
 
 
+def sparkline_scale(timeline: Sequence[Sequence[float]], limit: int | None) -> str:
+    """What the sparkline's height and width stand for: "0–512 MiB over 5.3 s"."""
+    if not timeline:
+        return ""
+    top = max(limit or 0, max(v for _, v in timeline), 1)
+    return f"0–{format_size(int(top))} over {format_duration(timeline[-1][0])}"
+
+
+def format_duration(seconds: float) -> str:
+    """'5.3 s', '42 s', '3 min 20 s', '2 h 5 min'."""
+    if seconds < 10:
+        return f"{max(seconds, 0):.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
 def render(
     report: Report | Mapping[str, Any], console: Console | None = None, *, verbose: bool = False
 ) -> None:
@@ -87,7 +107,12 @@ def render(
                 style="dim",
             )
         )
-        parts.append(Text(sparkline(memory.timeline, limit), style="cyan"))
+        parts.append(
+            Text.assemble(
+                (sparkline(memory.timeline, limit), "cyan"),
+                (f"  {sparkline_scale(memory.timeline, limit)}", "dim"),
+            )
+        )
     stack = report.stack
     if len(stack) > 1 or (stack and stack[-1].function != "<module>"):
         parts.append(Text("\nstack (innermost last)", style="dim"))
