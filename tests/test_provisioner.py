@@ -96,8 +96,10 @@ def test_bad_kernelspec_pending(supervising: KernelProvisionerFactory) -> None:
     async def run() -> None:
         km = AsyncMultiKernelManager(use_pending_kernels=True)
         kernel_id = await km.start_kernel(kernel_name=f"{BAD}-doctor", stdout=PIPE, stderr=PIPE)
+        ready = km.get_kernel(kernel_id).ready
+        assert isinstance(ready, asyncio.Future)
         with pytest.raises(FileNotFoundError):
-            await km.get_kernel(kernel_id).ready
+            await ready
         assert kernel_id in km.list_kernel_ids()
         await km.shutdown_kernel(kernel_id)
         assert kernel_id not in km.list_kernel_ids()

@@ -82,7 +82,7 @@ async def test_an_unauthenticated_request_is_refused(
         url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}kernel-doctor/api/{path}"
         response = await AsyncHTTPClient().fetch(url, raise_error=False)
         assert response.code == 403, (path, response.code)
-        assert REPORT["summary"].encode() not in (response.body or b"")
+        assert str(REPORT["summary"]).encode() not in (response.body or b"")
 
 
 async def test_live_state_and_a_look_inside_a_supervised_kernel(
