@@ -48,7 +48,6 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
     monkeypatch.setenv("JUPYTER_PATH", "")
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.delenv(KernelProvisionerFactory.default_provisioner_name_env, raising=False)
     spec = data / "kernels" / BAD
     spec.mkdir(parents=True)
     spec.joinpath("kernel.json").write_text(
@@ -59,9 +58,10 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def factory() -> Iterator[KernelProvisionerFactory]:
+def factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelProvisionerFactory]:
     """jupyter_client's provisioner factory, cleared after the test. The entry point is
     added where this tree's kernel-doctor was installed before it declared one."""
+    monkeypatch.delenv(KernelProvisionerFactory.default_provisioner_name_env, raising=False)
     KernelProvisionerFactory.clear_instance()
     found = KernelProvisionerFactory.instance()
     if NAME not in found.provisioners:
