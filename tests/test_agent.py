@@ -44,12 +44,14 @@ def test_flight_record(shell: Any, tmp_path: Path) -> None:
     # A cell that raised has its end record on disk at once; a clean end may wait
     # for the next write, and the state record says it ended meanwhile.
     on_disk = read_cells(str(tmp_path))
-    assert on_disk[-1].event == "end" and on_disk[-1].error["line"] == 4
+    last_error = on_disk[-1].error
+    assert on_disk[-1].event == "end" and last_error is not None and last_error["line"] == 4
     written = records(tmp_path)
     kinds = [(r.event, r.seq) for r in written]
     assert kinds == [("ready", None), ("start", 1), ("end", 1), ("start", 2), ("end", 2)]
     assert written[1].source == "x = 1"
     error = written[4].error
+    assert error is not None
     assert error["type"] == "ZeroDivisionError"
     assert error["line"] == 4
     assert written[2].file in shell.compile._filename_map
@@ -148,6 +150,7 @@ def test_hooks_never_raise_into_the_users_output(shell: Any, tmp_path: Path, cap
     end = [r for r in records(tmp_path) if r.event == "end"][-1]
     # IPython 8 reports Odd; IPython 9 reports the RuntimeError its traceback
     # formatting hit. Either way the cell's end is on record and nothing escaped.
+    assert end.error is not None
     if end.error["type"] == "Odd":
         assert end.error["line"] == 4
         assert end.error["message"] == "<Odd: message unavailable>"

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -75,10 +75,12 @@ def where(pid: int, capsys: Any) -> dict[str, Any]:
 
 
 def innermost_cell_line(reply: dict[str, Any]) -> int:
+    from kernel_doctor.agent.looks import Look
+    from kernel_doctor.agent.naming import is_cell_file
     from kernel_doctor.diagnosis.hang import main_frames
-    from kernel_doctor.diagnosis.stacks import is_cell_file
 
-    return next(f[1] for f in reversed(main_frames(reply)) if is_cell_file(str(f[0])))
+    frames = main_frames(cast(Look, reply))
+    return int(next(f[1] for f in reversed(frames) if is_cell_file(str(f[0]))))
 
 
 @pytest.mark.parametrize(("name", "cell", "lines", "doing", "_"), HANGS, ids=[h[0] for h in HANGS])

@@ -170,7 +170,7 @@ def test_show_a_bad_report_by_id_is_a_one_line_error(reports: Path, capsys: Any)
     bad = put(reports, BAD, json.dumps(BAD_TYPES).encode())
     for argv in (["show", BAD], ["show", BAD, "--json"]):
         code, out, err = cli(capsys, *argv)
-        assert code == ExitCode.USAGE == 2
+        assert code == ExitCode.USAGE and int(ExitCode.USAGE) == 2
         assert out == ""
         assert err.splitlines() == [
             f"{ERROR}report {BAD!r} is not a report kernel-doctor can read ({BAD_TYPES_WHY}); "

@@ -333,7 +333,8 @@ class Notebook:
         """Run a cell to its end: its outputs (IOPub messages that are outputs), in order."""
         msg_id = self.start_cell(code)
         deadline = time.monotonic() + REPLY_TIMEOUT
-        outputs, reply, idle = [], None, False
+        outputs: list[dict[str, Any]] = []
+        reply, idle = None, False
         while reply is None or not idle:
             message = self.receive(deadline)
             assert message is not None, f"{code!r} did not finish: {outputs}, {reply}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ async def test_an_unauthenticated_request_is_refused(
         url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}kernel-doctor/api/{path}"
         response = await AsyncHTTPClient().fetch(url, raise_error=False)
         assert response.code == 403, (path, response.code)
-        assert REPORT["summary"].encode() not in (response.body or b"")
+        assert str(REPORT["summary"]).encode() not in (response.body or b"")
 
 
 async def test_live_state_and_a_look_inside_a_supervised_kernel(
@@ -128,3 +129,50 @@ def test_the_extension_fails_open() -> None:
 
     _load_jupyter_server_extension(BrokenServer())  # must not raise into the server
     assert len(warnings) == 1 and warnings[0].startswith("kernel-doctor: server extension not")
+
+
+@pytest.fixture
+def provisioner_registered() -> Iterator[None]:
+    """kernel-doctor's provisioner in jupyter_client's factory before the server starts,
+    as its entry point puts it there where this tree is installed."""
+    from importlib.metadata import EntryPoint
+
+    from jupyter_client.provisioning.factory import KernelProvisionerFactory
+
+    from kernel_doctor.provisioner import NAME, SupervisingProvisioner
+
+    KernelProvisionerFactory.clear_instance()
+    factory = KernelProvisionerFactory.instance()
+    target = f"{SupervisingProvisioner.__module__}:{SupervisingProvisioner.__name__}"
+    factory.provisioners.setdefault(
+        NAME, EntryPoint(name=NAME, value=target, group="jupyter_client.kernel_provisioners")
+    )
+    yield
+    KernelProvisionerFactory.clear_instance()
+
+
+async def test_a_twin_whose_kernel_is_missing_is_an_error_starting_it(
+    provisioner_registered: None, jp_fetch: Any, jp_data_dir: Path
+) -> None:
+    """What JupyterLab shows as "Error Starting Kernel", as for the plain kernelspec."""
+    from tornado.httpclient import HTTPClientError
+
+    from kernel_doctor import kernelspecs
+
+    bad = jp_data_dir / "kernels" / "bad"
+    bad.mkdir(parents=True)
+    bad.joinpath("kernel.json").write_text(
+        json.dumps({"argv": ["non_existent_executable"], "display_name": "bad"})
+    )
+    twin = kernelspecs.twin_spec(kernelspecs.find("bad"), None, "bad-doctor")
+    (jp_data_dir / "kernels" / "bad-doctor").mkdir()
+    (jp_data_dir / "kernels" / "bad-doctor" / "kernel.json").write_text(json.dumps(twin))
+    answers = []
+    for name in ("bad", "bad-doctor"):
+        with pytest.raises(HTTPClientError) as error:
+            await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": name}))
+        response = error.value.response
+        answers.append((error.value.code, response.body if response else None))
+    assert answers[0][0] == 500 and answers[1] == answers[0]
+    kernels = await jp_fetch("api", "kernels")
+    assert json.loads(kernels.body) == []  # nothing left restarting

@@ -367,7 +367,7 @@ def mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
     if report.get("id"):
         lines.append(f"The evidence: kernel-doctor show {report['id']} --verbose")
     cell.setdefault("outputs", []).append(
-        nbformat.v4.new_output(  # type: ignore[no-untyped-call]
+        nbformat.v4.new_output(
             "error",
             ename="KernelDied",
             evalue=f"{report.get('cause')}: {report.get('summary')}",

@@ -85,7 +85,7 @@ def doctor(line: str) -> None:
     text = buffer.getvalue().rstrip("\n")
     from IPython.display import display
 
-    display({"text/plain": text, "text/html": to_html(text)}, raw=True)  # type: ignore[no-untyped-call]
+    display({"text/plain": text, "text/html": to_html(text)}, raw=True)
 
 
 def to_html(text: str) -> str:

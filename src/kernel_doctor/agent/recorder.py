@@ -223,7 +223,7 @@ class Agent:
             return
         from IPython.display import display
 
-        display({"text/plain": text}, raw=True)  # type: ignore[no-untyped-call]
+        display({"text/plain": text}, raw=True)
 
     def _post_run_cell(self, result: Any) -> None:
         info = getattr(result, "info", None)

@@ -132,7 +132,7 @@ def _read_notebook(path: str) -> Any:
             f"notebook {path!r} has nbformat {major!r}; kernel-doctor reads versions 3 and 4"
         )
     try:
-        nb = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
+        nb = nbformat.reads(text, as_version=4)
         nbformat.validate(nb)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         import nbformat
 
-        nbformat.write(result.notebook, args.output)  # type: ignore[no-untyped-call]
+        nbformat.write(result.notebook, args.output)
     # Shown first: a report that then cannot be written (a full disk) must not hide it.
     render(result.report, Console(file=sys.stdout), verbose=args.verbose)
     if args.report_json:

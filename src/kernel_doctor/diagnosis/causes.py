@@ -11,6 +11,7 @@ from ..evidence import CellRun, Evidence, Frame, StackDump
 from ..probe.procfs import signal_name
 from ..sizes import format_size
 from .advice import advise
+from .facts import last_dump_recursion, oom_share
 from .hang import describe as describe_hang
 from .stacks import cell_line, pick_thread, runaway_recursion
 
@@ -216,16 +217,6 @@ def _guard_facts(ev: Evidence) -> list[str]:
     ]
 
 
-def last_dump_recursion(ev: Evidence) -> str | None:
-    """The recursing function, when the last on-demand dump shows runaway recursion
-    (pure-Python recursion under a raised limit lives on the heap and ends as OOM)."""
-    if not ev.dumps:
-        return None
-    dump = pick_thread(ev.dumps[-1], ev.main_thread)
-    found = runaway_recursion(dump) if dump else None
-    return found[0] if found else None
-
-
 def _running_cell(ev: Evidence) -> CellRun | None:
     cell = ev.running_cell
     if cell is None:
@@ -302,14 +293,6 @@ def _memory_facts(ev: Evidence, cell: CellRun | None) -> list[str]:
     for name, value in mem.rlimits.items():
         facts.append(f"{name} is {format_size(value)} (virtual memory: context only)")
     return facts
-
-
-def oom_share(ev: Evidence) -> float | None:
-    """The kernel's share of what the limit counted at its peak."""
-    mem = ev.memory
-    if not mem.peak_bytes or not mem.kernel_peak_bytes:
-        return None
-    return min(1.0, mem.kernel_peak_bytes / mem.peak_bytes)
 
 
 def where_text(cell: CellRun | None, line: int | None) -> str:
