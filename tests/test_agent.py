@@ -237,7 +237,9 @@ def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
     try:
         ip.run_cell("a = 1", store_history=True)
         ip.run_cell("import time; time.sleep(0.01)", store_history=True)
-        assert os.read(r, 100) == b"cce"  # each start; the end of a cell that could grow
+        # Ready (the supervisor sets the allocation layer's ceiling), each start, and the
+        # end of a cell that could grow.
+        assert os.read(r, 100) == b"rcce"
         # Nobody reads: the pipe fills, and cells keep running.
         for i in range(20_000):
             ip.run_cell(f"c = {i % 7}", store_history=True)
