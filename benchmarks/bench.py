@@ -319,9 +319,10 @@ def run(args: argparse.Namespace) -> int:
         "≤ 500 ms |",
         "",
         f"Line capture on fast OOMs: {capture_runs} runs of each case per mode, a 300 MB "
-        "cgroup filled by `bytearray(1 << 30)` (a memset at memory-write speed). Right = "
-        "the report names the running cell and line, and for the function case also "
-        "the innermost frame (the allocating line in the defining cell). Target ≥ 95 %.",
+        "cgroup filled by `bytearray(1 << 30)` (a memset at memory-write speed), the "
+        "memory guard off. Right = the report names the running cell and line, and for "
+        "the function case also the innermost frame (the allocating line in the defining "
+        "cell). Target ≥ 95 %.",
         "",
         "| case | with cgroup-v1 usage events | sampling alone (what cgroup v2 gets) |",
         "|---|---|---|",

@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 KERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 SUPERVISE = [sys.executable, "-m", "kernel_doctor.supervise", "--"]
@@ -65,6 +66,16 @@ _kd_deaf_sleep = _kd_subprocess.Popen(["sleep", "300"], preexec_fn=_kd_deaf)
 # -- kernels -------------------------------------------------------------------------
 
 
+def unguardable_fill(mib: int) -> str:
+    """One line of a cell that fills ``mib`` MiB in one C call, of shared memory, which
+    the memory guard's allocation layer does not count: an OOM death no guard prevents
+    (a private ``bytearray`` of that size is refused at once)."""
+    return (
+        f"import ctypes, mmap; fill = mmap.mmap(-1, {mib} * 1024**2); "
+        "ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(fill)), 1, len(fill))"
+    )
+
+
 def write_kernelspecs(root: Path) -> Path:
     kernels = root / "kernels"
     for name, argv in (("plain", KERNEL_ARGV), ("supervised", SUPERVISE + KERNEL_ARGV)):
@@ -84,9 +95,7 @@ class Kernel:
 
     @property
     def process(self) -> subprocess.Popen[bytes]:
-        provisioner = self.km.provisioner
-        assert provisioner is not None and provisioner.process is not None
-        return provisioner.process
+        return launched(self.km)
 
     def connect(self) -> BlockingKernelClient:
         if self.kc is not None:
@@ -287,13 +296,20 @@ def shell_reply(kc: BlockingKernelClient, msg_id: str, timeout: float) -> dict[s
             return msg
 
 
+def launched(km: KernelManager) -> subprocess.Popen[bytes]:
+    """The process jupyter_client's LocalProvisioner launched for ``km``."""
+    provisioner = km.provisioner
+    assert isinstance(provisioner, LocalProvisioner) and provisioner.process is not None
+    return cast("subprocess.Popen[bytes]", provisioner.process)
+
+
 def iopub_until(
     kc: BlockingKernelClient, msg_id: str, done: Any, timeout: float = REPLY_TIMEOUT
 ) -> list[dict[str, Any]]:
     """IOPub messages whose parent is ``msg_id``, up to and including the first for
     which ``done(msg)`` is true."""
     deadline = time.monotonic() + timeout
-    got = []
+    got: list[dict[str, Any]] = []
     while True:
         remaining = deadline - time.monotonic()
         try:
@@ -309,11 +325,11 @@ def iopub_until(
 
 
 def is_idle(msg: dict[str, Any]) -> bool:
-    return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+    return bool(msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
 
 
 def is_stream(msg: dict[str, Any]) -> bool:
-    return msg["msg_type"] == "stream"
+    return bool(msg["msg_type"] == "stream")
 
 
 def execute(

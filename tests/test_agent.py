@@ -44,12 +44,14 @@ def test_flight_record(shell: Any, tmp_path: Path) -> None:
     # A cell that raised has its end record on disk at once; a clean end may wait
     # for the next write, and the state record says it ended meanwhile.
     on_disk = read_cells(str(tmp_path))
-    assert on_disk[-1].event == "end" and on_disk[-1].error["line"] == 4
+    last_error = on_disk[-1].error
+    assert on_disk[-1].event == "end" and last_error is not None and last_error["line"] == 4
     written = records(tmp_path)
     kinds = [(r.event, r.seq) for r in written]
     assert kinds == [("ready", None), ("start", 1), ("end", 1), ("start", 2), ("end", 2)]
     assert written[1].source == "x = 1"
     error = written[4].error
+    assert error is not None
     assert error["type"] == "ZeroDivisionError"
     assert error["line"] == 4
     assert written[2].file in shell.compile._filename_map
@@ -148,6 +150,7 @@ def test_hooks_never_raise_into_the_users_output(shell: Any, tmp_path: Path, cap
     end = [r for r in records(tmp_path) if r.event == "end"][-1]
     # IPython 8 reports Odd; IPython 9 reports the RuntimeError its traceback
     # formatting hit. Either way the cell's end is on record and nothing escaped.
+    assert end.error is not None
     if end.error["type"] == "Odd":
         assert end.error["line"] == 4
         assert end.error["message"] == "<Odd: message unavailable>"
@@ -234,7 +237,9 @@ def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
     try:
         ip.run_cell("a = 1", store_history=True)
         ip.run_cell("import time; time.sleep(0.01)", store_history=True)
-        assert os.read(r, 100) == b"cce"  # each start; the end of a cell that could grow
+        # Ready (the supervisor sets the allocation layer's ceiling), each start, and the
+        # end of a cell that could grow.
+        assert os.read(r, 100) == b"rcce"
         # Nobody reads: the pipe fills, and cells keep running.
         for i in range(20_000):
             ip.run_cell(f"c = {i % 7}", store_history=True)
@@ -246,3 +251,63 @@ def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
         ip.run_line_magic("unload_ext", "kernel_doctor")
         InteractiveShell.clear_instance()
         os.close(w)
+
+
+def test_doctor_show_leads_with_what_to_do_and_names_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    import json
+
+    from kernel_doctor.agent.magics import _doctor
+    from kernel_doctor.agent.protocol import ENV_REPORTS
+
+    reports = tmp_path / "reports"
+    reports.mkdir(mode=0o700)
+    report = {
+        "id": "20261125-140312-4242",
+        "outcome": "kernel_died",
+        "cause": "out_of_memory",
+        "summary": "Out of memory at In [3], line 2: the kernel grew to 300 MiB of the 300 MiB.",
+        "evidence": ["the kernel (pid 4242) was ended by SIGKILL"],
+        "advice": ["Process the data in chunks."],
+        "stack": [
+            {
+                "file": "/tmp/ipykernel_9/111.py",
+                "line": 2,
+                "function": "<module>",
+                "cell_index": None,
+                "execution_count": 3,
+            },
+            {
+                "file": "/tmp/ipykernel_9/222.py",
+                "line": 4,
+                "function": "grow",
+                "cell_index": None,
+                "execution_count": 1,
+            },
+            {
+                "file": "/srv/venv/lib/python3.11/site-packages/numpy/core/numeric.py",
+                "line": 9,
+                "function": "ones",
+                "cell_index": None,
+                "execution_count": None,
+            },
+        ],
+        "kernel": {"ended": 1795600000.0},
+    }
+    path = reports / f"{report['id']}.json"
+    path.write_text(json.dumps(report))
+    path.chmod(0o600)
+    monkeypatch.setenv(ENV_REPORTS, str(reports))
+    _doctor(f"show {report['id']}")
+    assert capsys.readouterr().out.splitlines() == [
+        report["summary"],
+        "What to do:",
+        "  → Process the data in chunks.",
+        "Stack (innermost last):",
+        "  <module>  In [3], line 2",
+        "  grow  In [1], line 4",
+        "  ones  numpy/core/numeric.py, line 9",
+        "Evidence:",
+        "  • the kernel (pid 4242) was ended by SIGKILL",
+    ]

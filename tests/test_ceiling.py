@@ -10,6 +10,7 @@ import ast
 import resource
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 
-from kernel_doctor.supervisor.ceiling import Ceiling
+from kernel_doctor.supervisor.ceiling import LIFT_HOLD, Ceiling
 from kernels import execute, expression, kernel_in_cgroup
 
 MiB = 1024**2
@@ -66,8 +67,11 @@ def test_a_limit_the_user_lowers_is_the_new_bound(process: int) -> None:
 
     above = (16 * GiB, 32 * GiB)  # lowered from the original, above the ceiling
     resource.prlimit(process, DATA, above)
-    ceiling.update(MiB, 299 * MiB)  # at or above the bound: a spawn's lift, left once
+    ceiling.update(MiB, 299 * MiB)  # at or above the bound: a spawn's lift, left alone
     assert limits(process) == above
+    ceiling.update(MiB, 299 * MiB)  # still there, but within LIFT_HOLD: still alone
+    assert limits(process) == above
+    time.sleep(LIFT_HOLD)
     ceiling.update(MiB, 299 * MiB)  # still there: the user's, and the ceiling is back
     assert ceiling.bound == above
     assert limits(process) == (MiB + MiB + ceiling.reserve, above[1])
@@ -85,7 +89,8 @@ def test_the_agents_lift_and_an_older_ceiling_are_not_the_users(process: int) ->
     resource.prlimit(process, DATA, ORIGINAL)  # the agent lifts it for a spawn
     ceiling.update(100 * MiB, 0)
     assert limits(process) == ORIGINAL  # left alone for the spawn's child
-    ceiling.update(100 * MiB, 0)  # a sample later (a long os.system): the ceiling again
+    time.sleep(LIFT_HOLD)
+    ceiling.update(100 * MiB, 0)  # later (a long os.system): the ceiling again
     newer = limits(process)
     assert newer == (400 * MiB + ceiling.reserve, ORIGINAL[1])
     resource.prlimit(process, DATA, older)  # the agent puts back the one it lifted
@@ -191,14 +196,20 @@ if __name__ == "__main__":
     }
     got["kernel after"] = str(resource.getrlimit(DATA))
     import threading
-    threading.Thread(target=len, args=((),)).start()  # lifts, left for the supervisor
+    threading.Thread(target=len, args=((),)).start()  # its stack fits: no lift
+    thread_kept = str(resource.getrlimit(DATA))
+    mapped = int(open("/proc/self/statm").read().split()[5]) * 4096
+    supervisor_sets(DATA, (mapped, resource.getrlimit(DATA)[1]))
+    threading.Thread(target=len, args=((),)).start()  # no room: lifted, left for us
     got["a thread's lift"] = str(resource.getrlimit(DATA))
+    supervisor_sets(DATA, (1 << 30, resource.getrlimit(DATA)[1]))
     for method in ("fork", "spawn", "forkserver"):
         with multiprocessing.get_context(method).Pool(1) as pool:
             got[method] = str(pool.apply(resource.getrlimit, (DATA,)))
         supervisor_sets(DATA, (1 << 30, resource.getrlimit(DATA)[1]))  # after its threads
     got["kernel after threads"] = str(resource.getrlimit(DATA))
     print(repr(got), flush=True)
+    print(thread_kept, flush=True)
     pid = os.fork()
     if pid == 0:
         os.execv(sys.executable, [sys.executable, "-c", "print('fork+execv', end=' '); " + PRINT])
@@ -219,7 +230,8 @@ def test_every_child_of_the_kernel_gets_the_users_limit(tmp_path: Path) -> None:
         preexec_fn=set_original,
     )
     assert done.returncode == 0, done.stderr
-    first, *shell = done.stdout.splitlines()
+    first, thread_kept, *shell = done.stdout.splitlines()
+    assert thread_kept == str((GiB, ORIGINAL[1]))  # a thread whose stack fits: no lift
     got = ast.literal_eval(first)
     ceiling = str((GiB, ORIGINAL[1]))
     assert got.pop("kernel") == got.pop("kernel after") == ceiling

@@ -50,7 +50,7 @@ def test_oom_one_big_allocation(notebook: Any, tmp_path: Path, cgroup_parent: st
     assert memory["peak_bytes"] >= 0.9 * memory["limit_bytes"]
     assert memory["kernel_peak_bytes"] >= 0.5 * memory["limit_bytes"]
     assert 0 < len(memory["timeline"]) <= 500
-    assert report["summary"].startswith("Out of memory in cell 1 (In [2]), line 2")
+    assert report["summary"].startswith("Out of memory at In [2], line 2: the kernel grew to")
     assert report["signal"] == "SIGKILL"
 
 
@@ -71,19 +71,34 @@ def test_oom_gradual_growth(notebook: Any, tmp_path: Path, cgroup_parent: str) -
     assert timeline[-1] > timeline[0]  # growth is on record
 
 
-def test_oom_inside_function_defined_in_another_cell(
-    notebook: Any, tmp_path: Path, cgroup_parent: str
+def panel(out: str) -> list[str]:
+    """The lines of a rendered report panel, without its border."""
+    return [line.strip("│╭╰─").strip() for line in out.splitlines()]
+
+
+def test_oom_inside_function_defined_in_another_cell_names_both_cells(
+    notebook: Any, tmp_path: Path, cgroup_parent: str, capsys: Any
 ) -> None:
     define = (
         "def grow():\n    out = []\n    while True:\n        out.append(bytearray(10 * 1024**2))\n"
     )
     path = notebook([define, "import time\ntime.sleep(0.1)\ngrow()"], markdown_first=True)
     code, report = run(path, tmp_path, "--memory-limit", LIMIT, "--no-guard")
+    out, err = capsys.readouterr()
     assert code == 3
-    # Index counts the markdown cell: the running cell is the third cell.
+    # The JSON's index counts the markdown cell: the running cell is the third cell.
     assert_death(report, "out_of_memory", 2, 3)
-    functions = {(f["function"], f["cell_index"]) for f in report["stack"]}
-    assert ("grow", 1) in functions, report["stack"]
+    functions = {(f["function"], f["cell_index"], f["execution_count"]) for f in report["stack"]}
+    assert ("grow", 1, 1) in functions, report["stack"]
+    # What a person reads names cells as JupyterLab does, whatever is above them:
+    # progress, summary, the cell's heading and the stack, never a temp file.
+    assert err.splitlines()[-2:] == ["kernel-doctor: [1/2] In [1]", "kernel-doctor: [2/2] In [2]"]
+    assert report["summary"].startswith("Out of memory at In [2], line 3: the kernel grew to ")
+    lines = panel(out)
+    assert "In [2], line 3" in lines  # the cell's source follows, line 3 marked
+    stack = lines.index("stack (innermost last)")
+    assert lines[stack + 1 : stack + 3] == ["<module>  In [2], line 3", "grow  In [1], line 4"]
+    assert "/tmp/ipykernel_" not in out
 
 
 def test_pure_python_recursion_dies_of_memory(
@@ -213,16 +228,66 @@ def test_startup_failure(notebook: Any, tmp_path: Path, monkeypatch: pytest.Monk
 # -- not deaths ----------------------------------------------------------------
 
 
-def test_exception_is_a_cell_error_not_a_death(notebook: Any, tmp_path: Path) -> None:
-    path = notebook(["a = 1", "def g():\n    return 1 / 0\n\ng()", "print('not run')"])
-    code, report = run(path, tmp_path)
+def test_exception_is_a_cell_error_not_a_death(notebook: Any, tmp_path: Path, capsys: Any) -> None:
+    cells = ["def g():\n    return 1 / 0", "a = 1\n\ng()", "print('not run')"]
+    code, report = run(notebook(cells, markdown_first=True), tmp_path)
+    out, _ = capsys.readouterr()
     assert code == 1
     assert report["outcome"] == "cell_error"
     assert report["cause"] is None
-    assert report["cell"]["index"] == 1
-    assert report["line"] == 4
-    assert "ZeroDivisionError" in report["summary"]
-    assert "The kernel is alive" in report["summary"]
+    assert report["cell"]["index"] == 2
+    assert report["line"] == 3
+    assert report["summary"] == (
+        "In [2], line 3 raised ZeroDivisionError: division by zero. The kernel is alive: "
+        "this is an error in the cell, not a kernel death."
+    )
+    # Each frame is named by its cell (the function another cell defined too).
+    places = [(f["function"], f["execution_count"], f["cell_index"]) for f in report["stack"]]
+    assert places == [("<module>", 2, 2), ("g", 1, 1)]
+    lines = panel(out)
+    stack = lines.index("stack (innermost last)")
+    assert lines[stack + 1 : stack + 3] == ["<module>  In [2], line 3", "g  In [1], line 2"]
+    assert "/tmp/ipykernel_" not in out
+
+
+def test_run_prints_only_its_progress_and_result(
+    notebook: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    # An ipykernel that writes to its stdout and stderr before it captures them (as
+    # ipykernel's own warnings, and a library's C code, do).
+    noisy = (
+        "import sys; print('noise on stderr', file=sys.stderr); print('noise on stdout'); "
+        "from ipykernel.kernelapp import launch_new_instance; launch_new_instance()"
+    )
+    spec = tmp_path / "jupyter" / "kernels" / "noisy"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-c", noisy, "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "Noisy", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    transport = (
+        "import os\nfrom ipykernel.kernelapp import IPKernelApp\n"
+        "print(IPKernelApp.instance().transport, os.environ.get('KERNEL_DOCTOR_KERNEL_OUTPUT'))"
+    )
+    path = notebook(["x = 1", transport], kernel="noisy")
+    out_nb = tmp_path / "out.ipynb"
+    code, report = run(path, tmp_path, "--output", str(out_nb))
+    out, err = capfd.readouterr()  # what reaches the terminal, the kernel's writes too
+    assert code == 0, report["summary"]
+    # One line to start (never broken at a comma), one per cell, then the result.
+    assert err.splitlines() == [
+        f"kernel-doctor: running {path} on kernel 'noisy' under the memory limit that "
+        "already applies",
+        "kernel-doctor: [1/2] In [1]",
+        "kernel-doctor: [2/2] In [2]",
+    ]
+    assert panel(out)[1] == "The notebook ran to the end."
+    assert "noise" not in out + err
+    # Over IPC (Unix sockets in the private session folder): no TCP port, no warning;
+    # where the supervisor copies the kernel's stderr is not passed on to the kernel.
+    executed = nbformat.read(str(out_nb), as_version=4)
+    assert executed.cells[1].outputs[0]["text"] == "ipc None\n"
 
 
 def test_timeout(notebook: Any, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from jupyter_client.manager import KernelManager
 from conftest import remove_cgroup_tree
 from kernel_doctor._errors import CgroupUnavailable
 from kernel_doctor.probe.create import make_limited_cgroup
-from kernels import STARTUP_TIMEOUT, alive, execute
+from kernels import STARTUP_TIMEOUT, alive, execute, launched
 
 pytest.importorskip("bash_kernel")
 
@@ -43,9 +43,7 @@ class BashKernel:
     @property
     def launched(self) -> subprocess.Popen[bytes]:
         """The process jupyter_client launched: the supervisor."""
-        provisioner = self.km.provisioner
-        assert provisioner is not None and provisioner.process is not None
-        return provisioner.process
+        return launched(self.km)
 
     @property
     def supervisor(self) -> psutil.Process:

@@ -126,12 +126,17 @@ def test_guard_off_still_dies_and_is_diagnosed(
 def test_a_death_the_guard_could_not_stop_says_so(
     notebook: Any, tmp_path: Path, cgroup_parent: str
 ) -> None:
-    # One memset far past the limit: no Python bytecode runs until it returns, so the
-    # guard's MemoryError never gets raised; the death is diagnosed as before.
-    code, report, _ = run(notebook(["keep = 1", "data = bytearray(600 * 1024**2)"]), tmp_path)
+    # One memset far past the limit, of shared memory, which the allocation layer does
+    # not count: no Python bytecode runs until it returns, so the guard's MemoryError
+    # never gets raised; the death is diagnosed as before.
+    fill = (
+        "import ctypes, mmap\nshared = mmap.mmap(-1, 600 * 1024**2)\n"
+        "ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(shared)), 1, len(shared))"
+    )
+    code, report, _ = run(notebook(["keep = 1", fill]), tmp_path)
     assert code == 3
     assert report["cause"] == "out_of_memory"
-    assert report["cell"]["index"] == 1 and report["line"] == 1
+    assert report["cell"]["index"] == 1 and report["line"] == 3
     facts = [f for f in report["evidence"] if f.startswith("the memory guard was on (at 90%)")]
     assert len(facts) == 1, report["evidence"]
 

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -75,10 +75,12 @@ def where(pid: int, capsys: Any) -> dict[str, Any]:
 
 
 def innermost_cell_line(reply: dict[str, Any]) -> int:
+    from kernel_doctor.agent.looks import Look
+    from kernel_doctor.agent.naming import is_cell_file
     from kernel_doctor.diagnosis.hang import main_frames
-    from kernel_doctor.diagnosis.stacks import is_cell_file
 
-    return next(f[1] for f in reversed(main_frames(reply)) if is_cell_file(str(f[0])))
+    frames = main_frames(cast(Look, reply))
+    return int(next(f[1] for f in reversed(frames) if is_cell_file(str(f[0]))))
 
 
 @pytest.mark.parametrize(("name", "cell", "lines", "doing", "_"), HANGS, ids=[h[0] for h in HANGS])
@@ -91,7 +93,7 @@ def test_where_names_stack_line_and_what_the_kernel_does(
     assert reply["verdict"] == doing.replace(" in a C call that holds the GIL", "")
     assert doing in reply["summary"], reply["summary"]
     assert innermost_cell_line(reply) in lines
-    assert reply["line"] in lines and f"cell [1] line {reply['line']}" in reply["summary"]
+    assert reply["line"] in lines and f"In [1], line {reply['line']}" in reply["summary"]
     if name == "C loop":  # the watcher could not run: faulthandler's main-thread dump
         assert reply["python"] is None and reply["main_dump"]
     else:  # every thread, main first, with source lines
@@ -134,9 +136,9 @@ def test_an_ignored_interrupt_is_noticed_and_a_restart_reported(
     from kernel_doctor.diagnosis.hang import describe
 
     text = describe(ignored, interrupt=True)
-    assert "an interrupt did not stop cell [1] within 3 s" in text
+    assert "an interrupt did not stop In [1] within 3 s" in text
     assert "does not check for interrupts" in text
-    assert "cell [1] line 3: sum(itertools.repeat(1))" in text
+    assert "In [1], line 3: sum(itertools.repeat(1))" in text
     assert "Only a restart will stop it." in text
 
     kernel.km.restart_kernel(now=False)  # jupyter_client: SIGTERM after its grace
@@ -215,7 +217,7 @@ def test_top_in_an_80_column_terminal(kernels: Kernels) -> None:
         lines = screen.splitlines()
         assert max(len(line) for line in lines) <= 80, screen
         busy_row = next(line for line in lines if str(busy.kernel_process().pid) in line)
-        assert "busy" in busy_row and "[1]:" in busy_row, screen
+        assert "busy" in busy_row and "In [1]:" in busy_row, screen
         idle_row = next(line for line in lines if str(idle.kernel_process().pid) in line)
         assert "idle" in idle_row, screen
         subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)

@@ -1,18 +1,21 @@
 """The JupyterLab extension in a real browser: a real JupyterLab (in a 400 MB memory
 cgroup) with the supervised kernelspec, Debian's chromium driven by Playwright. A cell
 that exhausts memory must give the notification with the diagnosis, the failed-cell
-marking and the status-bar memory figure. Screenshots of each are kept in
-``test-artifacts/lab/``."""
+marking and the status-bar memory figure, as the one message (JupyterLab's own
+"Kernel Restarting" dialog gives way), and Details with the memory plot. A long cell
+has its running line marked. Screenshots of each are kept in ``test-artifacts/lab/``."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kernels import unguardable_fill
 from test_server import TWIN, Server, running_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
@@ -59,9 +62,9 @@ def write_notebook(root: Path, name: str, cells: list[str]) -> None:
 
 def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    # One memset past the 400 MB limit: it fits under the guard's allocation ceiling and
-    # runs as one C call, so the kernel really dies, as without kernel-doctor.
-    write_notebook(lab.root, "oom.ipynb", ["held = 1", "data = bytearray(700 * 1024**2)"])
+    # One memset of shared memory past the 400 MB limit: the guard's allocation layer
+    # does not count it and it runs as one C call, so the kernel really dies.
+    write_notebook(lab.root, "oom.ipynb", ["held = 1", unguardable_fill(700)])
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -77,17 +80,25 @@ def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
             assert status.inner_text().startswith("Mem: ")
 
             page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
-            page.keyboard.press("Shift+Enter")  # held = 1
+            page.keyboard.press("Shift+Enter")  # the imports
             page.keyboard.press("Shift+Enter")  # the memset: the kernel dies
-            toast = page.locator(".Toastify__toast").filter(has_text="Out of memory in cell")
-            toast.wait_for(timeout=60_000)
-            # JupyterLab's own modal says only that the kernel "appears to have died".
-            dialog = page.locator(".jp-Dialog").filter(has_text="appears to have died")
-            dialog.wait_for(timeout=10_000)
-            dialog.get_by_role("button", name="Ok").click()
-            page.wait_for_timeout(1000)  # the toast slides in
+            toast = page.locator(".Toastify__toast").filter(has_text="Out of memory at In [2]")
+            try:
+                toast.wait_for(timeout=60_000)
+            except sync_api.TimeoutError:
+                page.screenshot(path=str(ARTIFACTS / "2-notification-timeout.png"))
+                toasts = page.locator(".Toastify__toast").all_inner_texts()
+                dialogs = page.locator(".jp-Dialog").all_inner_texts()
+                raise AssertionError(f"no OOM toast; toasts {toasts}, dialogs {dialogs}") from None
+            page.wait_for_timeout(1000)  # the toast slides in; a dialog would be up by now
+            # One message, ours: JupyterLab's "Kernel Restarting" modal never shows.
+            dialogs = page.locator(".jp-Dialog").all_inner_texts()
+            assert dialogs == [], dialogs
+            toasts = page.locator(".Toastify__toast").all_inner_texts()
+            deaths = [t for t in toasts if "Out of memory" in t or "appears to have died" in t]
+            assert len(deaths) == 1, toasts
             text = toast.inner_text()
-            assert "Out of memory in cell [2], line 1" in text, text
+            assert "Out of memory at In [2], line 1" in text, text
             assert "of the 400 MiB limit" in text, text
             page.screenshot(path=str(ARTIFACTS / "2-notification.png"))
 
@@ -95,17 +106,40 @@ def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
             failed.wait_for(timeout=10_000)
             assert failed.count() == 1
             cell_text = failed.inner_text()
-            assert "bytearray(700 * 1024**2)" in cell_text
+            assert "mmap.mmap(-1, 700 * 1024**2)" in cell_text
             # An error output (JupyterLab shows an error's traceback, on a red ground).
             error = failed.locator('.jp-OutputArea-output[data-mime-type*="stderr"]')
-            assert "Out of memory in cell [2], line 1" in error.inner_text()
+            # What happened and what to do; the evidence is one click away (Details).
+            lines = error.inner_text().splitlines()
+            assert lines[0].startswith("Out of memory at In [2], line 1: "), lines
+            assert lines[1].startswith("  → Process the data in chunks"), lines
+            assert lines[-1].startswith("The evidence: Details in the notification, or "), lines
+            assert not any("•" in line for line in lines), lines
             failed.screenshot(path=str(ARTIFACTS / "3-failed-cell.png"))
 
             toast.get_by_role("button", name="Details").click()
             report = page.locator(".kd-report")
             report.wait_for(timeout=10_000)
-            assert "What to do" in report.inner_text()
+            details = report.inner_text()
+            assert details.index("What to do") < details.index("Evidence"), details
+            # The frame is named by its cell, never by ipykernel's temp file.
+            assert "<module>  In [2], line 1" in details, details
+            assert "/tmp/ipykernel_" not in details, details
             page.screenshot(path=str(ARTIFACTS / "4-details.png"))
+            # The memory plot: labelled axes, the limit and the guard's threshold, each
+            # cell's start with its In [N], the death.
+            chart = report.locator("svg.kd-chart")
+            assert "seconds since the kernel started" in (
+                chart.locator(".kd-axis-x").text_content() or ""
+            )
+            y_axis = chart.locator(".kd-axis-y").text_content() or ""
+            assert "MiB" in y_axis and "0" in y_axis, y_axis
+            assert (chart.locator(".kd-limit").text_content() or "") == "limit 400 MiB"
+            assert (chart.locator(".kd-threshold").text_content() or "").startswith("guard ")
+            starts = chart.locator(".kd-cell-start").all_text_contents()
+            assert starts[-2:] == ["In [1]", "In [2]"], starts
+            assert (chart.locator(".kd-death").text_content() or "").endswith(" s")
+            chart.screenshot(path=str(ARTIFACTS / "4-memory-chart.png"))
         finally:
             browser.close()
     assert all(
@@ -141,5 +175,37 @@ def test_a_guard_trip_is_notified_and_the_kernel_lives(lab: Server) -> None:
             page.locator(".jp-OutputArea-output").filter(has_text="alive").wait_for(timeout=30_000)
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / "5-guard-trip.png"))
+        finally:
+            browser.close()
+
+
+def test_the_running_line_is_marked_and_named(lab: Server) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    loop = "import time\nfor i in range(12):\n    time.sleep(0.8)\n    x = i\n    time.sleep(0.8)"
+    write_notebook(lab.root, "loop.ipynb", [loop])
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url(lab, "loop.ipynb"))
+            page.locator(".kd-memory").filter(has_text="/ 400 MiB").wait_for(timeout=60_000)
+            page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
+            page.keyboard.press("Shift+Enter")
+            # The marker follows the loop from one sleep to the other (lines 3 and 5).
+            marker = page.locator(".jp-Cell .kd-running-marker")
+            marker.and_(page.locator('[data-line="3"]')).wait_for(timeout=20_000)
+            marker.and_(page.locator('[data-line="5"]')).wait_for(timeout=10_000)
+            marker.and_(page.locator('[data-line="3"]')).wait_for(timeout=10_000)
+            status = page.locator(".kd-running")
+            assert re.fullmatch(r"In \[1\] line [35], 0:\d\d", status.inner_text()), (
+                status.inner_text()
+            )
+            page.screenshot(path=str(ARTIFACTS / "6-running-line.png"))
+            # When the cell is over, both go.
+            marker.wait_for(state="detached", timeout=30_000)
+            page.wait_for_function(
+                "() => (document.querySelector('.kd-running')?.textContent ?? '') === ''",
+                timeout=10_000,
+            )
         finally:
             browser.close()

@@ -35,9 +35,15 @@ def test_a_killed_cell_is_marked_failed_with_its_diagnosis(notebook: Any, tmp_pa
     assert killed.metadata.papermill.status == "failed"
     error = next(o for o in killed.outputs if o.output_type == "error")
     assert error.ename == "KernelDied"
-    assert error.evalue.startswith(
-        "native_crash: Native crash (SIGSEGV) in cell 1 (In [2]), line 2"
-    )
+    summary = "Native crash (SIGSEGV) at In [2], line 2: code outside Python crashed the kernel."
+    assert error.evalue == f"native_crash: {summary}"
+    # What happened and what to do, as JupyterLab shows the cell; the evidence is one
+    # command away.
+    assert error.traceback[0] == summary
+    assert error.traceback[1].startswith("  → This is a bug in a native extension")
+    assert error.traceback[-1].startswith("The evidence: kernel-doctor show ")
+    assert error.traceback[-1].endswith(" --verbose")
+    assert not any("•" in line for line in error.traceback)
     assert nb.cells[2].outputs == []
     assert "kernel-doctor" not in result.stdout  # quiet: the notebook carries the diagnosis
 

@@ -176,7 +176,8 @@ def keyed_file(draw: Any, known: dict[str, int | None], sep: str = " ", unit: st
     lines += draw(st.lists(_junk_line, max_size=3))
     lines += [f"{k}{sep}{v}{unit}" for k, v in known.items() if v is not None]
     lines = draw(st.permutations(lines))
-    return "\n".join(lines) + draw(st.sampled_from(["\n", "", "\n\n"]))
+    end: str = draw(st.sampled_from(["\n", "", "\n\n"]))
+    return "\n".join(lines) + end
 
 
 def _value_text(value: int | str) -> str:
@@ -724,7 +725,7 @@ def test_diagnose_is_total_and_follows_the_decision_table(ev: Evidence) -> None:
             running.started,
         )
         if running.execution_count and d.cause != "startup_failure":
-            assert f"cell [{running.execution_count}]" in d.summary
+            assert f" at In [{running.execution_count}]" in d.summary
     if d.line is not None:
         assert f"line {d.line}" in d.summary or d.cause == "startup_failure"
 

@@ -134,7 +134,7 @@ def test_show_latest_takes_the_newest_valid_report(reports: Path, capsys: Any) -
     assert json.loads(out)["id"] == GOOD_NEW
     assert err.splitlines() == [f"{WARNING}skipped {bad}: {BAD_TYPES_WHY} {ADVICE}"]
     code, out, err = cli(capsys, "show")  # rendered: "latest" is the default
-    assert code == 0 and "Out of memory in cell [3], line 2" in out
+    assert code == 0 and "Out of memory at In [3], line 2" in out
 
 
 @pytest.mark.timeout(30)  # a FIFO opened blocking would hang the command
@@ -170,7 +170,7 @@ def test_show_a_bad_report_by_id_is_a_one_line_error(reports: Path, capsys: Any)
     bad = put(reports, BAD, json.dumps(BAD_TYPES).encode())
     for argv in (["show", BAD], ["show", BAD, "--json"]):
         code, out, err = cli(capsys, *argv)
-        assert code == ExitCode.USAGE == 2
+        assert code == ExitCode.USAGE and int(ExitCode.USAGE) == 2
         assert out == ""
         assert err.splitlines() == [
             f"{ERROR}report {BAD!r} is not a report kernel-doctor can read ({BAD_TYPES_WHY}); "

@@ -6,6 +6,7 @@ as the supervisor makes them, and stored by ``store`` (the private reports folde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -20,12 +21,14 @@ from kernel_doctor.diagnosis import Diagnosis
 from kernel_doctor.evidence import CellRun, Evidence, Frame, MemoryEvidence
 from kernel_doctor.paths import reports_dir
 from kernel_doctor.probe.base import MemoryLimit
+from kernel_doctor.reports.history import read_report
 from kernel_doctor.reports.model import BadReport, Report, death_report, empty_report
 from kernel_doctor.reports.notice import find_previous, leave_notice, notice_text
 from kernel_doctor.reports.store import encode, prune, store
 
 MiB = 1024**2
-SUMMARY = "Out of memory in cell [3], line 2: the kernel grew to 300 MiB of the 300 MiB limit."
+GiB = 1024**3
+SUMMARY = "Out of memory at In [3], line 2: the kernel grew to 300 MiB of the 300 MiB limit."
 LIMIT_SOURCE = "cgroup v1 memory limit of /sys/fs/cgroup/memory/kd"
 # Every key of a stored death report, in the order written (the README contract).
 DEATH_KEYS = [
@@ -49,7 +52,7 @@ DEATH_KEYS = [
 
 
 def death(pid: int, ended: float | None = None, **kernel: Any) -> tuple[Evidence, Diagnosis]:
-    """What the supervisor knows of an out-of-memory death in cell [3], line 2."""
+    """What the supervisor knows of an out-of-memory death at In [3], line 2."""
     ended = time.time() if ended is None else ended
     cell = CellRun(1, 3, "c3", "x = 1\ny = bytearray(10**9)", ended - 2, None, "<ipython-input-3>")
     ev = Evidence(
@@ -69,6 +72,7 @@ def death(pid: int, ended: float | None = None, **kernel: Any) -> tuple[Evidence
             kernel_peak_bytes=290 * MiB,
         ),
         cells=(cell,),
+        guard={"enabled": True, "threshold_bytes": 270 * MiB, "signals": 0},
         stderr_tail="Killed\n",
         **kernel,
     )
@@ -147,6 +151,8 @@ def test_death_report_json_keeps_the_contract() -> None:
         "limit_source": LIMIT_SOURCE,
         "limit_kind": "cgroup-v1",
         "timeline": [[0.0, 50 * MiB], [9.5, 300 * MiB]],
+        "threshold_bytes": 270 * MiB,
+        "cell_starts": [[8.0, 3]],
     }
     assert list(doc["kernel"]) == [
         "pid", "argv", "connection_file", "name", "session_name", "started", "ended"
@@ -159,7 +165,7 @@ def test_death_report_json_keeps_the_contract() -> None:
 
 
 def test_run_reports_round_trip_with_guard_hang_and_interrupt() -> None:
-    doc = empty_report("timeout", "Cell 0 ran longer than the 1 s timeout.")
+    doc = empty_report("timeout", "In [1] ran longer than the 1 s timeout.")
     assert list(doc) == DEATH_KEYS[:-2]  # no kernel, no stderr tail: nothing died
     doc["guard"] = {"tripped": True, "layer": "threshold", "usage_bytes": 9, "limit_bytes": 10}
     doc["hang"] = {"summary": "s", "verdict": "burning CPU", "phase": None, "threads": [{"tid": 1}]}
@@ -339,20 +345,122 @@ def test_notice_is_left_in_the_session(reports: Path, tmp_path: Path) -> None:
     notice = session / "notice.json"
     assert stat.S_IMODE(notice.stat().st_mode) == 0o600
     text = json.loads(notice.read_text())["text"]
-    assert text.splitlines()[0].startswith("kernel-doctor: the previous kernel of this notebook")
-    assert f"  {SUMMARY}" in text.splitlines()
-    assert f"  Memory: peak 300 MiB of 300 MiB ({LIMIT_SOURCE})." in text.splitlines()
-    assert "  Advice: Process the data in chunks." in text.splitlines()
-    assert "%doctor deaths" in text and "kernel-doctor show 20261125-120000-4242" in text
+    assert text == notice_text(read_report(str(reports / "20261125-120000-4242.json")))
+
+
+def test_the_notice_leads_with_what_to_do_and_ends_its_line() -> None:
+    ev, dx = death(4242, ended=time.mktime((2026, 11, 25, 14, 3, 12, 0, 0, -1)))
+    long_source = "cgroup v1 memory limit of /sys/fs/cgroup/memory/kubepods/burstable/pod1234/kd-1"
+    memory = dataclasses.replace(ev.memory, limit=MemoryLimit(300 * MiB, "cgroup-v1", long_source))
+    report = death_report(dataclasses.replace(ev, memory=memory), dx, "20261125-140312-4242")
+    # The previous kernel's death, as the next cell shows it: the full path is in the
+    # report, the notice shortens it; the cell's own output starts on a line of its own.
+    assert notice_text(report) == (
+        "kernel-doctor: the previous kernel of this notebook died at 14:03:12.\n"
+        "  Out of memory at In [3], line 2: the kernel grew to 300 MiB of the 300 MiB limit.\n"
+        "  What to do: Process the data in chunks.\n"
+        "  Memory: peak 300 MiB of 300 MiB (cgroup v1 memory limit of /sys/fs/cgroup/…/kd-1).\n"
+        "  Its variables are gone: this is a new kernel, started afresh.\n"
+        "  Full report: %doctor show 20261125-140312-4242, or `kernel-doctor show "
+        "20261125-140312-4242` in a terminal.\n"
+    )
 
 
 def test_notice_text_without_memory_or_advice() -> None:
     report = Report("kernel_died", "The kernel exited by itself with code 3.", id="x")
     text = notice_text(report)
-    assert "Memory:" not in text and "Advice:" not in text
+    assert "Memory:" not in text and "What to do:" not in text
     assert "The kernel exited by itself with code 3." in text
+    assert text.endswith(" in a terminal.\n")  # the cell's own output starts a new line
 
 
 def test_notice_text_escapes_terminal_sequences() -> None:
     report = Report("kernel_died", "Died \x1b]0;owned\x07 here.", id="x")
     assert "  Died \\x1b]0;owned\\x07 here." in notice_text(report).splitlines()
+
+
+# -- the human rendering ------------------------------------------------------------
+
+
+LONG_SOURCE = "cgroup v1 memory limit of /sys/fs/cgroup/memory/kubepods/burstable/pod1234/kd-1"
+
+
+def long_path_report() -> Report:
+    """A real death report whose limit has a long cgroup path, with a frame in a
+    function an earlier cell defined (its cell not on record: "a cell")."""
+    ev, dx = death(4242, ended=time.mktime((2026, 11, 25, 14, 3, 12, 0, 0, -1)))
+    limit = MemoryLimit(300 * MiB, "cgroup-v1", LONG_SOURCE)
+    ev = dataclasses.replace(ev, memory=dataclasses.replace(ev.memory, limit=limit))
+    dx = dataclasses.replace(
+        dx,
+        advice=("Process the data in chunks.", f"Or raise the limit: it is {LONG_SOURCE}."),
+        stack=(
+            Frame("<ipython-input-3-ab12>", 2, "<module>"),
+            Frame("/tmp/ipykernel_4/1.py", 5, "g"),
+        ),
+    )
+    return death_report(ev, dx, "20261125-140312-4242")
+
+
+def panel_lines(report: Report, verbose: bool) -> list[str]:
+    """The rendered panel's lines, without its border and trailing blanks."""
+    import io
+
+    from rich.console import Console
+
+    from kernel_doctor.reports.render import render
+
+    out = io.StringIO()
+    render(report, Console(file=out, width=200, color_system=None), verbose=verbose)
+    return [line.strip("│").rstrip() for line in out.getvalue().splitlines()[1:-1]]
+
+
+def test_the_report_leads_with_what_happened_and_what_to_do() -> None:
+    assert panel_lines(long_path_report(), verbose=False) == [
+        " Out of memory at In [3], line 2: the kernel grew to 300 MiB of the 300 MiB limit.",
+        "",
+        " what to do",
+        "   → Process the data in chunks.",
+        "   → Or raise the limit: it is cgroup v1 memory limit of /sys/fs/cgroup/…/kd-1.",
+        "",
+        " In [3], line 2",
+        "   1 x = 1",
+        " ❱ 2 y = bytearray(10**9)",
+        "",
+        " memory: peak 300 MiB of 300 MiB (cgroup v1 memory limit of /sys/fs/cgroup/…/kd-1)",
+        " ▁█  0–300 MiB over 9.5 s",
+        "",
+        " stack (innermost last)",
+        "   <module>  In [3], line 2",
+        "   g  a cell, line 5",
+        "",
+        " the evidence and full paths: kernel-doctor show 20261125-140312-4242 --verbose",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("timeline", "limit", "scale"),
+    [
+        ([(0.0, 50 * MiB), (12.2, 200 * MiB)], 300 * MiB, "0–300 MiB over 12 s"),
+        ([(0.0, 50 * MiB), (5.26, 600 * MiB)], 512 * MiB, "0–600 MiB over 5.3 s"),
+        ([(0.1, 2 * GiB), (200.0, 3 * GiB)], None, "0–3.0 GiB over 3 min 20 s"),
+        ([(0.1, 1), (7500.0, 2)], 4 * GiB, "0–4.0 GiB over 2 h 5 min"),
+        ([], 4 * GiB, ""),
+    ],
+)
+def test_the_sparkline_says_its_scale(
+    timeline: list[tuple[float, int]], limit: int | None, scale: str
+) -> None:
+    from kernel_doctor.reports.render import sparkline_scale
+
+    assert sparkline_scale(timeline, limit) == scale
+
+
+def test_verbose_shows_the_evidence_and_full_paths() -> None:
+    lines = panel_lines(long_path_report(), verbose=True)
+    assert f"   → Or raise the limit: it is {LONG_SOURCE}." in lines
+    assert f" memory: peak 300 MiB of 300 MiB ({LONG_SOURCE})" in lines
+    evidence = lines.index(" evidence")
+    assert lines[evidence + 1] == "   • the kernel (pid 4242) was ended by SIGKILL"
+    assert lines.index(" what to do") < lines.index(" stack (innermost last)") < evidence
+    assert not any("--verbose" in line for line in lines)

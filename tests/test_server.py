@@ -34,11 +34,13 @@ from conftest import remove_cgroup_tree
 from kernel_doctor._errors import CgroupUnavailable
 from kernel_doctor.kernelspecs import SpecInfo, twin_spec
 from kernel_doctor.probe.create import make_limited_cgroup
+from kernels import unguardable_fill
 
 pytest.importorskip("jupyter_server")
 websocket = pytest.importorskip("websocket")  # websocket-client, a jupyter_server dependency
 
 LIMIT = 400 * 1024**2
+LAB_EXTENSION = Path(__file__).resolve().parent.parent / "src" / "kernel_doctor" / "labextension"
 TWIN = "python3-doctor"
 NOTICE_START = "kernel-doctor: the previous kernel of this notebook died"
 STARTUP_TIMEOUT = 60.0
@@ -134,6 +136,10 @@ def running_server(
         for path in dirs.values():
             path.mkdir()
         write_twin_kernelspec(dirs["data"])
+        # This tree's lab extension, not a copy installed elsewhere: JupyterLab takes the
+        # first one of a name on its path, and JUPYTER_PATH comes first.
+        (dirs["data"] / "labextensions").mkdir()
+        (dirs["data"] / "labextensions" / "kernel-doctor").symlink_to(LAB_EXTENSION)
         env = dict(os.environ)
         env.update(
             JUPYTER_PATH=str(dirs["data"]),
@@ -327,7 +333,8 @@ class Notebook:
         """Run a cell to its end: its outputs (IOPub messages that are outputs), in order."""
         msg_id = self.start_cell(code)
         deadline = time.monotonic() + REPLY_TIMEOUT
-        outputs, reply, idle = [], None, False
+        outputs: list[dict[str, Any]] = []
+        reply, idle = None, False
         while reply is None or not idle:
             message = self.receive(deadline)
             assert message is not None, f"{code!r} did not finish: {outputs}, {reply}"
@@ -393,6 +400,8 @@ def assert_shown_once(notebook: Notebook) -> str:
     assert first["msg_type"] == "display_data", outputs
     text = first["content"]["data"]["text/plain"]
     assert text.startswith(NOTICE_START), text
+    # Its own line: the cell's output never runs on after "…in a terminal."
+    assert text.endswith(" in a terminal.\n"), text
     assert [m["msg_type"] for m in outputs[1:]] == ["stream"], outputs
     assert streamed(outputs) == "after\n"
     again = notebook.run("print('again')")
@@ -413,12 +422,12 @@ def test_oom_death_is_shown_once_in_the_next_cell_of_that_notebook_only(
     kernel = server.request("GET", f"/api/kernels/{nb1.kernel_id}")
     assert kernel["name"] == TWIN
 
-    nb1.run_until_death("data = bytearray(600 * 1024**2)")
+    nb1.run_until_death(unguardable_fill(600))
     # The server restarted the same kernel (same id), and it works afresh.
     assert server.request("GET", f"/api/kernels/{nb1.kernel_id}")["id"] == nb1.kernel_id
 
     text = assert_shown_once(nb1)
-    assert "Out of memory in cell [2], line 1" in text, text
+    assert "Out of memory at In [2], line 1" in text, text
     assert "Its variables are gone" in text
     assert "Memory: peak" in text and "of 400 MiB" in text, text
     # The variables really are gone: a new kernel.
@@ -452,7 +461,7 @@ def test_oom_death_is_shown_once_in_the_next_cell_of_that_notebook_only(
     assert f"kernel-{nb1.kernel_id}.json" in reports[0]["kernel"]["connection_file"]
     # The supervisor's diagnosis went to its stderr, which is the server's log.
     log = server.log_text()
-    assert "kernel-doctor: Out of memory in cell [2], line 1" in log, log[-3000:]
+    assert "kernel-doctor: Out of memory at In [2], line 1" in log, log[-3000:]
     assert f"kernel-doctor show {reports[0]['id']}" in log
     print(text)  # for the record, with -s
 
@@ -464,14 +473,36 @@ def test_segfault_is_shown_as_a_native_crash_in_the_next_cell(
     nb.run("x = 1")
     nb.run_until_death("import ctypes\nctypes.string_at(0)")
     text = assert_shown_once(nb)
-    assert "Native crash (SIGSEGV) in cell [2], line 2" in text, text
+    assert "Native crash (SIGSEGV) at In [2], line 2" in text, text
     assert "Out of memory" not in text
     crashes = [r for r in server.reports() if r["cause"] == "native_crash"]
     assert len(crashes) == 1, [r["summary"] for r in server.reports()]
     assert crashes[0]["signal"] == "SIGSEGV"
     assert crashes[0]["kernel"]["session_name"] == str(server.root / "crash.ipynb")
     log = server.log_text()
-    assert "kernel-doctor: Native crash (SIGSEGV) in cell [2], line 2" in log, log[-3000:]
+    assert "kernel-doctor: Native crash (SIGSEGV) at In [2], line 2" in log, log[-3000:]
+
+
+def test_the_kernel_model_says_why_the_kernel_died(server: Server, notebooks: Any) -> None:
+    # Clients that never load the lab extension (VS Code attached to this server, a
+    # script) read GET /api/kernels/<id>: its reason names the cause, cell and report.
+    nb = notebooks("exit.ipynb")
+    assert "reason" not in server.request("GET", f"/api/kernels/{nb.kernel_id}")
+    nb.run_until_death("import os\nos._exit(3)")
+    deadline = time.monotonic() + 15
+    while True:
+        model = server.request("GET", f"/api/kernels/{nb.kernel_id}")
+        if model.get("reason") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    [report] = [r for r in server.reports() if r["cause"] == "exit"]
+    assert model.get("reason") == (
+        "kernel-doctor: The kernel exited by itself with code 3 at In [1], line 2. "
+        f"Full report: kernel-doctor show {report['id']}"
+    ), model
+    # The sessions API, which frontends list kernels through, carries it too.
+    [session] = [s for s in server.request("GET", "/api/sessions") if s["id"] == nb.session_id]
+    assert session["kernel"]["reason"] == model["reason"]
 
 
 # -- the server extension, in the same real server -----------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ REPORT = {
     "created": 1795600000.0,
     "outcome": "kernel_died",
     "cause": "out_of_memory",
-    "summary": "Out of memory in cell 3 (In [3]), line 3: the kernel grew to 1.0 GiB.",
+    "summary": "Out of memory at In [3], line 3: the kernel grew to 1.0 GiB.",
     "cell": {"index": 2, "execution_count": 3, "id": None, "source": "x"},
     "line": 3,
     "memory": {"peak_bytes": 1, "limit_bytes": 2, "limit_source": "cgroup v1"},
@@ -82,7 +83,7 @@ async def test_an_unauthenticated_request_is_refused(
         url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}kernel-doctor/api/{path}"
         response = await AsyncHTTPClient().fetch(url, raise_error=False)
         assert response.code == 403, (path, response.code)
-        assert REPORT["summary"].encode() not in (response.body or b"")
+        assert str(REPORT["summary"]).encode() not in (response.body or b"")
 
 
 async def test_live_state_and_a_look_inside_a_supervised_kernel(
@@ -101,6 +102,9 @@ async def test_live_state_and_a_look_inside_a_supervised_kernel(
         state = states[0]
         assert state["busy"] is False and state["memory"]["limit_bytes"] > 0
         assert state["guard"]["enabled"] is True
+        # No cell running: none named, no line, no time.
+        running = {k: state[k] for k in ("line", "execution_count", "cell_id", "elapsed")}
+        assert running == {"line": None, "execution_count": None, "cell_id": None, "elapsed": None}
         look = await fetch_json(jp_fetch, "kernels", kernel_id, "where")
         assert look["busy"] is False and look["summary"] == "idle: no cell is running"
         assert look["os_threads"][0]["tid"] == state["pid"]
@@ -125,3 +129,50 @@ def test_the_extension_fails_open() -> None:
 
     _load_jupyter_server_extension(BrokenServer())  # must not raise into the server
     assert len(warnings) == 1 and warnings[0].startswith("kernel-doctor: server extension not")
+
+
+@pytest.fixture
+def provisioner_registered() -> Iterator[None]:
+    """kernel-doctor's provisioner in jupyter_client's factory before the server starts,
+    as its entry point puts it there where this tree is installed."""
+    from importlib.metadata import EntryPoint
+
+    from jupyter_client.provisioning.factory import KernelProvisionerFactory
+
+    from kernel_doctor.provisioner import NAME, SupervisingProvisioner
+
+    KernelProvisionerFactory.clear_instance()
+    factory = KernelProvisionerFactory.instance()
+    target = f"{SupervisingProvisioner.__module__}:{SupervisingProvisioner.__name__}"
+    factory.provisioners.setdefault(
+        NAME, EntryPoint(name=NAME, value=target, group="jupyter_client.kernel_provisioners")
+    )
+    yield
+    KernelProvisionerFactory.clear_instance()
+
+
+async def test_a_twin_whose_kernel_is_missing_is_an_error_starting_it(
+    provisioner_registered: None, jp_fetch: Any, jp_data_dir: Path
+) -> None:
+    """What JupyterLab shows as "Error Starting Kernel", as for the plain kernelspec."""
+    from tornado.httpclient import HTTPClientError
+
+    from kernel_doctor import kernelspecs
+
+    bad = jp_data_dir / "kernels" / "bad"
+    bad.mkdir(parents=True)
+    bad.joinpath("kernel.json").write_text(
+        json.dumps({"argv": ["non_existent_executable"], "display_name": "bad"})
+    )
+    twin = kernelspecs.twin_spec(kernelspecs.find("bad"), None, "bad-doctor")
+    (jp_data_dir / "kernels" / "bad-doctor").mkdir()
+    (jp_data_dir / "kernels" / "bad-doctor" / "kernel.json").write_text(json.dumps(twin))
+    answers = []
+    for name in ("bad", "bad-doctor"):
+        with pytest.raises(HTTPClientError) as error:
+            await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": name}))
+        response = error.value.response
+        answers.append((error.value.code, response.body if response else None))
+    assert answers[0][0] == 500 and answers[1] == answers[0]
+    kernels = await jp_fetch("api", "kernels")
+    assert json.loads(kernels.body) == []  # nothing left restarting

@@ -371,7 +371,7 @@ def test_simultaneous_crashes(runtime: Path, tmp_path: Path) -> None:
         assert report["cell"]["source"] == cells[i]
         line = cells[i].rstrip("\n").count("\n") + 1
         assert report["line"] == line, (report["summary"], report["stack"])
-        assert report["summary"].startswith(f"Native crash ({name}) in cell [2], line {line}")
+        assert report["summary"].startswith(f"Native crash ({name}) at In [2], line {line}")
         cell_frames = [(f["line"], f["function"]) for f in report["stack"] if f["execution_count"]]
         assert cell_frames == [(line, "<module>")], report["stack"]
         assert f"the kernel (pid {kernel_pids[i]}) was ended by {name}" in report["evidence"]

@@ -312,8 +312,8 @@ def test_unsupported_platform_runs_the_kernel_plain(
     from kernel_doctor import supervise
 
     ran: list[list[str]] = []
-    monkeypatch.setattr(supervise.sys, "platform", "darwin")
-    monkeypatch.setattr(supervise.os, "execvp", lambda path, argv: ran.append(argv))
+    monkeypatch.setattr(sys, "platform", "darwin")  # supervise's sys and os are these
+    monkeypatch.setattr(os, "execvp", lambda path, argv: ran.append(argv))
     supervise.main(["--", "python", "-m", "ipykernel_launcher"])
     assert ran == [["python", "-m", "ipykernel_launcher"]]
     assert capsys.readouterr().err == (

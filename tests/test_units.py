@@ -9,31 +9,36 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel_doctor._errors import UsageError
+from kernel_doctor.agent.naming import cell_place, frame_place, is_cell_file, short_paths
 from kernel_doctor.agent.protocol import STATE, STATE_SIZE, State, StateFile, read_state
 from kernel_doctor.diagnosis import diagnose
 from kernel_doctor.diagnosis.stacks import (
     cell_line,
-    is_cell_file,
     parse_faulthandler,
     pick_thread,
     runaway_recursion,
 )
 from kernel_doctor.evidence import CellRun, Evidence, Frame, MemoryEvidence
+from kernel_doctor.launch import ipc_transport
 from kernel_doctor.probe.base import MemoryLimit
 from kernel_doctor.sizes import format_size, parse_size
 from kernel_doctor.supervisor.collect import downsample
+
+if TYPE_CHECKING:
+    from kernel_doctor.supervisor.ceiling import Ceiling
 
 KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
@@ -377,6 +382,82 @@ def test_cell_files_and_cell_line() -> None:
     assert cell_line(frames[2:], named, [old], truncated=True) is None
 
 
+# ---------------------------------------------------------- naming cells and paths
+
+
+@pytest.mark.parametrize(
+    ("count", "index", "line", "expected"),
+    [
+        (3, 2, 5, "In [3], line 5"),  # the execution count wins over the position
+        (3, None, None, "In [3]"),
+        (None, 3, 2, "the 4th cell, line 2"),  # 0-based index 3: the 4th, markdown counted
+        (None, 0, None, "the 1st cell"),
+        (None, 1, None, "the 2nd cell"),
+        (None, 2, None, "the 3rd cell"),
+        (None, 10, None, "the 11th cell"),
+        (None, 12, None, "the 13th cell"),
+        (None, 21, None, "the 22nd cell"),
+        (None, 110, None, "the 111th cell"),
+        (None, None, 4, "the running cell, line 4"),
+    ],
+)
+def test_one_way_to_name_a_cell(
+    count: int | None, index: int | None, line: int | None, expected: str
+) -> None:
+    assert cell_place(count, index, line) == expected
+
+
+@pytest.mark.parametrize(
+    ("file", "count", "index", "expected"),
+    [
+        ("/tmp/ipykernel_14616/3954762231.py", 3, None, "In [3], line 7"),
+        ("/tmp/ipykernel_14616/3954762231.py", None, 3, "the 4th cell, line 7"),
+        ("/tmp/ipykernel_14616/3954762231.py", None, None, "a cell, line 7"),
+        ("<ipython-input-12-0123abcd>", None, None, "In [12], line 7"),
+        (
+            "/opt/venv/lib/python3.11/site-packages/numpy/core/numeric.py",
+            None,
+            None,
+            "numpy/core/numeric.py, line 7",
+        ),
+        ("/usr/lib/python3.11/json/decoder.py", None, None, "json/decoder.py, line 7"),
+        (
+            "/home/someone/projects/analysis/src/helpers/loaders.py",
+            None,
+            None,
+            "/home/someone/projects/…/loaders.py, line 7",
+        ),
+    ],
+)
+def test_a_frame_is_named_by_its_cell_never_its_temp_file(
+    file: str, count: int | None, index: int | None, expected: str
+) -> None:
+    assert frame_place(file, 7, count, index) == expected
+
+
+def test_long_paths_are_shortened_in_sentences() -> None:
+    source = "cgroup v1 memory limit of /sys/fs/cgroup/memory/process_api/58ba9e44ce9b/kd-3-0"
+    assert short_paths(f"Or raise the limit: it is set by {source} (e.g. a container's).") == (
+        "Or raise the limit: it is set by cgroup v1 memory limit of /sys/fs/cgroup/…/kd-3-0 "
+        "(e.g. a container's)."
+    )
+    assert short_paths(f"({source}).") == "(cgroup v1 memory limit of /sys/fs/cgroup/…/kd-3-0)."
+    short = "cgroup v2 memory.max of /sys/fs/cgroup/kd"
+    assert short_paths(short) == short  # short enough to read
+    url = "see https://example.org/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p"
+    assert short_paths(url) == url  # not a path
+
+
+def test_run_talks_to_an_ipykernel_over_ipc_where_the_path_fits(tmp_path: Path) -> None:
+    ipykernel = ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    ipc = {"transport": "ipc", "ip": str(tmp_path / "ipc" / "kernel")}
+    assert ipc_transport(str(tmp_path), ipykernel) == ipc
+    # The sockets' folder is private: zmq makes the sockets themselves 0755.
+    assert stat.S_IMODE((tmp_path / "ipc").stat().st_mode) == 0o700
+    assert ipc_transport("/" + "d" * 120, ipykernel) == {}  # past a Unix socket's path: TCP
+    assert ipc_transport(str(tmp_path), ["R", "--slave", "-e", "IRkernel::main()"]) == {}
+
+
 # -------------------------------------------------------------------- diagnose
 
 
@@ -427,8 +508,10 @@ def test_sigkill_with_oom_kill_is_out_of_memory() -> None:
     d = diagnose(ev)
     assert d is not None
     assert d.cause == "out_of_memory"
-    assert "cell [7], line 4" in d.summary
-    assert d.summary.startswith("Out of memory in cell [7], line 4:")
+    assert (
+        d.summary
+        == "Out of memory at In [7], line 4: the kernel grew to 2.0 GiB of the 2.0 GiB limit."
+    )
     assert "2.0 GiB" in d.summary
     assert d.cell == cell and d.line == 4
     assert any("went from 0 to 1" in fact for fact in d.evidence)
@@ -463,7 +546,7 @@ def test_segfault_in_deep_recursion_is_stack_overflow(dumps: dict[str, Dump]) ->
     assert diagnosis.cause == "stack_overflow"
     line = _line_of(d.source, "# MODULE")
     assert diagnosis.line == line
-    assert f"cell [12], line {line}" in diagnosis.summary
+    assert f" at In [12], line {line}:" in diagnosis.summary
     assert diagnosis.summary.startswith("Stack overflow")
     assert diagnosis.stack == threads[0].frames
     assert any("99 of the 100 innermost frames are recurse()" in f for f in diagnosis.evidence)
@@ -488,8 +571,7 @@ def test_sigabrt_is_native_crash_at_the_cells_line(dumps: dict[str, Dump]) -> No
     # the cell defined. Either is a line of the running cell.
     assert d.line == _line_of(a.source, "# MODULE")
     assert d.summary == (
-        f"Native crash (SIGABRT) in cell [4], line {d.line}: code outside Python crashed "
-        "the kernel."
+        f"Native crash (SIGABRT) at In [4], line {d.line}: code outside Python crashed the kernel."
     )
     assert d.stack[-1].function == "crash"
     assert any("Fatal Python error: Aborted" in fact for fact in d.evidence)
@@ -501,7 +583,7 @@ def test_exit_code_after_start_is_exit() -> None:
     d = diagnose(ev)
     assert d is not None
     assert d.cause == "exit"
-    assert d.summary == "The kernel exited by itself with code 3 in cell [2], line 5."
+    assert d.summary == "The kernel exited by itself with code 3 at In [2], line 5."
 
 
 def test_exit_before_start_is_startup_failure() -> None:
@@ -744,6 +826,10 @@ def test_guard_counts_a_cells_growth_from_the_sample_before_it(tmp_path: Path) -
         signals.signal(signals.SIGUSR1, old)
 
 
+def _current(ceiling: Ceiling) -> int | None:
+    return ceiling.current
+
+
 def test_allocation_ceiling_follows_the_kernel_and_restores_its_limit() -> None:
     import resource
     import subprocess
@@ -776,7 +862,7 @@ def test_allocation_ceiling_follows_the_kernel_and_restores_its_limit() -> None:
             user_limit,
             resource.RLIM_INFINITY,
         )
-        assert ceiling.current is None
+        assert _current(ceiling) is None  # (mypy holds on to the narrowing above)
         late = Ceiling(child.pid, 300 * MiB)
     finally:
         child.kill()

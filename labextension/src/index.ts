@@ -5,8 +5,10 @@
  * Details action, and the cell that was running is marked failed with the diagnosis
  * as its error output (JupyterLab would put its prompt back to [ ] and say nothing).
  * A status-bar item shows this kernel's memory against the limit that really applies.
- * Guard trips and ignored interrupts are notified the same way. Everything comes from
- * the kernel-doctor server extension (/kernel-doctor/api).
+ * Guard trips and ignored interrupts are notified the same way. While a cell runs, its
+ * current line is marked and named in the status bar (running.ts); JupyterLab's own
+ * "Kernel Restarting" dialog gives way to our one message (dialog.ts). Everything
+ * comes from the kernel-doctor server extension (/kernel-doctor/api).
  */
 import {
   JupyterFrontEnd,
@@ -17,30 +19,25 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
+import { ITranslator } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
-interface IReport {
-  id: string;
-  cause: string | null;
-  summary: string;
-  line: number | null;
-  cell: { index: number; execution_count: number | null; id: string | null; source: string } | null;
-  kernel: { connection_file?: string; ended?: number } | null;
-  evidence?: string[];
-  advice?: string[];
-  stack?: { file: string; line: number; function: string }[];
-  memory?: { peak_bytes?: number; limit_bytes?: number; limit_source?: string; timeline?: [number, number][] };
-}
+import { CoreDeathDialog } from './dialog';
+import { finite, formatBytes, text, texts } from './dom';
+import { shortPaths } from './naming';
+import { IReport, renderReport } from './report';
+import { IRunning, RunningLine, RunningStatus } from './running';
 
-interface IKernelState {
+interface IKernelState extends IRunning {
   kernel_id: string;
-  busy: boolean;
   memory: { counted_bytes: number | null; limit_bytes: number | null; limit_source: string | null };
   guard: { enabled?: boolean; threshold_bytes?: number } | null;
   ignored_interrupt: { seq: number; summary: string } | null;
 }
 
-const POLL_MS = 2000;
+// The running line is followed once a second while the kernel is busy; memory and
+// the rest every other second while it is idle.
+const POLL_MS = 1000;
 const REPORT_WAIT_MS = 20000;
 
 async function api<T>(path: string): Promise<T> {
@@ -51,171 +48,6 @@ async function api<T>(path: string): Promise<T> {
     throw new Error(`kernel-doctor: ${path}: HTTP ${response.status}`);
   }
   return (await response.json()) as T;
-}
-
-/** A finite number from a server value (a number or a numeric string), else null. */
-function finite(value: unknown): number | null {
-  if (typeof value !== 'number' && (typeof value !== 'string' || value.trim() === '')) {
-    return null;
-  }
-  const n = Number(value);
-  return Number.isFinite(n) ? n : null;
-}
-
-/** A server value as plain text ('' for null or undefined). */
-function text(value: unknown): string {
-  return value === null || value === undefined ? '' : String(value);
-}
-
-/** A server list as a list of strings ([] if it is not a list). */
-function texts(value: unknown): string[] {
-  return Array.isArray(value) ? value.map(text) : [];
-}
-
-function formatBytes(value: unknown): string {
-  const bytes = finite(value);
-  if (bytes === null) {
-    return '?';
-  }
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let n = bytes;
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n >= 10 || i === 0 ? n.toFixed(0) : n.toFixed(1)} ${units[i]}`;
-}
-
-/** An HTML element whose content, if any, is set as text (never parsed as HTML). */
-function element<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  content?: string,
-  className?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (content !== undefined) {
-    node.textContent = content;
-  }
-  if (className) {
-    node.className = className;
-  }
-  return node;
-}
-
-const SVG_NS = 'http://www.w3.org/2000/svg';
-
-/** An SVG element; its attribute values are constants or numbers computed here. */
-function svgElement(tag: string, attributes: Record<string, number | string>): SVGElement {
-  const node = document.createElementNS(SVG_NS, tag) as SVGElement;
-  for (const [name, value] of Object.entries(attributes)) {
-    node.setAttribute(name, String(value));
-  }
-  return node;
-}
-
-/** A <pre> of lines, one text node each, separated by newlines. */
-function preOf(lines: Node[]): HTMLPreElement {
-  const pre = element('pre');
-  lines.forEach((line, i) => {
-    if (i > 0) {
-      pre.appendChild(document.createTextNode('\n'));
-    }
-    pre.appendChild(line);
-  });
-  return pre;
-}
-
-function sparkline(timeline: unknown, limitValue: unknown): SVGElement | null {
-  // Only [time, bytes] pairs of finite numbers are drawn; anything else is left out.
-  const points: [number, number][] = [];
-  for (const point of Array.isArray(timeline) ? timeline : []) {
-    const t = Array.isArray(point) ? finite(point[0]) : null;
-    const b = Array.isArray(point) ? finite(point[1]) : null;
-    if (t !== null && b !== null) {
-      points.push([t, b]);
-    }
-  }
-  if (!points.length) {
-    return null;
-  }
-  const limit = finite(limitValue);
-  const width = 400;
-  const height = 60;
-  const t0 = points[0][0];
-  const t1 = points[points.length - 1][0] || 1;
-  const top = points.reduce((m, p) => Math.max(m, p[1]), limit || 0) || 1;
-  const svg = svgElement('svg', { class: 'kd-timeline', width, height, viewBox: `0 0 ${width} ${height}` });
-  if (limit) {
-    const y = (height - (limit / top) * height).toFixed(1);
-    svg.appendChild(
-      svgElement('line', { x1: 0, x2: width, y1: y, y2: y, stroke: '#d32f2f', 'stroke-dasharray': 4 })
-    );
-  }
-  const coords = points
-    .map(([t, b]) => `${(((t - t0) / (t1 - t0 || 1)) * width).toFixed(1)},${(height - (b / top) * height).toFixed(1)}`)
-    .join(' ');
-  svg.appendChild(
-    svgElement('polyline', { fill: 'none', stroke: '#1976d2', 'stroke-width': 2, points: coords })
-  );
-  return svg;
-}
-
-/**
- * The Details panel, built with DOM calls: every value from the report is set as text
- * (or, for the timeline, as numbers checked finite), so none is ever parsed as HTML.
- */
-function renderReport(report: IReport): HTMLElement {
-  const root = element('div', undefined, 'kd-report');
-  root.appendChild(element('h2', text(report.summary)));
-  if (report.cell) {
-    const marked = finite(report.line);
-    const lines = text(report.cell.source)
-      .split('\n')
-      .map((source, i) =>
-        element('span', `${String(i + 1).padStart(3)}  ${source}`, marked === i + 1 ? 'kd-line' : undefined)
-      );
-    const count = finite(report.cell.execution_count);
-    root.appendChild(element('h3', `Cell [${count === null ? '?' : count}]`));
-    root.appendChild(preOf(lines));
-  }
-  const memory = report.memory || {};
-  const timeline = sparkline(memory.timeline, memory.limit_bytes);
-  if (timeline) {
-    root.appendChild(
-      element(
-        'h3',
-        `Memory: peak ${formatBytes(memory.peak_bytes)} of ${formatBytes(memory.limit_bytes)}` +
-          ` (${text(memory.limit_source)})`
-      )
-    );
-    root.appendChild(timeline);
-  }
-  const stack = (Array.isArray(report.stack) ? report.stack : []).filter(f => f && typeof f === 'object');
-  if (stack.length) {
-    const frames = stack.map(f => {
-      const line = finite(f.line);
-      return document.createTextNode(
-        `${text(f.function)}  ${text(f.file)}, line ${line === null ? '?' : line}`
-      );
-    });
-    root.appendChild(element('h3', 'Stack (innermost last)'));
-    root.appendChild(preOf(frames));
-  }
-  for (const [title, items] of [
-    ['Evidence', texts(report.evidence)],
-    ['What to do', texts(report.advice)]
-  ] as [string, string[]][]) {
-    if (items.length) {
-      root.appendChild(element('h3', title));
-      const list = element('ul');
-      for (const item of items) {
-        list.appendChild(element('li', item));
-      }
-      root.appendChild(list);
-    }
-  }
-  return root;
 }
 
 class MemoryStatus extends Widget {
@@ -234,7 +66,8 @@ class MemoryStatus extends Widget {
     }
     const { counted_bytes, limit_bytes, limit_source } = state.memory;
     this.node.textContent = `Mem: ${formatBytes(counted_bytes)} / ${formatBytes(limit_bytes)}`;
-    this.node.title = `kernel-doctor: memory the limit counts, against ${text(limit_source) || 'the limit'}`;
+    this.node.title =
+      `kernel-doctor: memory the limit counts, against ${shortPaths(text(limit_source)) || 'the limit'}`;
     const threshold = finite(state.guard?.threshold_bytes);
     const near = threshold ? (finite(counted_bytes) || 0) >= threshold * 0.95 : false;
     this.toggleClass('kd-memory-warning', near);
@@ -245,11 +78,17 @@ class Doctor {
   private seenReports = new Set<string>();
   private seenIgnored = new Set<string>();
   private started = Date.now() / 1000;
+  private supervised = new Set<string>(); // kernel ids ever seen supervised
+  private notices = new Map<string, string>(); // kernel id → its death's notification
+  private runningLine = new RunningLine();
+  private ticks = 0;
 
   constructor(
     private app: JupyterFrontEnd,
     private tracker: INotebookTracker,
-    private status: MemoryStatus | null
+    private status: MemoryStatus | null,
+    private running: RunningStatus | null,
+    private coreDialog: CoreDeathDialog
   ) {
     tracker.widgetAdded.connect((_, panel) => this.watch(panel));
     tracker.forEach(panel => this.watch(panel));
@@ -261,9 +100,19 @@ class Doctor {
     session.statusChanged.connect((_, status) => {
       if (status === 'autorestarting' || status === 'dead' || status === 'restarting') {
         const kernelId = session.session?.kernel?.id;
-        if (kernelId) {
-          void this.waitForReport(panel, kernelId);
+        if (!kernelId) {
+          return;
         }
+        if (status === 'autorestarting' && this.supervised.has(kernelId) && !this.notices.has(kernelId)) {
+          // One message: the core's dialog goes, our notification says it and then why.
+          this.coreDialog.replace(panel);
+          const { body } = this.coreDialog.words(panel);
+          this.notices.set(
+            kernelId,
+            Notification.emit(`${body} kernel-doctor is finding out why…`, 'in-progress', { autoClose: false })
+          );
+        }
+        void this.waitForReport(panel, kernelId);
       }
     });
     session.iopubMessage.connect((_, msg) => {
@@ -291,16 +140,28 @@ class Doctor {
           this.seenReports.add(report.id);
           const full = await api<IReport>(`reports/${encodeURIComponent(text(report.id))}`);
           this.markFailed(panel, full);
-          Notification.error(text(full.summary), {
-            autoClose: false,
+          const options = {
+            autoClose: false as const,
             actions: [{ label: 'Details', callback: () => this.details(panel, full) }]
-          });
+          };
+          const notice = this.notices.get(kernelId);
+          this.notices.delete(kernelId);
+          if (notice === undefined || !Notification.update({ id: notice, message: text(full.summary), type: 'error', ...options })) {
+            Notification.error(text(full.summary), options);
+          }
           return;
         }
       } catch (error) {
         console.warn('kernel-doctor:', error);
       }
       await new Promise(resolve => window.setTimeout(resolve, 1000));
+    }
+    // No diagnosis came: the notification says what the core dialog would have.
+    const notice = this.notices.get(kernelId);
+    if (notice !== undefined) {
+      this.notices.delete(kernelId);
+      const { body } = this.coreDialog.words(panel);
+      Notification.update({ id: notice, message: body, type: 'warning', autoClose: false });
     }
   }
 
@@ -331,10 +192,11 @@ class Doctor {
       output_type: 'error',
       ename: 'KernelDied',
       evalue: text(report.summary),
+      // What happened and what to do; the evidence is behind the notification's Details.
       traceback: [
         text(report.summary),
-        ...texts(report.evidence).map(e => `  • ${e}`),
-        ...texts(report.advice).map(a => `  → ${a}`)
+        ...texts(report.advice).map(a => `  → ${shortPaths(a)}`),
+        `The evidence: Details in the notification, or kernel-doctor show ${text(report.id)} --verbose`
       ]
     });
   }
@@ -357,14 +219,27 @@ class Doctor {
   private async poll(): Promise<void> {
     const panel = this.tracker.currentWidget;
     const kernelId = panel?.sessionContext.session?.kernel?.id;
+    const busy = panel?.sessionContext.kernelDisplayStatus === 'busy';
+    if (!busy && this.ticks++ % 2) {
+      this.runningLine.clear();
+      this.running?.display(null);
+      return;
+    }
     if (!kernelId) {
       this.status?.display(null);
+      this.running?.display(null);
+      this.runningLine.clear();
       return;
     }
     try {
       const states = await api<IKernelState[]>('kernels');
+      // Kept once seen: a kernel that just died has left the list by the time the
+      // server's restarter notices and says 'autorestarting'.
+      states.forEach(s => this.supervised.add(s.kernel_id));
       const state = states.find(s => s.kernel_id === kernelId) || null;
       this.status?.display(state);
+      this.running?.display(state);
+      this.runningLine.show(this.tracker.currentWidget === panel ? panel : null, state);
       const ignored = state?.ignored_interrupt;
       const key = ignored ? `${kernelId}:${text(ignored.seq)}` : '';
       if (ignored && state?.busy && !this.seenIgnored.has(key)) {
@@ -373,6 +248,8 @@ class Doctor {
       }
     } catch (error) {
       this.status?.display(null);
+      this.running?.display(null);
+      this.runningLine.clear();
     }
   }
 }
@@ -382,9 +259,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'Why the kernel died, in the notebook; memory against the real limit.',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [IStatusBar],
-  activate: (app: JupyterFrontEnd, tracker: INotebookTracker, statusBar: IStatusBar | null) => {
+  optional: [IStatusBar, ITranslator],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    statusBar: IStatusBar | null,
+    translator: ITranslator | null
+  ) => {
     let status: MemoryStatus | null = null;
+    let running: RunningStatus | null = null;
     if (statusBar) {
       status = new MemoryStatus();
       statusBar.registerStatusItem('kernel-doctor:memory', {
@@ -393,8 +276,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
         rank: 5,
         isActive: () => true
       });
+      running = new RunningStatus();
+      statusBar.registerStatusItem('kernel-doctor:running', {
+        item: running,
+        align: 'left',
+        rank: 6,
+        isActive: () => true
+      });
     }
-    new Doctor(app, tracker, status);
+    new Doctor(app, tracker, status, running, new CoreDeathDialog(translator || undefined));
   }
 };
 

@@ -17,10 +17,12 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from ._errors import CommandError, ExitCode
-from .agent.protocol import read_cells, read_meta, read_samples, read_state
+from .agent.naming import capital, cell_files, cell_name, cell_place, short_paths
+from .agent.private import append_private, read_private
+from .agent.protocol import ENV_KERNEL_OUTPUT, read_cells, read_meta, read_samples, read_state
 from .diagnosis.stacks import user_frames
 from .evidence import Frame
-from .launch import SupervisedKernelManager
+from .launch import SupervisedKernelManager, ipc_transport
 from .probe.create import LimitedCgroup
 from .reports.model import empty_report
 from .reports.store import REPORT_FILE
@@ -31,6 +33,24 @@ AGENT_DIR = os.path.join(os.path.dirname(__file__), "agent")
 # How long to wait for the supervisor to finish its report after nbclient saw the
 # kernel die. The supervisor exits only after writing it, so this is a ceiling.
 REPORT_WAIT = 10.0
+# The kernel's own stdout and stderr (ipykernel's log lines, a C library's messages)
+# go here, not to run's: its stderr is the progress, the supervisor's warnings and the
+# result. The supervisor keeps the stderr tail in its report; this file is for a
+# death it did not report.
+KERNEL_OUTPUT = "kernel-output.log"
+
+
+class _Client(NotebookClient):
+    """nbclient's client, telling ``progress`` which cell the kernel started: the
+    execute_input message carries the execution count JupyterLab would show."""
+
+    progress: Any = None  # (cell index, execution count) -> None
+
+    def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
+        if msg.get("msg_type") == "execute_input" and self.progress is not None:
+            count = msg.get("content", {}).get("execution_count")
+            self.progress(cell_index, count if isinstance(count, int) else None)
+        return super().process_message(msg, cell, cell_index)
 
 
 @dataclass
@@ -92,7 +112,10 @@ def _execute(
         supervisor_options=options,
         command_prefix=list(cgroup.command_prefix) if cgroup else [],
     )
-    client = NotebookClient(
+    argv = km.kernel_spec.argv if km.kernel_spec is not None else []
+    for name, value in ipc_transport(session_dir, argv).items():
+        setattr(km, name, value)  # before the connection file is written, at the start
+    client = _Client(
         nb,
         km=km,
         # nbclient takes whole seconds; round up so a short timeout never becomes none.
@@ -102,30 +125,32 @@ def _execute(
         resources={"metadata": {"path": cwd}},
         raise_on_iopub_timeout=False,
     )
-    index_of_count: dict[int, int] = {}
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    if log:
+        client.progress = lambda index, count: log(
+            f"[{code_cells.index(index) + 1}/{len(code_cells)}] {cell_name(count, index)}"
+        )
     current: int | None = None
     outcome, code = "ok", ExitCode.OK
     first_error: int | None = None
+    output_path = os.path.join(session_dir, KERNEL_OUTPUT)
+    output = append_private(output_path)
+    env = {**os.environ, ENV_KERNEL_OUTPUT: output_path}  # the kernel's stderr, to the log
     try:
-        with client.setup_kernel():
+        with client.setup_kernel(stdout=output, env=env):
             assert client.kc is not None
             info = client.wait_for_reply(client.kc.kernel_info())
             if info is not None:
                 client.nb.metadata["language_info"] = info["content"]["language_info"]
-            code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-            for n, index in enumerate(code_cells, 1):
+            for index in code_cells:
                 current = index
                 cell = nb.cells[index]
-                if log:
-                    log(f"[{n}/{len(code_cells)}] cell {index}")
                 try:
                     client.execute_cell(cell, index)
                 except CellExecutionError:
                     outcome, code = "cell_error", ExitCode.CELL_ERROR
                     first_error = index
                     break
-                if isinstance(cell.get("execution_count"), int):
-                    index_of_count[cell["execution_count"]] = index
                 if allow_errors and first_error is None and _has_error(cell):
                     first_error = index
             else:
@@ -139,13 +164,13 @@ def _execute(
     except DeadKernelError:
         outcome, code = "kernel_died", ExitCode.KERNEL_DIED
         wait_for_supervisor(km)
-        report = death_report(nb, current, index_of_count, session_dir)
+        report = death_report(nb, current, session_dir)
     except RuntimeError as exc:
         # nbclient's "Kernel died before replying to kernel_info": a start-up failure.
         outcome, code = "kernel_died", ExitCode.KERNEL_DIED
         current = None
         wait_for_supervisor(km)
-        report = death_report(nb, None, index_of_count, session_dir)
+        report = death_report(nb, None, session_dir)
         if report.get("cause") == "unknown":
             report["summary"] = f"The kernel did not start: {exc}"
     except CellTimeoutError:
@@ -157,7 +182,9 @@ def _execute(
         # KernelManager: end it here, or it outlives the run (a timed-out cell keeps
         # spinning) until our own process exits.
         _shut_down(client, now=outcome not in ("ok", "cell_error"))
+        os.close(output)
     _add_memory(report, session_dir)
+    name_frames(report, nb, session_dir)
     failed = current if outcome in ("kernel_died", "timeout") else first_error
     if outcome == "kernel_died" and failed is not None:
         mark_cell_failed(nb.cells[failed], report)
@@ -200,27 +227,35 @@ def _cell_json(nb: Any, index: int | None, execution_count: int | None = None) -
     }
 
 
-def death_report(
-    nb: Any, index: int | None, index_of_count: dict[int, int], session_dir: str
-) -> dict[str, Any]:
+def death_report(nb: Any, index: int | None, session_dir: str) -> dict[str, Any]:
+    """The supervisor's report of the death, with the notebook's cell (``index``)."""
     report = _load(os.path.join(session_dir, REPORT_FILE))
     if report is None:
         report = empty_report("kernel_died", "The kernel died, and its supervisor left no report.")
         report["cause"] = "unknown"
+        output = read_private(os.path.join(session_dir, KERNEL_OUTPUT)) or b""
+        report["stderr_tail"] = output[-8000:].decode(errors="replace")
     report["outcome"] = "kernel_died"
     running_count = (report.get("cell") or {}).get("execution_count")
     if index is not None:
         report["cell"] = _cell_json(nb, index, running_count)
-        if running_count is not None:
-            index_of_count[running_count] = index
-    for frame in report.get("stack", []):
-        frame["cell_index"] = index_of_count.get(frame.get("execution_count") or -1)
-    if index is not None and running_count is not None and report.get("summary"):
-        # The supervisor names cells by execution count; here we know the position too.
-        report["summary"] = report["summary"].replace(
-            f"cell [{running_count}]", f"cell {index} (In [{running_count}])"
-        )
     return report
+
+
+def name_frames(report: dict[str, Any], nb: Any, session_dir: str) -> None:
+    """Give each stack frame in a cell's code file its cell: the execution count (from
+    the agent's flight record) and the notebook position (from the count)."""
+    files = cell_files(read_cells(session_dir))
+    positions = {
+        cell["execution_count"]: i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and isinstance(cell.get("execution_count"), int)
+    }
+    for frame in report.get("stack") or []:
+        if frame.get("execution_count") is None:
+            frame["execution_count"] = files.get(str(frame.get("file")))
+        if frame.get("cell_index") is None:
+            frame["cell_index"] = positions.get(frame["execution_count"])
 
 
 def _cell_error_report(nb: Any, index: int | None, session_dir: str) -> dict[str, Any]:
@@ -231,10 +266,10 @@ def _cell_error_report(nb: Any, index: int | None, session_dir: str) -> dict[str
     report["line"] = error.get("line")
     name = error.get("type") or "an exception"
     message = error.get("message") or ""
-    line = f", line {report['line']}" if report["line"] else ""
     count = (report["cell"] or {}).get("execution_count")
+    where = capital(cell_place(count, index, report["line"]))
     report["summary"] = (
-        f"Cell {index} [{count}]{line} raised {name}: {message}".rstrip(": ")
+        f"{where} raised {name}: {message}".rstrip(": ")
         + ". The kernel is alive: this is an error in the cell, not a kernel death."
     )
     frames = [Frame(str(f), int(ln), str(fn)) for f, ln, fn in error.get("stack", [])]
@@ -264,13 +299,13 @@ def _cell_error_report(nb: Any, index: int | None, session_dir: str) -> dict[str
             usage, limit = guard.get("usage_bytes"), guard.get("limit_bytes")
             left = format_size(max(0, limit - usage)) if limit and usage is not None else "?"
             report["summary"] = (
-                f"Cell {index} [{count}]{line}: the memory guard refused an allocation"
+                f"{where}: the memory guard refused an allocation"
                 f"{what}, since the {format_size(limit)} limit leaves {left}. The kernel "
                 "is alive, with its variables."
             )
         else:
             report["summary"] = (
-                f"Cell {index} [{count}]{line} was stopped by the memory guard: "
+                f"{where} was stopped by the memory guard: "
                 f"{format_size(guard.get('usage_bytes'))} of the "
                 f"{format_size(guard.get('limit_bytes'))} limit. The kernel is alive, with "
                 "its variables."
@@ -286,8 +321,9 @@ def _timeout_report(
     state = read_state(session_dir)
     line = state.line if state is not None and state.busy else None
     report["line"] = line
-    where = f", line {line}" if line else ""
-    report["summary"] = f"Cell {index}{where} ran longer than the {timeout:g} s timeout."
+    count = (report["cell"] or {}).get("execution_count")
+    where = capital(cell_place(count, index, line))
+    report["summary"] = f"{where} ran longer than the {timeout:g} s timeout."
     frame = state.frame if state is not None else None
     if frame is not None:
         report["stack"] = [
@@ -324,11 +360,14 @@ def _add_memory(report: dict[str, Any], session_dir: str) -> None:
 
 
 def mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
+    """The killed cell's error output: what happened and what to do; the evidence is
+    one command away (the notebook is read by people, the report by both)."""
     lines = [report.get("summary") or "The kernel died."]
-    lines += [f"  • {fact}" for fact in report.get("evidence", [])]
-    lines += [f"  → {tip}" for tip in report.get("advice", [])]
+    lines += [f"  → {short_paths(tip)}" for tip in report.get("advice", [])]
+    if report.get("id"):
+        lines.append(f"The evidence: kernel-doctor show {report['id']} --verbose")
     cell.setdefault("outputs", []).append(
-        nbformat.v4.new_output(  # type: ignore[no-untyped-call]
+        nbformat.v4.new_output(
             "error",
             ename="KernelDied",
             evalue=f"{report.get('cause')}: {report.get('summary')}",
@@ -340,8 +379,6 @@ def mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
 def _load(path: str) -> dict[str, Any] | None:
     import json
 
-    from .agent.private import read_private
-
     try:
         value = json.loads(read_private(path) or b"null")
     except ValueError:
@@ -350,10 +387,11 @@ def _load(path: str) -> dict[str, Any] | None:
 
 
 def describe_limit(cgroup: LimitedCgroup | None) -> str:
+    """The end of run's first line: "with a 300 MiB memory limit (a new memory cgroup)"."""
     if cgroup is None:
-        return "the limit that already applies"
+        return "under the memory limit that already applies"
     how = "a new memory cgroup" if cgroup.path else "a systemd scope"
-    return f"{format_size(cgroup.limit_bytes)} ({how})"
+    return f"with a {format_size(cgroup.limit_bytes)} memory limit ({how})"
 
 
 __all__ = ["BatchResult", "describe_limit", "run_notebook"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
@@ -13,6 +15,34 @@ def supervisor_command(options: dict[str, str] | None = None) -> list[str]:
     for name, value in (options or {}).items():
         cmd += [f"--{name}"] if name == "quiet" else [f"--{name}", value]
     return [*cmd, "--"]
+
+
+# A Unix socket's path holds at most 107 bytes; jupyter_client appends "-<port>".
+MAX_IPC_PATH = 100
+
+
+def ipc_transport(session_dir: str, kernel_argv: Sequence[str]) -> dict[str, str]:
+    """KernelManager settings for IPC transport: Unix sockets in the private session
+    folder, for an ipykernel (other kernels may not read an IPC connection file) where
+    this platform has them and their path fits; else none (TCP on localhost). Over IPC
+    no port is open to other users of the machine, and ipykernel does not warn that
+    its TCP is unencrypted."""
+    import zmq
+
+    from .agent.private import private_dir
+
+    # In a folder of their own: zmq makes the sockets by the umask (0755), and only a
+    # 0700 folder keeps other users from connecting.
+    folder = os.path.join(session_dir, "ipc")
+    ip = os.path.join(folder, "kernel")
+    ipykernel = any("ipykernel" in part for part in kernel_argv)
+    if not ipykernel or not zmq.has("ipc") or len(ip.encode()) > MAX_IPC_PATH:
+        return {}
+    try:
+        private_dir(folder)
+    except OSError:
+        return {}
+    return {"transport": "ipc", "ip": ip}
 
 
 class SupervisedKernelManager(AsyncKernelManager):

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from ._errors import CommandError, ExitCode
+from .agent.naming import cell_files
 from .agent.private import is_private_dir, open_fifo, printable
 from .agent.protocol import (
     CONTROL,
@@ -56,16 +57,7 @@ class LiveKernel:
 
     def cell_files(self) -> dict[str, int]:
         """Each earlier cell's code file → its execution count (from the flight record)."""
-        counts: dict[int | None, int | None] = {}
-        files: dict[str, int] = {}
-        for record in read_cells(self.session_dir):
-            if record.event == "start":
-                counts[record.seq] = record.execution_count
-            elif record.event == "end" and record.file:
-                count = counts.get(record.seq)
-                if count is not None:
-                    files[record.file] = count
-        return files
+        return cell_files(read_cells(self.session_dir))
 
 
 def trusted(session_dir: str) -> Meta | None:

@@ -16,7 +16,7 @@ from typing import Any
 from nbclient.exceptions import DeadKernelError
 from papermill.engines import NBClientEngine
 
-from .batch import death_report, mark_cell_failed, wait_for_supervisor
+from .batch import death_report, mark_cell_failed, name_frames, wait_for_supervisor
 from .launch import SupervisedKernelManager
 
 
@@ -42,7 +42,8 @@ class KernelDoctorEngine(NBClientEngine):  # type: ignore[misc]
         except DeadKernelError:
             wait_for_supervisor(km)
             index = _running_cell(nb_man.nb)
-            report = death_report(nb_man.nb, index, {}, session_dir)
+            report = death_report(nb_man.nb, index, session_dir)
+            name_frames(report, nb_man.nb, session_dir)
             if index is not None:
                 cell = nb_man.nb.cells[index]
                 mark_cell_failed(cell, report)

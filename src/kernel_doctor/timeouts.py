@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from ._errors import KernelDoctorError
+from .agent.naming import is_cell_file
 from .agent.protocol import Look, read_state
-from .diagnosis.stacks import is_cell_file
 from .launch import SupervisedKernelManager
 
 INTERRUPT_WAIT = 3.0  # how long an interrupt gets to stop the cell

@@ -18,9 +18,11 @@ start, 12 of 12, native threads included. So:
   once at exec) by ``stack_cache_threads()`` stacks, and the agent fills it as it
   loads by starting and ending that many threads: their stacks stay mapped (already
   under the ceiling) and the next threads take them, whoever starts them;
-* a Python thread started beyond those lifts the ceiling to the user's limit and
-  leaves it there; the agent pokes the supervisor, which puts its ceiling back (now
-  counting the new stack) a sample or two later, a few ms.
+* a Python thread's start whose stack would not fit under the ceiling lifts it to the
+  user's limit and leaves it there; the supervisor puts its ceiling back, now counting
+  the new stack, once it has seen the lift for LIFT_HOLD (0.1 s). Putting it back
+  within a few ms left 1 in 10 runs of 200 threads at 91 % hanging: a thread whose
+  start had returned never ran, and ``Thread.start`` waited for it forever.
 """
 
 from __future__ import annotations
@@ -91,6 +93,20 @@ def _num(value: int) -> int:
     return 1 << 64 if value == -1 else value
 
 
+# What a new thread maps beyond its stack as it starts (its frames' first chunk,
+# malloc's arena): a lift is needed only where stack and this would not fit.
+THREAD_SLACK = 2 * 1024**2
+
+
+def _mapped() -> int:
+    """This process's private writable mappings (what RLIMIT_DATA counts)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[5]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 1 << 62  # unknown: lift
+
+
 class _DataLimits:
     """The kernel's side of the ceiling: lifted to the user's limit around spawns."""
 
@@ -136,6 +152,8 @@ class _DataLimits:
                 target = self.target(hard)
                 if _num(soft) >= _num(target):
                     return False  # no ceiling in force (or lifted already)
+                if _mapped() + thread_stack_size() + THREAD_SLACK <= soft:
+                    return False  # a new stack fits under the ceiling: no lift needed
                 _set_data_limit((target, hard))
                 self.lifted = None  # a spawn under way must not undo it
                 return True
@@ -256,17 +274,20 @@ def keep_children_limit(agent: Any) -> None:
     for wrap, names in wrappers:
         for module_name, name in names:
             try:
-                module = importlib.import_module(module_name)
+                owner: Any = importlib.import_module(module_name)
             except ImportError:
                 continue
-            real = getattr(module, name, None)
+            *path, name = name.split(".")  # "Thread.start": a method of a class
+            for part in path:
+                owner = getattr(owner, part)
+            real = getattr(owner, name, None)
             if real is None or hasattr(real, _WRAPPED):
                 continue  # absent here, or wrapped by an agent loaded before
             wrapper = wrap(real)
             for attribute in ("__name__", "__qualname__", "__doc__"):
                 setattr(wrapper, attribute, getattr(real, attribute, None))
             setattr(wrapper, _WRAPPED, real)
-            setattr(module, name, wrapper)
+            setattr(owner, name, wrapper)
 
 
 # -- Threads: a stack cache filled at start, and a lift beyond it ---------------------
@@ -338,24 +359,30 @@ def fill_stack_cache() -> int:
 
 
 def _thread_starter(real: Any) -> Any:
-    """``_thread.start_new_thread`` (``start_joinable_thread`` since 3.13)."""
+    """``Thread.start`` (which returns once the new thread runs), and ``_thread``'s
+    starters for threads started without ``threading``."""
 
     def start(*args: Any, **kwargs: Any) -> Any:
         limits = _ours()
-        lifted = limits is not None and limits.lift_for_thread()
-        result = real(*args, **kwargs)
-        if lifted and limits is not None:
-            poke = getattr(limits.agent, "_poke", None)
-            if poke is not None:
-                poke(b"t")  # the supervisor puts its ceiling back, counting the stack
-        return result
+        if limits is not None:
+            limits.lift_for_thread()
+        return real(*args, **kwargs)
 
     return start
 
 
+def start_unlifted(thread: threading.Thread) -> None:
+    """Start one of the agent's own threads without lifting the ceiling: its stack
+    comes from the cache filled at start, and a lift would leave the kernel without
+    its ceiling for the first cells."""
+    start = threading.Thread.start
+    getattr(start, _WRAPPED, start)(thread)
+
+
 _THREAD_STARTERS = (
-    ("_thread", "start_new_thread"),
-    ("threading", "_start_new_thread"),  # threading's own reference, taken at import
+    # Around the whole start, which returns once the new thread runs: its first
+    # allocations (its frames' memory, malloc's arena) come under the lift too.
+    ("threading", "Thread.start"),
+    ("_thread", "start_new_thread"),  # threads started without threading
     ("_thread", "start_joinable_thread"),
-    ("threading", "_start_joinable_thread"),
 )

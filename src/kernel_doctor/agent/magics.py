@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from .guard import format_bytes
+from .naming import cell_name, frame_place, short_paths
 from .private import read_private
 from .protocol import ENV_REPORTS, CellRecord, Sample, read_meta, read_samples
 from .settings import guard_setting
@@ -84,7 +85,7 @@ def doctor(line: str) -> None:
     text = buffer.getvalue().rstrip("\n")
     from IPython.display import display
 
-    display({"text/plain": text, "text/html": to_html(text)}, raw=True)  # type: ignore[no-untyped-call]
+    display({"text/plain": text, "text/html": to_html(text)}, raw=True)
 
 
 def to_html(text: str) -> str:
@@ -136,15 +137,38 @@ def _doctor(line: str) -> None:
         print(f"No report {wanted or 'stored'}: `%doctor deaths` lists them.")
         return
     print(chosen.get("summary"))
-    for fact in chosen.get("evidence") or []:
-        print(f"  • {fact}")
-    for tip in chosen.get("advice") or []:
-        print(f"  → {tip}")
+    advice = chosen.get("advice") or []
+    if advice:
+        print("What to do:")
+        for tip in advice:
+            print(f"  → {tip}")
     frames = chosen.get("stack") or []
     if frames:
         print("Stack (innermost last):")
         for f in frames[-10:]:
-            print(f"  {f.get('file')}:{f.get('line')} in {f.get('function')}")
+            print(f"  {f.get('function')}  {_frame_place(f)}")
+    evidence = chosen.get("evidence") or []
+    if evidence:
+        print("Evidence:")
+        for fact in evidence:
+            print(f"  • {fact}")
+
+
+def _frame_place(frame: dict[str, Any]) -> str:
+    """A stored frame's place ("In [3], line 3"): its fields as the report contract
+    types them, anything else left out."""
+
+    def number(key: str) -> int | None:
+        value = frame.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    file = frame.get("file")
+    return frame_place(
+        file if isinstance(file, str) else "",
+        number("line"),
+        number("execution_count"),
+        number("cell_index"),
+    )
 
 
 def register(shell: Any) -> None:
@@ -191,7 +215,7 @@ def memory() -> None:
         _, counted, kernel = samples[-1]
         print(
             f"Memory: {format_bytes(counted)} of {format_bytes(limit.limit_bytes)} "
-            f"({limit.source}); this kernel's processes {format_bytes(kernel)}."
+            f"({short_paths(limit.source)}); this kernel's processes {format_bytes(kernel)}."
         )
     else:
         print("Memory: no samples (this kernel is not supervised).")
@@ -201,7 +225,7 @@ def memory() -> None:
     if grew:
         print("Cells that grew memory and kept it:")
         for count, added in grew[:10]:
-            print(f"  In [{count}]: +{format_bytes(added)}")
+            print(f"  {cell_name(count, None, 'a cell')}: +{format_bytes(added)}")
     shell = agent.shell
     variables = biggest_variables(shell.user_ns, getattr(shell, "user_ns_hidden", ()), 10)
     if variables:

@@ -96,6 +96,9 @@ ENV_REPORTS = "KERNEL_DOCTOR_REPORTS"  # where stored reports are, for %doctor
 # RLIMIT_DATA's soft value before the memory guard's ceiling, which the supervisor may
 # set before the agent loads (so a refusal can be told from an ordinary MemoryError).
 ENV_DATA_LIMIT = "KERNEL_DOCTOR_DATA_LIMIT"
+# Where the supervisor copies the kernel's stderr instead of its own (run's log): read
+# by the supervisor only, never passed on to the kernel.
+ENV_KERNEL_OUTPUT = "KERNEL_DOCTOR_KERNEL_OUTPUT"
 GUARD = "guard.json"  # what the supervisor saw when it tripped the memory guard
 NOTICE = "notice.json"  # the previous kernel's death, for the next cell to show
 

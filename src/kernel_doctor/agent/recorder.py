@@ -6,7 +6,6 @@ import atexit
 import faulthandler
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -15,8 +14,10 @@ import traceback
 from types import CodeType, FrameType, TracebackType
 from typing import IO, Any
 
+from .ceiling import start_unlifted
 from .errors import describe_error
 from .hooks import install_audit_hook, ipython_major, take_wake_fd
+from .naming import is_cell_file
 from .protocol import (
     CELLS,
     DUMPS,
@@ -128,12 +129,13 @@ class Agent:
         register(self.shell)
         install_audit_hook(self)
         atexit.register(self._at_exit)
-        self._watcher.start()
+        start_unlifted(self._watcher)
         with self._lock:
             self._write_state(busy=False)
         # The supervisor checks SigCgt before it sends a dump signal; this record
         # says the handler is in place and which thread is the main one.
         self._append(CellRecord("ready", time.time(), pid=os.getpid()))
+        self._poke(b"r")  # the supervisor sets the allocation layer's ceiling now
 
     def stop(self) -> None:
         install_audit_hook(None)
@@ -221,7 +223,7 @@ class Agent:
             return
         from IPython.display import display
 
-        display({"text/plain": text}, raw=True)  # type: ignore[no-untyped-call]
+        display({"text/plain": text}, raw=True)
 
     def _post_run_cell(self, result: Any) -> None:
         info = getattr(result, "info", None)
@@ -280,7 +282,7 @@ class Agent:
         if self._cell is None or code.co_name != "<module>":
             return
         line = next((ln for _, _, ln in code.co_lines() if ln), None)
-        if line is None or not _CELL_FILE.search(code.co_filename):
+        if line is None or not is_cell_file(code.co_filename):  # exec() of other code
             return
         with self._lock:
             if self._cell is not None:
@@ -413,11 +415,6 @@ class Agent:
             current = back
             limit -= 1
         return None
-
-
-# ipykernel's cell files (/tmp/ipykernel_<pid>/<hash>.py) and IPython's
-# (<ipython-input-N-hash>): exec() of anything else is not a cell's statement.
-_CELL_FILE = re.compile(r"(/ipykernel_\d+/\d+\.py$)|(^<ipython-input-\d+-[0-9a-f]+>$)")
 
 
 def _timed_line(frame: FrameType) -> int | None:

@@ -117,7 +117,7 @@ class Meta:
     agent: bool = False
     limit: LimitRecord | None = None
     oom_kills_before: int | None = None
-    # The cgroup's high-water mark before the kernel started (see supervisor.process).
+    # The cgroup's high-water mark before the kernel started (see supervisor.monitor).
     peak_before: int | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
     guard: GuardInfo | None = None

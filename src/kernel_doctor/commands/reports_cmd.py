@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from ..agent.naming import cell_place
 from ..agent.private import printable
 from ..reports.history import stored_reports, warn_stderr
 from ..reports.model import Report
@@ -38,9 +39,7 @@ def where(report: Report) -> str:
     cell = report.cell
     if cell is None:
         return "-"
-    count = cell.execution_count
-    text = f"[{count}]" if count is not None else "?"
-    return text + (f":{report.line}" if report.line else "")
+    return cell_place(cell.execution_count, cell.index, report.line, unknown="?", short=True)
 
 
 def memory(report: Report) -> str:

@@ -65,6 +65,12 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         "the limit (default 90%%)",
     )
     guard.add_argument("--no-guard", action="store_true", help="let memory growth run")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show the report's evidence and full paths too",
+    )
 
 
 def _not_a_notebook_file(path: str, mode: int) -> UsageError:
@@ -126,7 +132,7 @@ def _read_notebook(path: str) -> Any:
             f"notebook {path!r} has nbformat {major!r}; kernel-doctor reads versions 3 and 4"
         )
     try:
-        nb = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
+        nb = nbformat.reads(text, as_version=4)
         nbformat.validate(nb)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -240,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
     guard = "off" if args.no_guard else _guard(args.guard)
 
     from rich.console import Console
+    from rich.text import Text
 
     from ..batch import describe_limit, run_notebook
     from ..probe.create import make_limited_cgroup
@@ -248,10 +255,13 @@ def run(args: argparse.Namespace) -> int:
 
     cgroup = make_limited_cgroup(limit) if limit is not None else None
     err = Console(stderr=True, highlight=False)
-    err.print(
-        f"kernel-doctor: running {args.notebook} on kernel {kernel!r}, "
-        f"memory limit: {describe_limit(cgroup)}"
-    )
+
+    def log(text: str, style: str = "dim") -> None:
+        # One line each, never wrapped: a wrap at the terminal's width broke a
+        # sentence in two. Text, not markup: the notebook's name is the user's.
+        err.print(Text(f"kernel-doctor: {text}", style=style), soft_wrap=True)
+
+    log(f"running {args.notebook} on kernel {kernel!r} {describe_limit(cgroup)}", style="")
     result = run_notebook(
         nb,
         kernel_name=kernel,
@@ -260,14 +270,14 @@ def run(args: argparse.Namespace) -> int:
         cgroup=cgroup,
         allow_errors=args.allow_errors,
         guard=guard,
-        log=lambda text: err.print(f"kernel-doctor: {text}", style="dim"),
+        log=log,
     )
     if args.output:
         import nbformat
 
-        nbformat.write(result.notebook, args.output)  # type: ignore[no-untyped-call]
+        nbformat.write(result.notebook, args.output)
     # Shown first: a report that then cannot be written (a full disk) must not hide it.
-    render(result.report, Console(file=sys.stdout))
+    render(result.report, Console(file=sys.stdout), verbose=args.verbose)
     if args.report_json:
         write_json(args.report_json, result.report)
     return int(result.exit_code)

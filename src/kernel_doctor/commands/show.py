@@ -15,6 +15,9 @@ from ..reports.model import BadReport, Report
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("report", nargs="?", default="latest", help="report ID or 'latest'")
     parser.add_argument("--json", action="store_true", help="print the report's JSON")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="show the evidence and full paths too"
+    )
 
 
 def _not_stored(name: str) -> UsageError:
@@ -51,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..reports.render import render
 
-    render(report)
+    render(report, verbose=args.verbose)
     return 0

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ..agent.naming import cell_place
 from ..agent.private import printable
 from ..agent.protocol import last_sample, read_cells
 from ..diagnosis.hang import duration
@@ -197,7 +198,7 @@ def _row(k: LiveKernel, share: float | None, deaths: dict[str, int]) -> list[Any
             ),
             None,
         )
-        cell = f"[{count if count is not None else '?'}]" + (f":{line}" if line else "")
+        cell = cell_place(count, None, line, unknown="?", short=True)
     sample = last_sample(k.session_dir)
     used = sample[2] if sample else 0  # the kernel's own processes
     limit = k.meta.limit.limit_bytes if k.meta.limit else 0

@@ -8,10 +8,10 @@ import argparse
 import json
 import sys
 
+from ..agent.naming import frame_place, is_cell_file
 from ..agent.private import printable
 from ..agent.protocol import Frame, Look, OsThread
 from ..diagnosis.hang import describe, source_line
-from ..diagnosis.stacks import is_cell_file
 from ..live import LiveKernel, live_kernels, look, pick
 
 
@@ -69,21 +69,10 @@ def render(reply: Look, kernel: LiveKernel | None = None) -> str:
             frames = frames[cell_at:]
         for frame in frames:
             path, line, function = str(frame[0]), frame[1], frame[2]
-            if is_cell_file(path) and path in files:
-                place = f"cell [{files[path]}], line {line}, in {function}"
-            else:
-                place = f"{_short(path)}, line {line}, in {function}"
-            out.append(f"  {place}")
+            number = line if isinstance(line, int) else None
+            out.append(f"  {frame_place(path, number, files.get(path))}, in {function}")
             text = source_line(reply, list(frame))
             if text:
                 out.append(f"      {text[:72]}")
     # Names and source lines come from the kernel's files: print them, never obey them.
     return printable("\n".join(out), newlines=True) + "\n"
-
-
-def _short(path: str) -> str:
-    for marker in ("site-packages/", "dist-packages/", "/lib/python3"):
-        index = path.find(marker)
-        if index >= 0:
-            return path[index + len(marker) :].lstrip("0123456789./")
-    return path if len(path) < 60 else "…" + path[-57:]

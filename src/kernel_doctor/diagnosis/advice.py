@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from ..evidence import Evidence, Frame
 from ..sizes import format_size
+from .facts import last_dump_recursion, oom_share
 from .stacks import user_frames
 
 _STDLIB = re.compile(r"/lib/python3\.\d+/([A-Za-z_][A-Za-z0-9_]*)")
@@ -29,8 +30,6 @@ def advise(cause: str, ev: Evidence, stack: Sequence[Frame]) -> list[str]:
     mem = ev.memory
     limit = mem.limit
     if cause == "out_of_memory":
-        from .causes import last_dump_recursion, oom_share
-
         recursing = last_dump_recursion(ev)
         if recursing is not None:
             return [

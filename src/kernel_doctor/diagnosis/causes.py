@@ -6,10 +6,12 @@ import dataclasses
 import signal
 from dataclasses import dataclass
 
+from ..agent.naming import cell_place
 from ..evidence import CellRun, Evidence, Frame, StackDump
 from ..probe.procfs import signal_name
 from ..sizes import format_size
 from .advice import advise
+from .facts import last_dump_recursion, oom_share
 from .hang import describe as describe_hang
 from .stacks import cell_line, pick_thread, runaway_recursion
 
@@ -200,8 +202,9 @@ def _guard_facts(ev: Evidence) -> list[str]:
             f" plus {reserve // 1024**2} MiB for thread stacks" if reserve else ""
         )
         on += (
-            f"; no single allocation was larger than {room} (the memory filled in "
-            "smaller steps)"
+            f"; its allocation layer refuses any single allocation larger than {room}, and "
+            "none was: memory filled in smaller steps, or in memory it does not count "
+            "(shared memory, memory-mapped files, child processes)"
         )
     if guard.get("signals"):
         return [
@@ -212,16 +215,6 @@ def _guard_facts(ev: Evidence) -> list[str]:
         f"{on}; no sample saw the cell past the threshold before the kill: the memory "
         "filled faster than it samples (growth inside one C call)"
     ]
-
-
-def last_dump_recursion(ev: Evidence) -> str | None:
-    """The recursing function, when the last on-demand dump shows runaway recursion
-    (pure-Python recursion under a raised limit lives on the heap and ends as OOM)."""
-    if not ev.dumps:
-        return None
-    dump = pick_thread(ev.dumps[-1], ev.main_thread)
-    found = runaway_recursion(dump) if dump else None
-    return found[0] if found else None
 
 
 def _running_cell(ev: Evidence) -> CellRun | None:
@@ -302,19 +295,11 @@ def _memory_facts(ev: Evidence, cell: CellRun | None) -> list[str]:
     return facts
 
 
-def oom_share(ev: Evidence) -> float | None:
-    """The kernel's share of what the limit counted at its peak."""
-    mem = ev.memory
-    if not mem.peak_bytes or not mem.kernel_peak_bytes:
-        return None
-    return min(1.0, mem.kernel_peak_bytes / mem.peak_bytes)
-
-
 def where_text(cell: CellRun | None, line: int | None) -> str:
+    """Where in the summary's sentence the cell ran: " at In [3], line 2"."""
     if cell is None:
         return ""
-    label = f"cell [{cell.execution_count}]" if cell.execution_count else "the running cell"
-    return f" in {label}" + (f", line {line}" if line else "")
+    return f" at {cell_place(cell.execution_count, None, line)}"
 
 
 def _summary(cause: str, ev: Evidence, cell: CellRun | None, line: int | None) -> str:

@@ -8,8 +8,8 @@ import re
 import time
 from typing import Any
 
+from ..agent.naming import cell_name, cell_place, frame_place, is_cell_file
 from ..agent.protocol import Look
-from .stacks import is_cell_file
 
 _PACKAGE = re.compile(r"[/\\](?:site|dist)-packages[/\\]([^/\\]+)")
 
@@ -24,17 +24,18 @@ def main_frames(reply: Look) -> list[list[Any]]:
 
 
 def where_in_code(reply: Look) -> str:
-    """ "in psycopg2 (connection.py line 12) at cell [4] line 2" and the like."""
+    """ "in psycopg2 (execute, line 12) at In [4], line 2" and the like."""
     frames = main_frames(reply)
     cell = reply.get("cell")
     count = cell["execution_count"] if cell else None
     line = reply.get("line")
-    at = f"cell [{count}] line {line}" if count is not None and line else ""
+    at = cell_place(count, None, line) if count is not None and line else ""
     if not frames:
         return f"at {at}" if at else ""
     inner = frames[-1]
     if is_cell_file(str(inner[0])):
-        return f"at {at}" if at else f"at line {inner[1]} of a cell"
+        line_in = inner[1] if isinstance(inner[1], int) else None
+        return f"at {at}" if at else f"at {frame_place(str(inner[0]), line_in)}"
     match = _PACKAGE.search(str(inner[0]))
     package = match.group(1) if match else os.path.splitext(os.path.basename(str(inner[0])))[0]
     place = f"in {package} ({inner[2]}, line {inner[1]})"
@@ -57,7 +58,7 @@ def describe(reply: Look, interrupt: bool = False) -> str:
     count = cell["execution_count"] if cell else None
     started = reply.get("started")
     ran = duration(time.time() - started) if isinstance(started, (int, float)) else "?"
-    name = f"cell [{count}]" if count is not None else "the running cell"
+    name = cell_name(count)
     phase = reply.get("phase")
     if phase and phase["phase"] == "traceback":
         depth = phase["depth"] or 0

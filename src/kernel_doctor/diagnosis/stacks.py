@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from ..agent.naming import is_cell_file
 from ..evidence import CellRun, Frame, StackDump
 
 _THREAD = re.compile(
@@ -14,10 +15,7 @@ _THREAD = re.compile(
 _STACK = re.compile(r"^Stack \(most recent call first\):")
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
 _FATAL = re.compile(r"^Fatal Python error: (.*)$")
-# ipykernel names each cell's code /tmp/ipykernel_<pid>/<hash>.py; plain IPython uses
-# <ipython-input-N-hash>.
 TIMED_EXEC = "<timed exec>"
-CELL_FILE = re.compile(r"(/ipykernel_\d+/\d+\.py$)|(^<ipython-input-\d+-[0-9a-f]+>$)")
 
 
 def parse_faulthandler(text: str) -> list[StackDump]:
@@ -66,10 +64,6 @@ def pick_thread(threads: Sequence[StackDump], main: str | None) -> StackDump | N
         if dump.current:
             return dump
     return threads[-1] if threads else None
-
-
-def is_cell_file(path: str) -> bool:
-    return bool(CELL_FILE.search(path))
 
 
 def user_frames(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:

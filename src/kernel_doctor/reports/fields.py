@@ -138,6 +138,18 @@ class Fields:
             raise self.bad(f"{key}[{i}]", "[seconds, bytes]", point)
         return tuple(out)
 
+    def cell_starts(self, key: str) -> tuple[tuple[float, int | None], ...]:
+        """A list of [seconds, execution count or null] pairs: when cells started."""
+        out = []
+        for i, point in enumerate(self.items(key)):
+            if isinstance(point, list) and len(point) == 2:
+                t, count = point
+                if _is_number(t) and (count is None or _is_int(count)):
+                    out.append((t, count))
+                    continue
+            raise self.bad(f"{key}[{i}]", "[seconds, execution count or null]", point)
+        return tuple(out)
+
     def opt_object(self, key: str) -> Fields | None:
         value = self.values.get(key)
         if value is None:

@@ -88,6 +88,9 @@ class Memory:
     limit_source: str | None = None
     limit_kind: str | None = None
     timeline: tuple[tuple[float, int], ...] = ()  # (seconds since start, bytes counted)
+    threshold_bytes: int | None = None  # the memory guard's threshold, if it was on
+    # When each cell started, on the timeline's clock: (seconds since start, In [N]).
+    cell_starts: tuple[tuple[float, int | None], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +100,8 @@ class Memory:
             "limit_source": self.limit_source,
             "limit_kind": self.limit_kind,
             "timeline": [[t, c] for t, c in self.timeline],
+            "threshold_bytes": self.threshold_bytes,
+            "cell_starts": [[t, count] for t, count in self.cell_starts],
         }
 
     @classmethod
@@ -108,6 +113,8 @@ class Memory:
             obj.opt_text("limit_source"),
             obj.opt_text("limit_kind"),
             obj.points("timeline"),
+            obj.opt_int("threshold_bytes"),
+            obj.cell_starts("cell_starts"),
         )
 
 
@@ -372,6 +379,8 @@ def death_report(ev: Evidence, dx: Diagnosis, report_id: str) -> Report:
             limit.source if limit else None,
             limit.kind if limit else None,
             tuple(mem.timeline),
+            _int_or_none(ev.guard.get("threshold_bytes")) if ev.guard.get("enabled") else None,
+            tuple((round(c.started - ev.started, 3), c.execution_count) for c in ev.cells),
         ),
         evidence=tuple(dx.evidence),
         advice=tuple(dx.advice),
@@ -386,6 +395,10 @@ def death_report(ev: Evidence, dx: Diagnosis, report_id: str) -> Report:
         ),
         stderr_tail=ev.stderr_tail[-8000:],
     )
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def empty_report(outcome: str, summary: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..agent.naming import short_paths
 from ..agent.private import printable
 from ..agent.protocol import Meta, write_notice
 from ..paths import reports_dir
@@ -87,25 +88,28 @@ def find_previous(meta: Meta | None, now: float | None = None) -> Report | None:
 
 
 def notice_text(report: Report) -> str:
-    """What the user reads at the top of the next cell's output (control characters
-    escaped: a console frontend prints it to a terminal)."""
+    """What the user reads at the top of the next cell's output: what happened, what
+    to do, where the full report is (control characters escaped: a console frontend
+    prints it to a terminal). It ends with a newline, so the cell's own first output
+    starts on a line of its own."""
     ended = report.kernel.ended if report.kernel else None
     when = time.strftime(" at %H:%M:%S", time.localtime(ended)) if ended else ""
     lines = [f"kernel-doctor: the previous kernel of this notebook died{when}."]
-    lines.append(f"  {report.summary}")
+    lines.append(f"  {short_paths(report.summary)}")
+    if report.advice:
+        lines.append(f"  What to do: {short_paths(report.advice[0])}")
     memory = report.memory
     if memory.limit_bytes:
         lines.append(
             f"  Memory: peak {format_size(memory.peak_bytes)} of "
-            f"{format_size(memory.limit_bytes)} ({memory.limit_source})."
+            f"{format_size(memory.limit_bytes)} ({short_paths(str(memory.limit_source))})."
         )
-    if report.advice:
-        lines.append(f"  Advice: {report.advice[0]}")
     lines.append("  Its variables are gone: this is a new kernel, started afresh.")
     lines.append(
-        f"  Full report: %doctor deaths, or `kernel-doctor show {report.id}` in a terminal."
+        f"  Full report: %doctor show {report.id}, or `kernel-doctor show {report.id}` "
+        "in a terminal."
     )
-    return printable("\n".join(lines), newlines=True)
+    return printable("\n".join(lines), newlines=True) + "\n"
 
 
 def leave_notice(session_dir: str, meta: Meta | None) -> bool:

@@ -278,9 +278,9 @@ def publish(
         problems.append(f"{where}: {exc.strerror or exc}")
         stored = None
     lines = [] if quiet else [f"kernel-doctor: {dx.summary}"]
-    if not quiet:
-        lines += [f"kernel-doctor:   {fact}" for fact in dx.evidence[:6]]
-        lines += [f"kernel-doctor: advice: {tip}" for tip in dx.advice[:2]]
+    if not quiet:  # what happened and what to do first, then the evidence
+        lines += [f"kernel-doctor: what to do: {tip}" for tip in dx.advice[:2]]
+        lines += [f"kernel-doctor:   evidence: {fact}" for fact in dx.evidence[:6]]
     if stored and not quiet:
         lines.append(f"kernel-doctor: full report: kernel-doctor show {report_id}")
     for problem in problems:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
 
-from ..agent.protocol import INTERRUPT, last_sample, read_look
+from ..agent.protocol import INTERRUPT, CellRecord, last_sample, read_cells, read_look
 from ..live import live_kernels
 
 # jupyter_server names a kernel's connection file kernel-<kernel id>.json.
@@ -30,6 +31,7 @@ def kernel_states(kernel_ids: set[str]) -> list[dict[str, Any]]:
         sample = last_sample(kernel.session_dir)
         limit = kernel.meta.limit
         state = kernel.state
+        running = _running_cell(kernel.session_dir, state.seq) if kernel.busy else None
         states.append(
             {
                 "kernel_id": kernel_id,
@@ -39,6 +41,11 @@ def kernel_states(kernel_ids: set[str]) -> list[dict[str, Any]]:
                 "busy": kernel.busy,
                 "since": state.started if kernel.busy else state.t,
                 "line": state.line if kernel.busy else None,
+                # The running cell, for a frontend to find and name it; the seconds it
+                # has run by the server's clock (the browser's may differ).
+                "execution_count": running.execution_count if running else None,
+                "cell_id": running.cell_id if running else None,
+                "elapsed": _elapsed(state.started) if kernel.busy else None,
                 "memory": {
                     "counted_bytes": sample.counted if sample else None,
                     "kernel_bytes": sample.kernel_rss if sample else None,
@@ -51,6 +58,19 @@ def kernel_states(kernel_ids: set[str]) -> list[dict[str, Any]]:
             }
         )
     return states
+
+
+def _running_cell(session_dir: str, seq: int | None) -> CellRecord | None:
+    if seq is None:
+        return None
+    for record in reversed(read_cells(session_dir)):
+        if record.event == "start" and record.seq == seq:
+            return record
+    return None
+
+
+def _elapsed(started: float | None) -> float | None:
+    return None if started is None else round(max(0.0, time.time() - started), 1)
 
 
 def _ignored(session_dir: str) -> dict[str, Any] | None:

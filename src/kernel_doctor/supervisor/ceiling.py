@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from collections import deque
 
 from ..agent.ceiling import thread_stack_size
@@ -56,6 +57,10 @@ from ..agent.ceiling import thread_stack_size
 RESERVED_STACKS = 128
 # A new ceiling is set only when it moved this much: one prlimit call, not one a sample.
 STEP = 1024**2
+# How long a value at the user's limit is left alone before it counts as theirs: an
+# agent's lift for a thread start, undone by us too soon (a few ms), left the new thread
+# unable to run (1 in 10 runs of 200 threads at 91 %; Thread.start then waits forever).
+LIFT_HOLD = 0.1
 # Ceilings set lately, still recognised as ours when read back: the agent puts the one
 # it lifted back after a spawn, which may be older than the last we set.
 KEPT = 8
@@ -100,6 +105,7 @@ class Ceiling:
         self.error: str | None = None
         self._ours: deque[int] = deque(maxlen=KEPT)  # ceilings set lately, below the bound
         self._raised: int | None = None  # a value at or above the bound, seen once
+        self._raised_at = 0.0  # when it was first seen
         self.hold: int | None = None  # the most it may be while a stopped cell unwinds
 
     def update(self, data_bytes: int, counted: int) -> None:
@@ -159,11 +165,15 @@ class Ceiling:
             self.bound = (soft, bound_hard)
             self._raised = None
             return True
-        # At or above the bound: the agent's lift while the kernel starts a process,
-        # undone within microseconds, or the user's own. Left alone for one sample, so
-        # the spawn's child starts with it; still there at the next, it is the user's.
+        # At or above the bound: the agent's lift while the kernel starts a process or
+        # a thread, or the user's own. Left alone for LIFT_HOLD, so the spawn's child
+        # starts with it and a new thread runs its first lines under it; still there
+        # after that, it is the user's (or a lift the agent left for us to undo).
+        now = time.monotonic()
         if self._raised != soft:
-            self._raised = soft
+            self._raised, self._raised_at = soft, now
+            return False
+        if now - self._raised_at < LIFT_HOLD:
             return False
         self._raised = None
         self.bound = (soft, bound_hard)
@@ -196,7 +206,15 @@ class Ceiling:
             if old == seen:
                 return
             # Set between our read and our write (microseconds): the user's limit, or
-            # the agent's lift for a spawn, whose child must not get the ceiling.
+            # the agent's lift for a spawn or a thread, whose child must not get the
+            # ceiling. A lift goes back at once, whatever was seen before: the ceiling
+            # was computed from mappings read before it, and a thread started under it
+            # has mapped its stack since (a ceiling below its mappings refused the next
+            # thread's first allocations, and ``Thread.start`` waited for it forever).
+            # The next sample decides from fresh numbers.
+            if old[1] == self.bound[1] and _num(old[0]) >= _num(self.bound[0]):
+                self._write(old)
+                return
             bound = self.bound
             if not self._settle(old):
                 self._write(old)

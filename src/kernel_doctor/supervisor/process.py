@@ -1,4 +1,7 @@
-"""Start the kernel, watch it, and turn its end into a diagnosis."""
+"""The supervisor's run: signal handling first, then the kernel (``spawn``) and what
+watches it (``monitor``), the main loop, and the kernel's end turned into a diagnosis.
+Each phase leaves its state in one object (``Signals``, ``Kernel``, ``Monitor``), None
+until that phase is reached."""
 
 from __future__ import annotations
 
@@ -10,30 +13,20 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..agent.ceiling import TUNABLES, with_stack_cache
-from ..agent.protocol import (
-    ENV_DATA_LIMIT,
-    ENV_DUMP_SIGNAL,
-    ENV_REPORTS,
-    ENV_SESSION,
-    ENV_WAKE_FD,
-    STATE,
-    STDERR,
-    dump_signal,
-)
+from ..agent.protocol import STATE, dump_signal
 from ..probe import procfs
-from .ceiling import stack_cache_works
-from .signals import FORWARDED, Forwarder, die_with_parent, load_libc
-from .tee import StderrTee
+from .monitor import Monitor, Watched, why
+from .signals import FORWARDED, Forwarder
+from .spawn import AGENT_BOOT, Kernel, Launch, is_ipykernel, spawn
 
 if TYPE_CHECKING:
-    from ..probe.base import MemorySource
     from .session import Session
 
-AGENT_BOOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "agent", "_boot")
-AGENT_MODULE = "kernel_doctor_boot"
+__all__ = ["AGENT_BOOT", "SupervisionUnavailable", "Supervisor", "exit_like"]
+
 # Signals whose arrival means the kernel's end was asked for, not suffered.
 ENDING = {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 TAIL_SAVE_INTERVAL = 2.0  # seconds between saves of the stderr tail, when it grew
@@ -47,8 +40,13 @@ class SupervisionUnavailable(Exception):
     """Supervision cannot start here; the kernel runs plain instead."""
 
 
-def is_ipykernel(argv: list[str]) -> bool:
-    return any("ipykernel" in part for part in argv[:4])
+@dataclass(frozen=True)
+class Signals:
+    """Made before the kernel starts: the sentinel and the wake-up pipe's read end,
+    through which signal handlers wake the main loop."""
+
+    forwarder: Forwarder
+    wake_r: int
 
 
 class Supervisor:
@@ -59,7 +57,6 @@ class Supervisor:
         self.follow_launcher = bool(os.environ.get("JPY_PARENT_PID"))
         self.kernel_argv = kernel_argv
         self.options = options
-        self.cgroup = options.get("cgroup")
         self.session = self._open_session()
         from ..paths import reports_dir
 
@@ -70,6 +67,10 @@ class Supervisor:
         self.requested: str | None = None
         self.started_epoch = time.time()
         self.started = time.monotonic()
+        # Each phase's state, made as run() reaches it.
+        self.signals: Signals | None = None
+        self.kernel: Kernel | None = None
+        self.monitor: Monitor | None = None
 
     # -- start -------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ class Supervisor:
             try:
                 return Session(self.options["session"])
             except OSError as exc:
-                raise SupervisionUnavailable(f"cannot write evidence ({_why(exc)})") from exc
+                raise SupervisionUnavailable(f"cannot write evidence ({why(exc)})") from exc
         try:
             return Session.create()
         except OSError as exc:
@@ -90,230 +91,134 @@ class Supervisor:
                 session = Session.create(fallback_sessions_dir())
             except OSError as again:
                 raise SupervisionUnavailable(
-                    f"cannot write evidence ({_why(exc)}; {_why(again)})"
+                    f"cannot write evidence ({why(exc)}; {why(again)})"
                 ) from again
             sys.stderr.write(
-                f"kernel-doctor: warning: cannot write to the runtime dir ({_why(exc)}); "
+                f"kernel-doctor: warning: cannot write to the runtime dir ({why(exc)}); "
                 f"evidence goes to {os.path.dirname(session.directory)} and a death's "
                 "diagnosis to this log only\n"
             )
             return session
 
-    def _kernel_command(self) -> tuple[list[str], dict[str, str]]:
-        argv = list(self.kernel_argv)
-        env = dict(os.environ)
-        env[ENV_SESSION] = self.session.directory
-        if env.get("JPY_PARENT_PID"):
-            # ipykernel exits when its parent changes; its parent is now us.
-            env["JPY_PARENT_PID"] = str(os.getpid())
-        if self.agent and self.dump_signal is not None:
-            env[ENV_DUMP_SIGNAL] = str(self.dump_signal)
-            env[ENV_WAKE_FD] = str(self.wake_w)
-            env[ENV_REPORTS] = self.reports
-            with contextlib.suppress(ImportError, OSError, ValueError):
-                import resource
-
-                env[ENV_DATA_LIMIT] = str(resource.getrlimit(resource.RLIMIT_DATA)[0])
-            if stack_cache_works():
-                # glibc's stack cache, which the agent fills: threads start under the
-                # allocation layer's tight ceiling (agent/ceiling.py says why).
-                env[TUNABLES] = with_stack_cache(env.get(TUNABLES))
-            path = env.get("PYTHONPATH")
-            env["PYTHONPATH"] = AGENT_BOOT + (os.pathsep + path if path else "")
-            argv.append(f"--IPKernelApp.extra_extensions={AGENT_MODULE}")
-        return argv, env
-
-    def _child_setup(self) -> None:
-        # Runs in the kernel's process between fork and exec.
-        die_with_parent()
-        if os.getppid() != self.supervisor_pid:
-            os._exit(1)  # we died before the line above took effect
-        procfs.raise_oom_score()
-        if self.cgroup:
-            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        self.cell_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        argv, env = self._kernel_command()
-        read_fd, write_fd = os.pipe()
-        self.supervisor_pid = os.getpid()
-        load_libc()
-        os.set_inheritable(self.wake_w, self.agent)
-        try:
-            process = subprocess.Popen(
-                argv, env=env, stderr=write_fd, close_fds=False, preexec_fn=self._child_setup
-            )
-        finally:
-            os.close(write_fd)
-            os.close(self.wake_w)
-        self.tee = StderrTee(read_fd, 2, os.path.join(self.session.directory, STDERR))
-        self.tee.start()
-        return process
-
     # -- run ---------------------------------------------------------------------
 
     def run(self) -> int:
         try:
-            wake_r = self._prepare()
+            self.signals = signals = self._prepare()
         except Exception as exc:  # nothing started yet: run the kernel plain instead
             self._unprepare()
             raise SupervisionUnavailable(f"cannot set up ({type(exc).__name__}: {exc})") from exc
+        launch = Launch(
+            self.kernel_argv,
+            self.session.directory,
+            self.reports,
+            self.agent,
+            self.dump_signal,
+            self.options.get("cgroup"),
+        )
         try:
-            self.process = self._spawn()
+            self.kernel = kernel = spawn(launch)
         except (OSError, subprocess.SubprocessError) as exc:
             self._unprepare()
             sys.stderr.write(f"kernel-doctor: cannot start the kernel: {exc}\n")
             return 127
-        pid = self.process.pid
+        pid = kernel.process.pid
         status = None
         try:
-            self._after_spawn(pid)
-            status = self._loop(pid, wake_r)
+            self.monitor = Monitor.find(pid)
+            self.monitor.start(self._watched(pid))
+            status = self._loop(pid, signals.wake_r, kernel, self.monitor)
         except Exception as exc:  # supervision failed: the kernel must not notice
             sys.stderr.write(f"kernel-doctor: supervision stopped ({type(exc).__name__}: {exc})\n")
         if status is None:
-            status = self._wait_plain(pid, wake_r)
+            status = self._wait_plain(pid, signals.wake_r)
         return self._finish(status)
 
-    def _prepare(self) -> int:
-        """Sentinel, wake-up pipe and handlers; returns the wake-up pipe's read end."""
+    def _prepare(self) -> Signals:
+        """Sentinel, wake-up pipe and handlers."""
         # The sentinel is forked before any handler or thread exists in this process.
-        self.forwarder = Forwarder()
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        for sig in (*FORWARDED, signal.SIGCHLD):
-            # A signal the launcher ignores (nohup, `&` in sh) stays ignored, for us
-            # and, through exec, for the kernel.
-            if signal.getsignal(sig) != signal.SIG_IGN:
-                signal.signal(sig, _note_signal)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        return wake_r
+        forwarder = Forwarder()
+        try:
+            wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            for sig in (*FORWARDED, signal.SIGCHLD):
+                # A signal the launcher ignores (nohup, `&` in sh) stays ignored, for us
+                # and, through exec, for the kernel.
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    signal.signal(sig, _note_signal)
+            signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        except BaseException:
+            forwarder.close()
+            raise
+        return Signals(forwarder, wake_r)
 
     def _unprepare(self) -> None:
         signal.set_wakeup_fd(-1)
-        forwarder = getattr(self, "forwarder", None)
-        if forwarder is not None:
-            forwarder.close()
+        if self.signals is not None:
+            self.signals.forwarder.close()
         self.session.remove()
 
-    def _after_spawn(self, pid: int) -> None:
-        from ..probe.limits import find_memory_source
-        from ..probe.system import address_space_limits
-        from .recovery import recover_stale_sessions
-        from .sampler import MARKS, Sampler
-
-        source: MemorySource = find_memory_source(pid)
-        self.source = source
-        self.oom_before = source.oom_kills()
-        guard = None
-        if self.agent:
-            from .guard import ENV_GUARD, make_guard
-
-            setting = self.options.get("guard") or os.environ.get(ENV_GUARD)
-            if setting:
-                from ..agent.settings import GUARD_DEFAULT, guard_setting
-
-                try:
-                    guard_setting(setting)
-                except ValueError as exc:  # the guard stays, at its default
-                    sys.stderr.write(f"kernel-doctor: warning: {exc}; using {GUARD_DEFAULT}\n")
-            guard = make_guard(setting, source.limit, self.session.directory, pid)
-        from ..agent.protocol import LimitRecord, Meta
-
-        limit = source.limit
-        self.session.write_meta(
-            Meta(
-                supervisor_pid=os.getpid(),
-                supervisor_start=procfs.start_time(os.getpid()),
-                kernel_pid=pid,
-                started=self.started_epoch,
-                host=os.uname().nodename,
-                kernel_argv=tuple(self.kernel_argv),
-                connection_file=connection_file(self.kernel_argv),
-                kernel_name=self.options.get("kernel-name"),
-                session_name=os.environ.get("JPY_SESSION_NAME") or None,
-                agent=self.agent,
-                limit=LimitRecord(limit.limit_bytes, limit.kind, limit.source, limit.path),
-                oom_kills_before=self.oom_before,
-                # The cgroup's high-water mark covers its whole life, earlier kernels'
-                # included: it says something about this kernel only if it rises.
-                peak_before=source.peak(),
-                rlimits=address_space_limits(),
-                guard=guard.describe() if guard is not None else None,
-            )
+    def _watched(self, pid: int) -> Watched:
+        return Watched(
+            pid=pid,
+            argv=self.kernel_argv,
+            options=self.options,
+            session=self.session,
+            agent=self.agent,
+            dump_signal=self.dump_signal,
+            started_epoch=self.started_epoch,
+            started=self.started,
         )
-        if self.session.write_error is not None:
-            sys.stderr.write(
-                f"kernel-doctor: warning: cannot write evidence ({_why(self.session.write_error)})"
-                "; a death's diagnosis will be less precise\n"
-            )
-        self.sampler = Sampler(source, self.session, pid, self.started, self.dump_signal)
-        self.sampler.guard = guard
-        marks = [int(source.limit.limit_bytes * m) for m in MARKS]
-        if guard is not None and guard.enabled:
-            marks.append(guard.wake_mark())
-        # KERNEL_DOCTOR_EVENTS=0 samples without cgroup notifications: what cgroup v2
-        # offers for usage marks, so benchmarks can measure that case on v1 too.
-        events = os.environ.get("KERNEL_DOCTOR_EVENTS") != "0"
-        self.watch = source.watch(marks) if events and source.limit.kind != "system" else None
-        from .control import Control
 
-        self.inspector = Control(self.session.directory, pid, self.dump_signal)
-        self.sampler.sample()
-        if "session" not in self.options:  # a caller's own session dir is not ours to scan
-            recover_stale_sessions(os.path.dirname(self.session.directory), self.session.directory)
-        if self.agent:
-            from ..reports.notice import leave_notice
-
-            leave_notice(self.session.directory, self.session.meta)
-
-    def _loop(self, pid: int, wake_r: int) -> int:
+    def _loop(self, pid: int, wake_r: int, kernel: Kernel, monitor: Monitor) -> int:
+        sampler, control, events = monitor.sampler, monitor.control, monitor.events
+        assert sampler is not None and control is not None  # Monitor.start made them
         poller = select.poll()
         poller.register(wake_r, select.POLLIN)
-        if self.watch is not None:
-            poller.register(self.watch.fd, self.watch.events)
+        if events is not None:
+            poller.register(events.fd, events.events)
         if self.agent:
-            poller.register(self.cell_r, select.POLLIN)
-        inspector = self.inspector
-        if inspector.fd is not None:
-            poller.register(inspector.fd, select.POLLIN)
+            poller.register(kernel.cell_r, select.POLLIN)
+        if control.fd is not None:
+            poller.register(control.fd, select.POLLIN)
         state_path = os.path.join(self.session.directory, STATE)
-        self._next_tail_save = 0.0
+        next_tail_save = 0.0
         forced = False  # a cgroup event asked for a sample, busy or not
         while True:
-            due = min(self.sampler.next_due, inspector.due())
+            due = min(sampler.next_due, control.due())
             timeout = max(0.0, due - time.monotonic())
             for fd, _ in poller.poll(timeout * 1000):
                 if fd == wake_r:
                     self._on_signals(os.read(wake_r, 512), pid)
-                elif self.watch is not None and fd == self.watch.fd:
-                    self.source.drain()
-                    self.sampler.next_due = 0
+                elif events is not None and fd == events.fd:
+                    monitor.source.drain()
+                    sampler.next_due = 0
                     forced = True
-                elif fd == inspector.fd:  # kernel-doctor where
-                    inspector.on_control()
-                elif fd == self.cell_r:  # a cell started or ended
+                elif fd == control.fd:  # kernel-doctor where
+                    control.on_control()
+                elif fd == kernel.cell_r:  # a cell started or ended
                     try:
-                        pokes = os.read(self.cell_r, 4096)
+                        pokes = os.read(kernel.cell_r, 4096)
                         if pokes:
-                            self.sampler.poked(pokes)
+                            if sampler.state is None:
+                                sampler.attach_state(state_path)
+                            sampler.poked(pokes)
                         else:  # no writer left: the kernel is ending
-                            poller.unregister(self.cell_r)
+                            poller.unregister(kernel.cell_r)
                     except BlockingIOError:
                         pass
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 self._note_late_signals(wake_r)
                 return status
-            inspector.tick()  # a no-op until a look or an interrupt is pending
-            if time.monotonic() >= self.sampler.next_due:
-                if self.sampler.state is None and self.agent:
-                    self.sampler.attach_state(state_path)
-                self.sampler.sample(force=forced)
+            control.tick()  # a no-op until a look or an interrupt is pending
+            if time.monotonic() >= sampler.next_due:
+                if sampler.state is None and self.agent:
+                    sampler.attach_state(state_path)
+                sampler.sample(force=forced)
                 forced = False
-                if time.monotonic() >= self._next_tail_save:
-                    self.tee.save(if_changed=True)
-                    self._next_tail_save = time.monotonic() + TAIL_SAVE_INTERVAL
+                if time.monotonic() >= next_tail_save:
+                    kernel.tee.save(if_changed=True)
+                    next_tail_save = time.monotonic() + TAIL_SAVE_INTERVAL
                 if (
                     self.follow_launcher
                     and os.getppid() != self.original_ppid
@@ -325,16 +230,17 @@ class Supervisor:
                         os.kill(pid, signal.SIGTERM)
 
     def _on_signals(self, data: bytes, pid: int) -> None:
+        assert self.signals is not None  # signals reach us only once it is made
+        control = self.monitor.control if self.monitor is not None else None
         for sig in data:
             if sig == signal.SIGCHLD:
                 continue
-            group = self.forwarder.was_group_wide(sig)
+            group = self.signals.forwarder.was_group_wide(sig)
             if sig in ENDING and self.requested is None:
                 self.requested = procfs.signal_name(sig)
             self.session.event("signal", signal=procfs.signal_name(sig), group=group)
-            inspector = getattr(self, "inspector", None)
-            if sig == signal.SIGINT and inspector is not None:
-                inspector.interrupted()
+            if sig == signal.SIGINT and control is not None:
+                control.interrupted()
             if not group:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
@@ -383,8 +289,9 @@ class Supervisor:
 
     def _finish(self, status: int) -> int:
         signal.set_wakeup_fd(-1)
-        self.forwarder.close()
-        tee = getattr(self, "tee", None)
+        assert self.signals is not None  # run() finishes only what it prepared
+        self.signals.forwarder.close()
+        tee = self.kernel.tee if self.kernel is not None else None
         if tee is not None:
             tee.drain(0.2)
             tee.save()
@@ -399,10 +306,12 @@ class Supervisor:
     def _diagnose(self, status: int) -> None:
         from .collect import collect
 
-        source = getattr(self, "source", None)
+        source = self.monitor.source if self.monitor is not None else None
+        sampler = self.monitor.sampler if self.monitor is not None else None
+        tee = self.kernel.tee if self.kernel is not None else None
         if source is not None:
             source.close()
-        guard = getattr(getattr(self, "sampler", None), "guard", None)
+        guard = sampler.guard if sampler is not None else None
         if guard is not None and self.session.meta is not None:
             # %doctor guard may have changed it since the start
             self.session.meta = dataclasses.replace(self.session.meta, guard=guard.describe())
@@ -411,9 +320,9 @@ class Supervisor:
             status=status,
             ended=time.time(),
             requested=self.requested,
-            stderr_tail=tee.tail() if (tee := getattr(self, "tee", None)) else "",
+            stderr_tail=tee.tail() if tee is not None else "",
             source=source,
-            sampler=getattr(self, "sampler", None),
+            sampler=sampler,
             meta=self.session.meta,
         )
         from ..diagnosis import diagnose
@@ -434,19 +343,6 @@ class Supervisor:
         )
         if not keep:
             self.session.remove()
-
-
-def _why(exc: OSError) -> str:
-    return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc)
-
-
-def connection_file(argv: list[str]) -> str | None:
-    for i, part in enumerate(argv):
-        if part in ("-f", "--f", "--existing") and i + 1 < len(argv):
-            return argv[i + 1]
-        if part.startswith(("-f=", "--f=")):
-            return part.split("=", 1)[1]
-    return None
 
 
 def exit_like(status: int) -> int:

@@ -65,7 +65,6 @@ class Sampler:
         self._armed = [True] * len(MARKS)
         self.next_due = 0.0
         self._idle_due = 0.0
-        self.force_next = False  # the next sample is taken even while the kernel idles
         self._statm = Reader(f"/proc/{kernel_pid}/statm")
 
     def attach_state(self, path: str) -> None:
@@ -88,14 +87,10 @@ class Sampler:
         return YOUNG_INTERVAL if young else BUSY_INTERVAL
 
     def poked(self, data: bytes) -> None:
-        """The agent writes b"c" as a cell starts, b"e" as it ends, and b"t" when it
-        lifted the allocation layer's ceiling to start a thread."""
-        if b"t" in data:
-            # Put the ceiling back, counting the new stack: the first sample leaves a
-            # lift alone (a spawn's may still be in use), the one after sets it.
-            self.sample(force=True)
-            self.force_next = True
-            self.next_due = min(self.next_due, time.monotonic() + NEAR_INTERVAL)
+        """The agent writes b"r" once it is ready, b"c" as a cell starts and b"e" as
+        it ends."""
+        if b"r" in data:
+            self.sample(force=True)  # the ceiling, before the first cell
         guard = self.guard
         near = guard is not None and guard.enabled and self.last_counted >= guard.near
         if near:
@@ -108,7 +103,6 @@ class Sampler:
 
     def sample(self, force: bool = False) -> None:
         now = time.monotonic()
-        force, self.force_next = force or self.force_next, False
         if self.state is not None:
             state = self.state.read()
             if state is not None:
@@ -145,9 +139,11 @@ class Sampler:
             self.session.sample(now - self.started, counted, kernel)
             self._check_marks(counted)
             guard = self.guard
-            if guard is not None:
-                # From the start: a notebook's first cell may come before the agent's
-                # state record is attached.
+            if guard is not None and self.state is not None:
+                # Once the agent has written its state record, it has filled glibc's
+                # stack cache: before that, a tight ceiling refused the stacks of
+                # libzmq's threads as the kernel started (SIGABRT at a 64 MiB limit).
+                # No cell runs before it: IPython loads the agent before it replies.
                 data = int(fields[5]) * procfs.PAGE_SIZE
                 guard.follow(data, max(0, counted - self.source.active_file))
                 if guard.check(self.last_state, counted, self.kernel_pid, self.guard_signal):
