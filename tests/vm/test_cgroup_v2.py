@@ -58,6 +58,9 @@ def write(path: Path, value: str) -> None:
 @pytest.fixture
 def limited(cgroup_parent: str) -> Iterator[Path]:
     """A cgroup under the session's parent, memory controller on for its children."""
+    # A controller is offered to a cgroup's children only where its parent offers it
+    # to it (ENOENT otherwise): the session's parent first, then this one.
+    write(Path(cgroup_parent, "cgroup.subtree_control"), "+memory")
     path = Path(cgroup_parent, f"v2-{os.getpid()}")
     path.mkdir()
     try:
@@ -101,7 +104,12 @@ def test_limit_inside_a_cgroup_namespace_as_a_pod_sees_it(limited: Path) -> None
     write(pod / "memory.max", str(150 * MiB))
     if shutil.which("unshare") is None:
         pytest.skip("no unshare(1) here (util-linux)")
-    script = f'mount -t cgroup2 none {ROOT} && cat /proc/self/cgroup >&2 && exec "$0" -c "$1"'
+    # The host's cgroup2 mount stays in the new mount namespace: detach it, then mount
+    # the hierarchy as the new cgroup namespace sees it, as a pod's runtime does.
+    script = (
+        f"umount -l {ROOT} && mount -t cgroup2 none {ROOT} && cat /proc/self/cgroup >&2"
+        ' && exec "$0" -c "$1"'
+    )
     argv = ["unshare", "--cgroup", "--mount", "sh", "-c", script, sys.executable, PROBE]
     done = run_in(pod, argv)
     assert done.returncode == 0, done.stderr
