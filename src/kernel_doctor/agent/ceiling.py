@@ -98,13 +98,13 @@ def _num(value: int) -> int:
 THREAD_SLACK = 2 * 1024**2
 
 
-def _mapped() -> int:
-    """This process's private writable mappings (what RLIMIT_DATA counts)."""
+def mapped() -> int | None:
+    """This process's private writable mappings (what RLIMIT_DATA counts), or None."""
     try:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[5]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        return 1 << 62  # unknown: lift
+        return None
 
 
 class _DataLimits:
@@ -142,8 +142,8 @@ class _DataLimits:
                 pass
 
     def lift_for_thread(self) -> bool:
-        """Lift to the user's limit and leave it: the supervisor puts its ceiling back
-        once the new stack is mapped (True: lifted, poke it)."""
+        """Lift to the user's limit where a new stack would not fit under the ceiling,
+        and leave it: the supervisor puts its ceiling back (True: lifted)."""
         import resource
 
         with self.lock:
@@ -152,7 +152,8 @@ class _DataLimits:
                 target = self.target(hard)
                 if _num(soft) >= _num(target):
                     return False  # no ceiling in force (or lifted already)
-                if _mapped() + thread_stack_size() + THREAD_SLACK <= soft:
+                now = mapped()  # unknown: lift
+                if now is not None and now + thread_stack_size() + THREAD_SLACK <= soft:
                     return False  # a new stack fits under the ceiling: no lift needed
                 _set_data_limit((target, hard))
                 self.lifted = None  # a spawn under way must not undo it

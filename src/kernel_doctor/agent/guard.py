@@ -14,7 +14,6 @@ in-kernel half, which keeps the ceiling the kernel's alone and lets threads star
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import signal
 import sys
@@ -23,7 +22,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from .ceiling import data_limit, keep_children_limit
+from .ceiling import data_limit, keep_children_limit, mapped
 from .protocol import (
     GuardStop,
     guard_signal,
@@ -190,14 +189,8 @@ def allocation_refusal(agent: Any, error: BaseException) -> GuardStop | None:
     if original is None or ceiling is None or ceiling == original:
         return None  # no ceiling of ours: an ordinary MemoryError
     request = _request(error)
-    if request is not None:
-        try:
-            with open("/proc/self/statm") as f:
-                data = int(f.read().split()[5]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            data = 0
-        if data + request <= ceiling:
-            return None  # it fitted under the ceiling: refused by something else
+    if request is not None and (mapped() or 0) + request <= ceiling:
+        return None  # it fitted under the ceiling: refused by something else
     meta = read_meta(agent.session_dir)
     limit = meta.limit if meta is not None else None
     sample = last_sample(agent.session_dir)
