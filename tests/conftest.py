@@ -122,11 +122,11 @@ def run_cli(args: list[str], report: Path | None = None) -> tuple[int, dict[str,
     code = main(argv)
     document = json.loads(report.read_text()) if report is not None and report.exists() else None
     if document is not None and os.environ.get("KERNEL_DOCTOR_VM_RESULTS"):
-        _note_for_the_vm_harness(os.environ["KERNEL_DOCTOR_VM_RESULTS"], code, document)
+        note_for_the_vm_harness(os.environ["KERNEL_DOCTOR_VM_RESULTS"], code, document)
     return code, document
 
 
-def _note_for_the_vm_harness(results: str, code: int, document: dict[str, Any]) -> None:
+def note_for_the_vm_harness(results: str, code: int, document: dict[str, Any]) -> None:
     """Inside the VM (tests/vm/run.py), the gist of each report goes back to the host."""
     cell = document.get("cell") or {}
     gist = {

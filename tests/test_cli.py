@@ -200,6 +200,12 @@ def test_negative_timeout_as_its_own_argument(notebook: Any, capsys: Any) -> Non
     assert line == "--timeout must be a positive number of seconds, not '-1'"
 
 
+def test_bad_start_timeout(notebook: Any, capsys: Any) -> None:
+    path = notebook(["x = 1"])
+    line = refused(capsys, ["run", str(path), "--start-timeout", "soon"], path)
+    assert line == "--start-timeout 'soon' is not a number of seconds"
+
+
 def test_no_way_to_make_a_cgroup(
     notebook: Any, capsys: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

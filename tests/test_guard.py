@@ -80,13 +80,19 @@ def test_growth_in_a_function_from_another_cell(
 # Allocates in 4 MiB steps until the kernel's memory cgroup counts `share` of its limit.
 FILL_TO = """\
 def fill_to(share, held):
-    line = next(l for l in open('/proc/self/cgroup') if ':memory:' in l)
-    base = '/sys/fs/cgroup/memory' + line.strip().split(':', 2)[2]
-    limit = int(open(base + '/memory.limit_in_bytes').read())
+    lines = open('/proc/self/cgroup').read().splitlines()
+    v1 = [l for l in lines if ':memory:' in l]
+    if v1:  # cgroup v1's memory controller
+        base = '/sys/fs/cgroup/memory' + v1[0].split(':', 2)[2]
+        names = ('memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file')
+    else:  # cgroup v2
+        base = '/sys/fs/cgroup' + next(l for l in lines if l.startswith('0::'))[3:]
+        names = ('memory.max', 'memory.current', 'inactive_file')
+    limit = int(open(base + '/' + names[0]).read())
     def counted():
         stat = dict(l.split() for l in open(base + '/memory.stat'))
-        usage = int(open(base + '/memory.usage_in_bytes').read())
-        return usage - int(stat.get('total_inactive_file', 0))
+        usage = int(open(base + '/' + names[1]).read())
+        return usage - int(stat.get(names[2], 0))
     while counted() < share * limit:
         held.append(bytearray(4 * 1024**2))
     return counted() / limit

@@ -98,6 +98,7 @@ def _execute(
     timeout: float | None,
     cgroup: LimitedCgroup | None,
     allow_errors: bool,
+    start_timeout: float | None = None,
     log: Any = None,
     guard: str | None = None,
     session_dir: str,
@@ -120,6 +121,7 @@ def _execute(
         km=km,
         # nbclient takes whole seconds; round up so a short timeout never becomes none.
         timeout=math.ceil(timeout) if timeout else None,
+        **({"startup_timeout": math.ceil(start_timeout)} if start_timeout else {}),
         allow_errors=allow_errors,
         kernel_name=kernel_name,
         resources={"metadata": {"path": cwd}},
@@ -173,6 +175,8 @@ def _execute(
         report = death_report(nb, None, session_dir)
         if report.get("cause") == "unknown":
             report["summary"] = f"The kernel did not start: {exc}"
+            if "didn't respond" in str(exc):  # nbclient's start-up timeout, alive still
+                report["summary"] += "; on a slow machine, give it longer with --start-timeout"
     except CellTimeoutError:
         outcome, code = "timeout", ExitCode.TIMEOUT
         report = _timeout_report(nb, current, timeout, session_dir)

@@ -20,7 +20,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from conftest import remove_cgroup_tree, run_cli
+from conftest import note_for_the_vm_harness, remove_cgroup_tree, run_cli
 
 MiB = 1024**2
 ROOT = "/sys/fs/cgroup"
@@ -155,3 +155,75 @@ def test_run_with_memory_limit_makes_uses_and_removes_a_v2_cgroup(
     printed = nbformat.read(str(out), as_version=4).cells[1].outputs[0].text.strip()
     assert printed == "0::" + made[len(ROOT) :]  # the kernel ran in it
     assert not os.path.exists(made)  # and it is gone
+
+
+def test_an_oom_group_kill_that_takes_the_supervisor_is_reported_at_next_start(
+    limited: Path, tmp_path: Path
+) -> None:
+    # memory.oom.group: the OOM killer ends every process of the cgroup at once, the
+    # supervisor with its kernel, so nothing is written at the death. The next
+    # supervised start finds the session left behind and reports it.
+    box = limited / "group"
+    box.mkdir()
+    write(box / "memory.max", str(200 * MiB))
+    write(box / "memory.swap.max", "0")
+    write(box / "memory.oom.group", "1")
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path))
+    sessions = tmp_path / "kernel-doctor" / "sessions"
+    go = tmp_path / "go"
+    code = (
+        "import os, time\n"
+        "held = bytearray(150 * 1024**2)\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.05)\n"
+        "more = bytearray(100 * 1024**2)\n"
+    )
+    supervise = [sys.executable, "-m", "kernel_doctor.supervise", "--", sys.executable]
+
+    def join() -> None:
+        with open(box / "cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+
+    sup = subprocess.Popen(
+        [*supervise, "-c", code], preexec_fn=join, env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        meta = _wait(lambda: next(sessions.glob("*/meta.json"), None))
+        from kernel_doctor.agent.protocol import read_samples
+
+        _wait(lambda: any(c > 140 * MiB for _, c, _ in read_samples(str(meta.parent))))
+        go.write_text("")
+        assert sup.wait(timeout=120) == -signal.SIGKILL  # killed with its kernel
+    finally:
+        sup.kill()
+        sup.wait()
+    events = (box / "memory.events").read_text()
+    assert "oom_group_kill 1" in events, events
+    assert [p.name for p in sessions.iterdir()] == [meta.parent.name]  # left behind
+
+    done = subprocess.run(
+        [*supervise, "-c", "pass"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    reports = list((tmp_path / "kernel-doctor" / "reports").glob("*.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    if os.environ.get("KERNEL_DOCTOR_VM_RESULTS"):
+        note_for_the_vm_harness(os.environ["KERNEL_DOCTOR_VM_RESULTS"], 0, report)
+    assert report["cause"] == "out_of_memory"
+    assert any("supervisor was killed" in fact for fact in report["evidence"])
+    assert report["memory"]["limit_source"] == f"cgroup v2 memory.max of {box}"
+    assert list(sessions.iterdir()) == []  # the leftover session is consumed
+    _wait(lambda: not (box / "cgroup.procs").read_text().strip())
+
+
+def _wait(predicate: Any, timeout: float = 120.0) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")

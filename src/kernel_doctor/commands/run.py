@@ -46,6 +46,11 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", metavar="SECONDS", help="per-cell timeout")
     parser.add_argument(
+        "--start-timeout",
+        metavar="SECONDS",
+        help="how long the kernel may take to start (default 60, as nbclient's)",
+    )
+    parser.add_argument(
         "--memory-limit",
         metavar="SIZE",
         help="run the kernel in a fresh memory cgroup with this limit (512M, 1.5G, 2GiB)",
@@ -154,15 +159,15 @@ def _kernel_name(nb: Any, requested: str | None) -> str:
     return str(name)
 
 
-def _timeout(text: str | None) -> float | None:
+def _timeout(text: str | None, flag: str = "--timeout") -> float | None:
     if text is None:
         return None
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"--timeout {text!r} is not a number of seconds") from None
+        raise UsageError(f"{flag} {text!r} is not a number of seconds") from None
     if not value > 0 or value == float("inf"):
-        raise UsageError(f"--timeout must be a positive number of seconds, not {text!r}")
+        raise UsageError(f"{flag} must be a positive number of seconds, not {text!r}")
     return value
 
 
@@ -229,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
     # Check every input before anything starts, so bad input costs nothing.
     nb = _read_notebook(args.notebook)
     timeout = _timeout(args.timeout)
+    start_timeout = _timeout(args.start_timeout, "--start-timeout")
     limit = _memory_limit(args.memory_limit)
     if args.output and not args.inplace and _same_file(args.output, args.notebook):
         raise UsageError(
@@ -267,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
         kernel_name=kernel,
         cwd=os.path.dirname(os.path.abspath(args.notebook)),
         timeout=timeout,
+        start_timeout=start_timeout,
         cgroup=cgroup,
         allow_errors=args.allow_errors,
         guard=guard,
