@@ -76,27 +76,40 @@ class SupervisingProvisioner(LocalProvisioner):
     )
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        kernel = kernel_behind_supervisor(cmd)
-        if kernel is None and self.supervise:
-            kernel, cmd = cmd, self._supervised(cmd)
-        if kernel is not None:
-            error = missing_program(kernel, kwargs.get("env"), kwargs.get("cwd"))
-            if error is not None:
-                self.log.error(
-                    "kernel-doctor: cannot start the kernel %s: %s", kernel, error.strerror
-                )
-                raise error
+        cmd = launch_command(self, cmd, kwargs, supervise=self.supervise)
         return await super().launch_kernel(cmd, **kwargs)
 
-    def _supervised(self, cmd: list[str]) -> list[str]:
-        try:
-            from .launch import supervisor_command
 
-            name = getattr(self.parent, "kernel_name", None)
-            return [*supervisor_command({"kernel-name": name} if name else None), *cmd]
-        except Exception as exc:  # never the reason a kernel will not start
-            self.log.warning("kernel-doctor: starting the kernel unsupervised (%s)", exc)
-            return cmd
+def launch_command(
+    provisioner: LocalProvisioner, cmd: list[str], kwargs: Mapping[str, Any], supervise: bool
+) -> list[str]:
+    """What ``provisioner`` launches for the kernelspec command ``cmd``: ``cmd``, or
+    with ``supervise`` ``cmd`` under the supervisor if it can be put there. Raises as
+    ``Popen`` would when the kernel behind the supervisor cannot be run. (Also what
+    tests/upstream wraps ``LocalProvisioner.launch_kernel`` with, for jupyter_client's
+    and nbclient's own test suites.)"""
+    kernel = kernel_behind_supervisor(cmd)
+    if kernel is None and supervise:
+        kernel, cmd = cmd, _supervised(provisioner, cmd)
+    if kernel is not None:
+        error = missing_program(kernel, kwargs.get("env"), kwargs.get("cwd"))
+        if error is not None:
+            provisioner.log.error(
+                "kernel-doctor: cannot start the kernel %s: %s", kernel, error.strerror
+            )
+            raise error
+    return cmd
+
+
+def _supervised(provisioner: LocalProvisioner, cmd: list[str]) -> list[str]:
+    try:
+        from .launch import supervisor_command
+
+        name = getattr(provisioner.parent, "kernel_name", None)
+        return [*supervisor_command({"kernel-name": name} if name else None), *cmd]
+    except Exception as exc:  # never the reason a kernel will not start
+        provisioner.log.warning("kernel-doctor: starting the kernel unsupervised (%s)", exc)
+        return cmd
 
 
 def use_by_default(factory: Any, config: Mapping[str, Any]) -> bool:
