@@ -232,15 +232,26 @@ def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
     r, w = os.pipe()
     monkeypatch.setenv(ENV_SESSION, str(tmp_path))
     monkeypatch.setenv(ENV_WAKE_FD, str(w))
+    import time
+
+    from kernel_doctor.agent import recorder
+
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "kernel_doctor")
     try:
         ip.run_cell("a = 1", store_history=True)
+        time.sleep(recorder.POKE_GAP)
         ip.run_cell("import time; time.sleep(0.01)", store_history=True)
         # Ready (the supervisor sets the allocation layer's ceiling), each start, and the
         # end of a cell that could grow.
         assert os.read(r, 100) == b"rcce"
+        # A burst of cells: one poke for its first start, none for the rest.
+        time.sleep(recorder.POKE_GAP)
+        for i in range(50):
+            ip.run_cell(f"b = {i}", store_history=True)
+        assert os.read(r, 1000).count(b"c") == 1  # (and an end poke for any slow cell)
         # Nobody reads: the pipe fills, and cells keep running.
+        monkeypatch.setattr(recorder, "POKE_GAP", 0.0)
         for i in range(20_000):
             ip.run_cell(f"c = {i % 7}", store_history=True)
         assert ip.user_ns["c"] == 19_999 % 7

@@ -28,6 +28,11 @@ BLIND_INTERVAL = 0.25  # no agent (non-Python kernels): we cannot tell busy from
 # by then, and a look at an idle kernel costs one read of the state file, where a
 # sample at every cell start would cost a few per cent of a trivial cell's round trip.
 CELL_LOOK = 0.01
+# The agent pokes at most every POKE_GAP (agent/recorder.py): for BURST after a poke,
+# cells may start unannounced, so an idle kernel is looked at every BURST_LOOK (near
+# the guard's threshold, NEAR_BUSY_INTERVAL) instead of every IDLE_INTERVAL.
+BURST = 1.0
+BURST_LOOK = 0.05
 # Fractions of the limit at which the agent is asked for a stack dump, so that the
 # allocating line is on disk before the OOM killer's SIGKILL. A mark re-arms once
 # usage falls this far below it.
@@ -65,6 +70,7 @@ class Sampler:
         self._armed = [True] * len(MARKS)
         self.next_due = 0.0
         self._idle_due = 0.0
+        self._poked_at = -BURST
         self._statm = Reader(f"/proc/{kernel_pid}/statm")
 
     def attach_state(self, path: str) -> None:
@@ -77,14 +83,20 @@ class Sampler:
     def interval(self) -> float:
         if self.state is None:
             return BLIND_INTERVAL
+        guard = self.guard
+        near = guard is not None and guard.enabled and self.last_counted >= guard.near
         if not self.last_state.busy:
-            return IDLE_INTERVAL
+            return self._idle_interval(near)
         started = self.last_state.started
         young = started is not None and time.time() - started < YOUNG_CELL
-        guard = self.guard
-        if guard is not None and guard.enabled and self.last_counted >= guard.near:
+        if near:
             return NEAR_INTERVAL if young else NEAR_BUSY_INTERVAL
         return YOUNG_INTERVAL if young else BUSY_INTERVAL
+
+    def _idle_interval(self, near: bool) -> float:
+        if time.monotonic() - self._poked_at < BURST:
+            return NEAR_BUSY_INTERVAL if near else BURST_LOOK
+        return IDLE_INTERVAL
 
     def poked(self, data: bytes) -> None:
         """The agent writes b"r" once it is ready, b"c" as a cell starts and b"e" as
@@ -98,6 +110,7 @@ class Sampler:
             # grew it past the threshold: read it now, not at the next tick.
             self.sample(force=True)
         if b"c" in data:
+            self._poked_at = time.monotonic()
             look = NEAR_INTERVAL if near else CELL_LOOK
             self.next_due = min(self.next_due, time.monotonic() + look)
 
@@ -108,8 +121,11 @@ class Sampler:
             if state is not None:
                 self.last_state = state
             if not force and not self.last_state.busy and now < self._idle_due:
-                # Woken for a cell that has already ended: keep the idle rhythm.
-                self.next_due = self._idle_due
+                # Woken for a cell that has already ended: keep the idle rhythm (in a
+                # burst of cells, the burst's).
+                guard = self.guard
+                near = guard is not None and guard.enabled and self.last_counted >= guard.near
+                self.next_due = min(self._idle_due, now + self._idle_interval(near))
                 return
         statm = self._statm.read()
         fields = statm.split() if statm else []
