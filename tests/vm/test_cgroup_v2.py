@@ -21,6 +21,7 @@ import nbformat
 import pytest
 
 from conftest import note_for_the_vm_harness, remove_cgroup_tree, run_cli
+from test_supervisor import wait_for
 
 MiB = 1024**2
 ROOT = "/sys/fs/cgroup"
@@ -188,10 +189,12 @@ def test_an_oom_group_kill_that_takes_the_supervisor_is_reported_at_next_start(
         [*supervise, "-c", code], preexec_fn=join, env=env, stderr=subprocess.DEVNULL
     )
     try:
-        meta = _wait(lambda: next(sessions.glob("*/meta.json"), None))
+        meta = wait_for(lambda: next(sessions.glob("*/meta.json"), None), timeout=120)
         from kernel_doctor.agent.protocol import read_samples
 
-        _wait(lambda: any(c > 140 * MiB for _, c, _ in read_samples(str(meta.parent))))
+        wait_for(
+            lambda: any(c > 140 * MiB for _, c, _ in read_samples(str(meta.parent))), timeout=120
+        )
         go.write_text("")
         assert sup.wait(timeout=120) == -signal.SIGKILL  # killed with its kernel
     finally:
@@ -214,16 +217,4 @@ def test_an_oom_group_kill_that_takes_the_supervisor_is_reported_at_next_start(
     assert any("supervisor was killed" in fact for fact in report["evidence"])
     assert report["memory"]["limit_source"] == f"cgroup v2 memory.max of {box}"
     assert list(sessions.iterdir()) == []  # the leftover session is consumed
-    _wait(lambda: not (box / "cgroup.procs").read_text().strip())
-
-
-def _wait(predicate: Any, timeout: float = 120.0) -> Any:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting")
+    wait_for(lambda: not (box / "cgroup.procs").read_text().strip(), timeout=120)
