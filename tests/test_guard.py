@@ -61,6 +61,12 @@ def test_gradual_growth_is_stopped_and_the_kernel_lives(
     assert "Biggest variables: chunks (" in error.evalue
     assert "The kernel and its variables are intact" in error.evalue
     assert text_of(nb.cells[2]) == "earlier\n"  # same kernel, variables kept
+    # The chart's data, as a death report has it: the threshold and each In [N]'s start.
+    memory = report["memory"]
+    assert 0.85 * 300 * 1024**2 < memory["threshold_bytes"] <= 0.9 * 300 * 1024**2
+    assert [count for _, count in memory["cell_starts"]] == [1, 2, 3]
+    times = [t for t, _ in memory["cell_starts"]]
+    assert 0 < times[0] < times[1] < times[2] <= memory["timeline"][-1][0] + 1
 
 
 def test_growth_in_a_function_from_another_cell(

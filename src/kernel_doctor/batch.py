@@ -348,8 +348,18 @@ def _add_memory(report: dict[str, Any], session_dir: str) -> None:
         return
     meta = read_meta(session_dir)
     limit = meta.limit if meta is not None else None
+    guard = meta.guard if meta is not None else None
     samples = read_samples(session_dir)
     from .supervisor.collect import downsample
+
+    # As a death report has them: for the chart's threshold line and In [N] marks.
+    starts = []
+    if meta is not None:
+        started = meta.started
+        records = read_cells(session_dir)
+        starts = [
+            [round(r.t - started, 3), r.execution_count] for r in records if r.event == "start"
+        ]
 
     memory.update(
         {
@@ -359,6 +369,8 @@ def _add_memory(report: dict[str, Any], session_dir: str) -> None:
             "limit_source": limit.source if limit else None,
             "limit_kind": limit.kind if limit else None,
             "timeline": [list(p) for p in downsample([(t, c) for t, c, _ in samples], 500)],
+            "threshold_bytes": guard.threshold_bytes if guard and guard.enabled else None,
+            "cell_starts": starts,
         }
     )
 

@@ -42,7 +42,7 @@ WATCH_INTERVAL = 0.02
 SHORTEST_GROWTH = 0.002
 # A cell start wakes the supervisor only this long after the last one did: each wake-up
 # cost it ~70 µs of CPU, a few per cent of a trivial cell's round trip on 2 cores. In a
-# burst of cells it looks every POKE_GAP itself (supervisor/sampler.py, BURST).
+# burst of cells it looks every 20 ms itself (supervisor/sampler.py, BURST_LOOK).
 POKE_GAP = 0.05
 # Between cells the watcher polls at BETWEEN_INTERVAL for PARK_AFTER seconds, then
 # parks until a cell wakes it. Every wake-up of this thread costs the kernel a GIL

@@ -30,9 +30,11 @@ BLIND_INTERVAL = 0.25  # no agent (non-Python kernels): we cannot tell busy from
 CELL_LOOK = 0.01
 # The agent pokes at most every POKE_GAP (agent/recorder.py): for BURST after a poke,
 # cells may start unannounced, so an idle kernel is looked at every BURST_LOOK (near
-# the guard's threshold, NEAR_BUSY_INTERVAL) instead of every IDLE_INTERVAL.
+# the guard's threshold, NEAR_BUSY_INTERVAL) instead of every IDLE_INTERVAL. 20 ms, not
+# the 50 ms of the poke gap: an unannounced cell that fills memory at full speed must
+# not go unseen much longer than an announced one (CELL_LOOK).
 BURST = 1.0
-BURST_LOOK = 0.05
+BURST_LOOK = 0.02
 # Fractions of the limit at which the agent is asked for a stack dump, so that the
 # allocating line is on disk before the OOM killer's SIGKILL. A mark re-arms once
 # usage falls this far below it.
