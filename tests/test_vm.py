@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vm.run import VM_TESTS, VmResult, read_junit, run_in_vm, unavailable
+from junit import read_junit
+from vm.run import REPO, VM_TESTS, VmResult, run_in_vm, unavailable
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_junit_node_ids_are_rebuilt(tmp_path: Path) -> None:
         '<skipped message="no unshare" /></testcase>'
         "</testsuite></testsuites>"
     )
-    cases = read_junit(xml)
+    cases = read_junit(xml, REPO)
     assert [(c.test, c.outcome, c.seconds, c.message) for c in cases] == [
         ("tests/test_deaths.py::test_oom_one_big_allocation", "passed", 61.5, ""),
         ("tests/vm/test_cgroup_v2.py::test_x", "skipped", 1.0, "no unshare"),

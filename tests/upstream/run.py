@@ -30,12 +30,13 @@ import tarfile
 import tempfile
 import time
 import venv
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_PATH = Path(__file__).resolve().with_name("pythonpath")
+sys.path.insert(0, str(REPO / "tests"))
+from junit import read_junit  # noqa: E402
 
 SUITES = {"jupyter_client": "8.10.0", "nbclient": "0.11.0"}
 # What each suite's tests import, from its ``test`` extra less coverage, lint and
@@ -201,29 +202,12 @@ def _processes_of(python: str) -> dict[int, str]:
 
 
 def junit_results(report: Path, source: Path, outcome: Outcome) -> None:
-    for case in ET.parse(report).getroot().iter("testcase"):
-        test = node_id(source, case.get("classname", ""), case.get("name", ""))
-        found, message = "passed", ""
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                found = {"failure": "failed"}.get(child.tag, child.tag)
-                message = child.text or child.get("message") or ""
-                break
+    for case in read_junit(report, source):
         # A test that failed and then errored in teardown has two entries: keep the worse.
-        if outcome.results.get(test) in (None, "passed", "skipped"):
-            outcome.results[test] = found
-            if found in ("failed", "error"):
-                outcome.messages[test] = message
-
-
-def node_id(source: Path, classname: str, name: str) -> str:
-    """pytest's id of a JUnit test case: its module's path, then its classes."""
-    parts = classname.split(".")
-    for cut in range(len(parts), 0, -1):
-        module = "/".join(parts[:cut]) + ".py"
-        if (source / module).is_file():
-            return "::".join([module, *parts[cut:], name])
-    return f"{classname}::{name}"
+        if outcome.results.get(case.test) in (None, "passed", "skipped"):
+            outcome.results[case.test] = case.outcome
+            if case.outcome in ("failed", "error"):
+                outcome.messages[case.test] = case.details or case.message
 
 
 def differences(plain: Outcome, supervised: Outcome) -> list[str]:

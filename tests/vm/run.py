@@ -26,12 +26,13 @@ import sys
 import tempfile
 import threading
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = Path(__file__).resolve().with_name("guest.py")
+sys.path.insert(0, str(REPO / "tests"))  # run as a script, too
+from junit import CaseResult, read_junit  # noqa: E402
 
 UNAVAILABLE = 4  # no QEMU, vng or kernel image: nothing was run
 GUEST_FAILED = 5  # the guest did not boot, or hung, or died before pytest reported
@@ -46,14 +47,6 @@ VM_TESTS = [
     "tests/test_guard_layers.py::test_an_allocation_past_what_the_limit_leaves_is_refused",
     "tests/vm/test_systemd_user.py",
 ]
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    test: str  # pytest's node id, rebuilt from the JUnit classname and name
-    outcome: str  # "passed" | "failed" | "error" | "skipped"
-    seconds: float
-    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,7 +161,7 @@ def run_in_vm(
     result = VmResult(
         exit_status=exit_status,
         seconds=round(seconds, 1),
-        cases=read_junit(results / "junit.xml"),
+        cases=read_junit(results / "junit.xml", REPO),
         cgroup_reports=_read_jsonl(results / "reports.jsonl"),
         results_dir=str(results),
     )
@@ -187,37 +180,6 @@ def _pump(proc: subprocess.Popen[bytes], path: Path, echo: bool) -> None:
             if echo:
                 sys.stdout.write(line)
                 sys.stdout.flush()
-
-
-def read_junit(path: Path) -> list[CaseResult]:
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return []
-    cases = []
-    for case in root.iter("testcase"):
-        classname, name = case.get("classname", ""), case.get("name", "")
-        module, _, cls = _split_classname(classname)
-        test = "::".join(part for part in (module, cls, name) if part)
-        outcome, message = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            found = case.find(tag)
-            if found is not None:
-                outcome = {"failure": "failed"}.get(tag, tag)
-                message = found.get("message", "")
-                break
-        cases.append(CaseResult(test, outcome, float(case.get("time", 0) or 0), message))
-    return cases
-
-
-def _split_classname(classname: str) -> tuple[str, str, str]:
-    """JUnit's "tests.test_deaths" or "tests.test_x.TestClass" as a path and a class."""
-    parts = classname.split(".")
-    for i in range(len(parts), 0, -1):
-        candidate = "/".join(parts[:i]) + ".py"
-        if (REPO / candidate).exists():
-            return candidate, "", ".".join(parts[i:])
-    return classname, "", ""
 
 
 def _read_jsonl(path: Path) -> list[dict[str, object]]:

@@ -85,8 +85,7 @@ class Sampler:
     def interval(self) -> float:
         if self.state is None:
             return BLIND_INTERVAL
-        guard = self.guard
-        near = guard is not None and guard.enabled and self.last_counted >= guard.near
+        near = self._near_guard()
         if not self.last_state.busy:
             return self._idle_interval(near)
         started = self.last_state.started
@@ -94,6 +93,11 @@ class Sampler:
         if near:
             return NEAR_INTERVAL if young else NEAR_BUSY_INTERVAL
         return YOUNG_INTERVAL if young else BUSY_INTERVAL
+
+    def _near_guard(self) -> bool:
+        """The last sample was near the guard's threshold (the guard being on)."""
+        guard = self.guard
+        return guard is not None and guard.enabled and self.last_counted >= guard.near
 
     def _idle_interval(self, near: bool) -> float:
         if time.monotonic() - self._poked_at < BURST:
@@ -105,8 +109,7 @@ class Sampler:
         it ends."""
         if b"r" in data:
             self.sample(force=True)  # the ceiling, before the first cell
-        guard = self.guard
-        near = guard is not None and guard.enabled and self.last_counted >= guard.near
+        near = self._near_guard()
         if near:
             # Near the guard, memory between two cells decides whether the next one
             # grew it past the threshold: read it now, not at the next tick.
@@ -125,9 +128,7 @@ class Sampler:
             if not force and not self.last_state.busy and now < self._idle_due:
                 # Woken for a cell that has already ended: keep the idle rhythm (in a
                 # burst of cells, the burst's).
-                guard = self.guard
-                near = guard is not None and guard.enabled and self.last_counted >= guard.near
-                self.next_due = min(self._idle_due, now + self._idle_interval(near))
+                self.next_due = min(self._idle_due, now + self._idle_interval(self._near_guard()))
                 return
         statm = self._statm.read()
         fields = statm.split() if statm else []
