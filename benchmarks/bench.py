@@ -198,7 +198,7 @@ def death_to_report(rounds: int) -> list[float]:
             sup = subprocess.Popen(
                 [*supervisor_command({"session": str(session)}), sys.executable, "-c", code],
                 stderr=subprocess.DEVNULL,
-                env=dict(os.environ, JUPYTER_RUNTIME_DIR=tmp),
+                env=dict(os.environ, JUPYTER_DATA_DIR=tmp),
             )
             while not (session / "report.json").exists():
                 time.sleep(0.0005)
@@ -253,7 +253,7 @@ def main() -> int:
     args = parser.parse_args()
     # Sessions and the reports of the deaths we cause stay out of the user's runtime dir.
     runtime = tempfile.mkdtemp(prefix="kd-bench-runtime-")
-    os.environ["JUPYTER_RUNTIME_DIR"] = runtime
+    os.environ["JUPYTER_DATA_DIR"] = runtime
     try:
         return run(args)
     finally:

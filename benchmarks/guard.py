@@ -215,7 +215,7 @@ def _descends_from(pid: int, ancestors: set[int]) -> bool:
         seen = int(stat.rsplit(")", 1)[1].split()[1])
         if seen <= 1:
             break
-    runtime = os.environ.get("JUPYTER_RUNTIME_DIR", "\0")
+    runtime = os.environ.get("JUPYTER_DATA_DIR", "\0")
     return runtime in _read(f"/proc/{pid}/cmdline")
 
 
@@ -463,7 +463,7 @@ def main() -> int:
         workloads = [w for w in workloads if not _needs_pandas(w)]
     # Sessions and the reports of the deaths we cause stay out of the user's runtime dir.
     work = Path(tempfile.mkdtemp(prefix="kd-guard-bench-"))
-    os.environ["JUPYTER_RUNTIME_DIR"] = str(work / "runtime")
+    os.environ["JUPYTER_DATA_DIR"] = str(work / "runtime")
     parent = Parent(max(limits) + 1024**3)
     started: set[int] = set()
     try:

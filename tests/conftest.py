@@ -1,4 +1,4 @@
-"""Shared test set-up: a private Jupyter runtime dir, one parent memory cgroup per
+"""Shared test set-up: private Jupyter data and runtime dirs, one parent memory cgroup per
 session, notebooks made on the fly, and process clean-up that runs even on failure."""
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from kernel_doctor.probe.create import ENV_PARENT, default_parent
 
 PY311 = sys.version_info[:2] == (3, 11)
 
-# Reports and sessions of the tests go to a private runtime dir, never the user's.
+# Reports and sessions of the tests go to a private data dir, connection files to a
+# private runtime dir: never the user's.
 _RUNTIME = tempfile.mkdtemp(prefix="kd-tests-runtime-")
-os.environ["JUPYTER_RUNTIME_DIR"] = _RUNTIME
+os.environ["JUPYTER_DATA_DIR"] = os.path.join(_RUNTIME, "data")
+os.environ["JUPYTER_RUNTIME_DIR"] = os.path.join(_RUNTIME, "runtime")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -334,7 +334,7 @@ def test_healthy_notebook_has_identical_outputs(notebook: Any, tmp_path: Path) -
     plain = nbformat.read(str(path), as_version=4)
     NotebookClient(plain, kernel_name="python3").execute()
     assert [c.outputs for c in supervised.cells] == [c.outputs for c in plain.cells]
-    stored = Path(os.environ["JUPYTER_RUNTIME_DIR"], "kernel-doctor", "reports")
+    stored = Path(os.environ["JUPYTER_DATA_DIR"], "kernel-doctor", "reports")
     before = set(stored.glob("*.json")) if stored.exists() else set()
     assert not {p for p in before if "kernel_died" in p.read_text() and str(path) in p.read_text()}
 
@@ -348,7 +348,7 @@ def test_death_report_is_stored_and_shown(notebook: Any, tmp_path: Path, capsys:
     code, report = run(path, tmp_path, "--output", str(out))
     assert code == 3
     stored = Path(
-        os.environ["JUPYTER_RUNTIME_DIR"], "kernel-doctor", "reports", f"{report['id']}.json"
+        os.environ["JUPYTER_DATA_DIR"], "kernel-doctor", "reports", f"{report['id']}.json"
     )
     assert stored.exists()
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600

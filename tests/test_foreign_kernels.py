@@ -79,7 +79,7 @@ class BashKernel:
 def bash_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Start bash_kernel behind the supervisor (extra supervisor options allowed)."""
     runtime = tmp_path / "runtime"
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(runtime))
     started: list[BashKernel] = []
 
     def start(*options: str) -> BashKernel:

@@ -85,7 +85,7 @@ def test_a_bad_environment_setting_is_said_and_the_default_kept(tmp_path: Path) 
     notebook = make_notebook(tmp_path, ["x = 1"])
     done = subprocess.run(
         [sys.executable, "-m", "kernel_doctor", "run", str(notebook)],
-        env={**os.environ, "KERNEL_DOCTOR_GUARD": "9zz", "JUPYTER_RUNTIME_DIR": str(tmp_path)},
+        env={**os.environ, "KERNEL_DOCTOR_GUARD": "9zz", "JUPYTER_DATA_DIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=120,

@@ -697,7 +697,7 @@ def test_bootstrap_without_jupyter(tmp_path: Path, foreign_python: str, shadow: 
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")},
+        env={**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "runtime")},
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ran "), done.stdout

@@ -209,3 +209,37 @@ def test_the_running_line_is_marked_and_named(lab: Server) -> None:
             )
         finally:
             browser.close()
+
+
+def test_an_unsupervised_kernel_keeps_jupyterlabs_own_dialog(lab: Server) -> None:
+    # The extension is loaded, but this notebook's kernel is the plain python3: there is
+    # no diagnosis to give, so JupyterLab's own "Kernel Restarting" dialog must stay.
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    write_notebook(lab.root, "plain.ipynb", ["import os, signal\nos.kill(os.getpid(), 9)"])
+    nb = (lab.root / "plain.ipynb").read_text().replace(f'"name": "{TWIN}"', '"name": "python3"')
+    (lab.root / "plain.ipynb").write_text(nb)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url(lab, "plain.ipynb"))
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+                timeout=60_000
+            )
+            assert page.locator(".kd-memory").inner_text() == ""  # not ours to watch
+            page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
+            page.keyboard.press("Shift+Enter")
+            dialog = page.locator(".jp-Dialog").filter(has_text="appears to have died")
+            try:
+                dialog.wait_for(timeout=30_000)
+            except sync_api.TimeoutError:
+                page.screenshot(path=str(ARTIFACTS / "7-plain-dialog-timeout.png"))
+                toasts = page.locator(".Toastify__toast").all_inner_texts()
+                raise AssertionError(f"no core dialog; toasts {toasts}") from None
+            page.wait_for_timeout(2000)  # a replacement would have closed it by now
+            assert dialog.is_visible()
+            toasts = page.locator(".Toastify__toast").all_inner_texts()
+            assert not any("kernel-doctor" in t for t in toasts), toasts
+            page.screenshot(path=str(ARTIFACTS / "7-plain-dialog.png"))
+        finally:
+            browser.close()

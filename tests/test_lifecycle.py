@@ -296,7 +296,7 @@ def test_exit_status_is_the_commands(
 ) -> None:
     runtime = tmp_path / "runtime"
     runtime.mkdir()
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), KERNEL_DOCTOR_DISABLE=disable)
+    env = dict(os.environ, JUPYTER_DATA_DIR=str(runtime), KERNEL_DOCTOR_DISABLE=disable)
     command = [sys.executable, "-c", code]
 
     def run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
@@ -318,7 +318,7 @@ def test_exit_status_is_the_commands(
 def test_disable_runs_the_command_in_place(tmp_path: Path) -> None:
     """KERNEL_DOCTOR_DISABLE=1: the supervisor replaces itself with the command (same
     pid, no supervisor left in between); without it the command is its child."""
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path))
+    env = dict(os.environ, JUPYTER_DATA_DIR=str(tmp_path))
     command = [sys.executable, "-c", "import os; print(os.getpid(), os.getppid())"]
     for disable, in_place in (("1", True), ("", False)):
         env["KERNEL_DOCTOR_DISABLE"] = disable

@@ -24,7 +24,7 @@ from kernel_doctor.agent.private import (
     write_atomic,
 )
 from kernel_doctor.agent.protocol import Meta, read_meta, write_meta
-from kernel_doctor.paths import runtime_dir, session_roots, sessions_dir
+from kernel_doctor.paths import reports_dir, session_roots, sessions_dir, state_dir
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make another user's files")
@@ -34,38 +34,57 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
 
-# -- the runtime dir ------------------------------------------------------------------
+# -- the data dir ---------------------------------------------------------------------
 
 
-def test_a_missing_runtime_dir_is_made_0700(
+def test_our_folder_is_in_the_data_dir_and_the_runtime_dir_stays_jupyters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = tmp_path / "share" / "jupyter" / "runtime"
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(base))
-    old = os.umask(0o022)
-    try:
-        assert runtime_dir() == str(base / "kernel-doctor")
-    finally:
-        os.umask(old)
-    assert mode(base) == 0o700  # the server's token files live here
-    assert mode(base / "kernel-doctor") == 0o700
+    # jupyter_client's test_kernelapp_lifecycle: after `jupyter kernel` the runtime
+    # dir holds the connection file and nothing else.
+    data, runtime = tmp_path / "share" / "jupyter", tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    assert state_dir() == str(data / "kernel-doctor")
+    assert mode(data / "kernel-doctor") == 0o700
     assert mode(Path(sessions_dir())) == 0o700
+    assert os.listdir(runtime) == []
 
 
-@pytest.mark.parametrize("left", [0o755, 0o775, 0o2775])  # 0775: kernel-doctor 0.1, umask 002
-def test_an_own_runtime_dir_left_open_is_closed(
+@pytest.mark.parametrize("left", [0o700, 0o755, 0o775])  # 0775: an early version, umask 002
+def test_reports_kept_in_the_runtime_dir_by_earlier_versions_move_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: int
 ) -> None:
-    base = tmp_path / "runtime"
-    base.mkdir()
-    base.chmod(left)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(base))
-    assert runtime_dir() == str(base / "kernel-doctor")  # the user's own: reports stay
-    assert mode(base) == 0o700
+    data, runtime = tmp_path / "data", tmp_path / "runtime"
+    old = runtime / "kernel-doctor"
+    (old / "reports").mkdir(parents=True)
+    (old / "sessions").mkdir()
+    (old / "reports" / "r1.json").write_text("{}")
+    runtime.chmod(left)
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    assert Path(reports_dir(create=True), "r1.json").read_text() == "{}"
+    assert os.listdir(runtime) == []  # the old folder went once empty
+    assert mode(runtime) == 0o700  # it holds the server's token files
+
+
+def test_an_old_folder_with_live_sessions_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, runtime = tmp_path / "data", tmp_path / "runtime"
+    old = runtime / "kernel-doctor"
+    (old / "sessions" / "python3-1-2").mkdir(parents=True)
+    (old / "reports").mkdir()
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    state_dir()
+    assert (old / "sessions" / "python3-1-2").is_dir()  # an older supervisor's, running
+    assert (data / "kernel-doctor" / "reports").is_dir()
 
 
 @as_root
-def test_a_shared_sticky_runtime_dir_gets_a_folder_per_user(
+def test_a_shared_sticky_data_dir_gets_a_folder_per_user(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shared = tmp_path / "shared"
@@ -75,8 +94,8 @@ def test_a_shared_sticky_runtime_dir_gets_a_folder_per_user(
     squat = shared / "kernel-doctor"
     squat.mkdir(mode=0o777)
     os.chown(squat, NOBODY, NOBODY)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(shared))
-    assert runtime_dir() == str(shared / f"kernel-doctor-{os.geteuid()}")
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(shared))
+    assert state_dir() == str(shared / f"kernel-doctor-{os.geteuid()}")
     assert mode(shared / f"kernel-doctor-{os.geteuid()}") == 0o700
 
 
@@ -91,9 +110,9 @@ def test_a_squatted_folder_of_ours_is_refused_with_the_reason(
     squat = shared / f"kernel-doctor-{os.geteuid()}"
     squat.mkdir(mode=0o700)
     os.chown(squat, NOBODY, NOBODY)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(shared))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(shared))
     with pytest.raises(UntrustedFile) as refused:
-        runtime_dir()
+        state_dir()
     assert (
         str(refused.value)
         == f"[Errno {errno.EPERM}] owned by uid {NOBODY}, not by this user: '{squat}'"
@@ -101,7 +120,7 @@ def test_a_squatted_folder_of_ours_is_refused_with_the_reason(
 
 
 @as_root
-def test_a_shared_runtime_dir_without_the_sticky_bit_is_not_used(
+def test_a_shared_data_dir_without_the_sticky_bit_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Group members could rename our folder there and put theirs in its place.
@@ -109,12 +128,12 @@ def test_a_shared_runtime_dir_without_the_sticky_bit_is_not_used(
     shared.mkdir()
     shared.chmod(0o2775)
     os.chown(shared, NOBODY, NOBODY)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(shared))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(shared))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
-    assert runtime_dir() == str(tmp_path / f"kernel-doctor-{os.geteuid()}")
+    assert state_dir() == str(tmp_path / f"kernel-doctor-{os.geteuid()}")
     assert os.listdir(shared) == []
     assert session_roots() == [str(tmp_path / f"kernel-doctor-{os.geteuid()}" / "sessions")]
 

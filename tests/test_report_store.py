@@ -55,10 +55,10 @@ UNREADABLE = "cannot be read: it is gone, larger than 16 MiB, or not this user's
 
 @pytest.fixture
 def reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private runtime dir (0700) with two real stored reports in it."""
+    """A private data dir (0700) with two real stored reports in it."""
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(runtime))
     for name in ("KERNEL_DOCTOR_KEEP_REPORTS", "KERNEL_DOCTOR_KEEP_DAYS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(store, "_warned", set())  # each test sees its own first warning
@@ -197,8 +197,8 @@ class TestServer:
         return {"ServerApp": {"jpserver_extensions": {"kernel_doctor.server": True}}}
 
     @pytest.fixture
-    def served(self, jp_runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-        directory = Path(os.environ["JUPYTER_RUNTIME_DIR"]) / "kernel-doctor" / "reports"
+    def served(self, jp_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        directory = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernel-doctor" / "reports"
         write_report(directory, "20261125-120000", 4242, session_name="/home/u/a.ipynb")
         put(directory, BAD, json.dumps(BAD_TYPES).encode())
         put(directory, "20261125-120003-5555", b"null")

@@ -2,7 +2,7 @@
 
 Reports here are real ones: made by ``death_report`` from evidence and a diagnosis,
 as the supervisor makes them, and stored by ``store`` (the private reports folder,
-0600 files), in a runtime dir of the test's own (0700)."""
+0600 files), in a data dir of the test's own (0700)."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def write_report(directory: Path, stamp: str, pid: int, **kernel: Any) -> Path:
 def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "runtime"
     path.mkdir(mode=0o700)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(path))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(path))
     for name in ("KERNEL_DOCTOR_KEEP_REPORTS", "KERNEL_DOCTOR_KEEP_DAYS"):
         monkeypatch.delenv(name, raising=False)
     return path

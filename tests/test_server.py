@@ -80,7 +80,7 @@ class Server:
     port: int
     token: str
     log: Path
-    runtime: Path
+    data: Path  # JUPYTER_DATA_DIR: kernel-doctor's folder is in it
     root: Path  # the notebooks' directory
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -99,7 +99,7 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def reports(self) -> list[dict[str, Any]]:
-        directory = self.runtime / "kernel-doctor" / "reports"
+        directory = self.data / "kernel-doctor" / "reports"
         found = sorted(directory.glob("*.json")) if directory.is_dir() else []
         return [json.loads(p.read_text()) for p in found if not p.name.startswith(".")]
 
@@ -182,7 +182,7 @@ def running_server(
         # The server and its kernels are in the cgroup; this test process never is.
         assert str(os.getpid()) not in procs.read_text().split()
         assert str(process.pid) in procs.read_text().split()
-        running = Server(process, port, token, log, dirs["runtime"], dirs["notebooks"])
+        running = Server(process, port, token, log, dirs["data"], dirs["notebooks"])
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             assert process.poll() is None, f"the server exited:\n{running.log_text()}"

@@ -39,8 +39,8 @@ def jp_server_config() -> dict[str, Any]:
 
 
 @pytest.fixture
-def reports(jp_runtime_dir: Path) -> Path:
-    directory = Path(os.environ["JUPYTER_RUNTIME_DIR"]) / "kernel-doctor" / "reports"
+def reports(jp_data_dir: Path) -> Path:
+    directory = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernel-doctor" / "reports"
     directory.mkdir(parents=True, exist_ok=True)
     mine = directory / f"{REPORT['id']}.json"
     mine.write_text(json.dumps(REPORT))

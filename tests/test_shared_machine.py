@@ -15,7 +15,7 @@ where`` / ``top``, it tries:
   claims the victim's kernel, is busy, has an HTML / escape-sequence notebook name and
   absurd memory figures, and answers ``where`` requests with escape sequences;
 - squatted folders in the victim's ``$TMPDIR`` (``kernel-doctor-<uid>``, the old
-  ``kernel-doctor-run-*``) and in a shared (1777) runtime dir (``kernel-doctor/sessions``,
+  ``kernel-doctor-run-*``) and in a shared (1777) data dir (``kernel-doctor/sessions``,
   ``kernel-doctor-<uid>`` as a symlink);
 - reading, renaming and swapping the victim's session folder.
 
@@ -481,7 +481,7 @@ def victim(
             meta,
             dict(
                 os.environ,
-                JUPYTER_RUNTIME_DIR=str(server.runtime),
+                JUPYTER_DATA_DIR=str(server.data),
                 TMPDIR=str(shared_tmp),
                 COLUMNS="160",
             ),
@@ -720,7 +720,7 @@ def attacking(
         yield plant
 
 
-# -- the runtime dir and the sessions of `run` and of the supervisor -------------------------
+# -- the data dir and the sessions of `run` and of the supervisor--- -------------------------
 
 
 def assert_private_chain(session: Path, base: Path) -> None:
@@ -786,7 +786,7 @@ for name in [".", *os.listdir(session)]:
     info = os.lstat(path)
     seen[path] = [info.st_mode, info.st_uid]
 path = os.path.dirname(session)
-while path != os.environ["JUPYTER_RUNTIME_DIR"] and path != "/":
+while path != os.environ["JUPYTER_DATA_DIR"] and path != "/":
     info = os.lstat(path)
     seen[path] = [info.st_mode, info.st_uid]
     path = os.path.dirname(path)
@@ -794,11 +794,11 @@ print(json.dumps({"session": session, "seen": seen}), flush=True)
 """
 
 
-def test_the_supervisor_makes_the_runtime_dir_0700_and_keeps_sessions_private(
+def test_the_supervisor_makes_the_data_dir_0700_and_keeps_sessions_private(
     victim_base: Path,
 ) -> None:
     runtime = victim_base / "runtime"  # missing: kernel-doctor makes it
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), TMPDIR=str(victim_base))
+    env = dict(os.environ, JUPYTER_DATA_DIR=str(runtime), TMPDIR=str(victim_base))
     env.pop("KERNEL_DOCTOR_DISABLE", None)
     done = subprocess.run(
         [sys.executable, "-m", "kernel_doctor.supervise", "--", sys.executable, "-c", CHILD],
@@ -813,7 +813,7 @@ def test_the_supervisor_makes_the_runtime_dir_0700_and_keeps_sessions_private(
     assert session.parent == runtime / "kernel-doctor" / "sessions", session
     info = os.lstat(runtime)
     assert stat.S_ISDIR(info.st_mode) and info.st_uid == UID
-    assert stat.S_IMODE(info.st_mode) == 0o700, f"runtime dir made {info.st_mode & 0o777:o}"
+    assert stat.S_IMODE(info.st_mode) == 0o700, f"data dir made {info.st_mode & 0o777:o}"
     # Folders 0700, files (FIFO included) for the victim only, all the victim's.
     assert len(report["seen"]) > 3, report  # the session, its folders, some files
     for path, (mode, uid) in report["seen"].items():
@@ -850,7 +850,7 @@ while not os.path.exists({flag!r}) and time.monotonic() < deadline:
 """
 
 
-def test_run_keeps_its_session_private_in_the_runtime_dir(
+def test_run_keeps_its_session_private_in_the_data_dir(
     victim_base: Path, attacker: Attacker, shared_dirs: Any
 ) -> None:
     runtime = victim_base / "runtime"  # missing: `run` makes it
@@ -859,7 +859,7 @@ def test_run_keeps_its_session_private_in_the_runtime_dir(
     info, flag = victim_base / "info.json", victim_base / "go"
     cell = RUN_CELL.format(secret=secret, info=str(info), flag=str(flag), stderr_line=STDERR_LINE)
     nb = make_notebook(victim_base, [cell])
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), TMPDIR=str(tmp), COLUMNS="160")
+    env = dict(os.environ, JUPYTER_DATA_DIR=str(runtime), TMPDIR=str(tmp), COLUMNS="160")
     with open(victim_base / "run.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kernel_doctor", "run", str(nb)],
@@ -876,7 +876,7 @@ def test_run_keeps_its_session_private_in_the_runtime_dir(
             time.sleep(0.05)
         started = json.loads(info.read_text())
         session = Path(started["session"])
-        # The session is in the runtime dir, which was made 0700: the victim's alone.
+        # The session is in the data dir, which was made 0700: the victim's alone.
         assert session.parent == runtime / "kernel-doctor" / "sessions", session
         assert stat.S_IMODE(os.lstat(runtime).st_mode) == 0o700
         assert_private_chain(session, victim_base)
@@ -904,11 +904,11 @@ def test_run_keeps_its_session_private_in_the_runtime_dir(
     assert not left, left
 
 
-# -- a shared runtime dir, squatted ------------------------------------------------------------
+# -- a shared data dir, squatted ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("squatted", ["sessions", "sessions-and-uid-folder"])
-def test_a_squatted_shared_runtime_dir_is_not_used_and_the_session_stays_private(
+def test_a_squatted_shared_data_dir_is_not_used_and_the_session_stays_private(
     squatted: str,
     attacker: Attacker,
     fake: Fake,
@@ -916,7 +916,7 @@ def test_a_squatted_shared_runtime_dir_is_not_used_and_the_session_stays_private
     shared_dirs: Any,
     tmp_path: Path,
 ) -> None:
-    """JUPYTER_RUNTIME_DIR on a shared 1777 folder where the attacker made
+    """JUPYTER_DATA_DIR on a shared 1777 folder where the attacker made
     ``kernel-doctor/sessions`` first (and ``kernel-doctor-<uid>``, as a symlink to a
     folder of its own): the victim's kernel still starts supervised, in a folder of
     its own that the attacker can neither read nor rename nor swap; ``where`` sees
@@ -940,7 +940,7 @@ def test_a_squatted_shared_runtime_dir_is_not_used_and_the_session_stays_private
     attacker.plant(ops)
 
     kernels = Kernels(write_kernelspecs(tmp_path))
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), TMPDIR=str(tmp), COLUMNS="160")
+    env = dict(os.environ, JUPYTER_DATA_DIR=str(runtime), TMPDIR=str(tmp), COLUMNS="160")
     env.pop("KERNEL_DOCTOR_DISABLE", None)
     secret = f"kd-secret-{secrets.token_hex(8)}"
     try:
@@ -979,7 +979,7 @@ def test_a_squatted_shared_runtime_dir_is_not_used_and_the_session_stays_private
         canary.assert_intact()
         assert_works(kernel.kc)  # the victim's kernel runs on
         if squatted == "sessions-and-uid-folder":
-            # Both places in the runtime dir refused: evidence goes to $TMPDIR's private
+            # Both places in the data dir refused: evidence goes to $TMPDIR's private
             # folder, with one warning line in the kernel's log.
             assert tmp in session.parents
             said = (tmp_path / "kernel.err").read_text(errors="replace").splitlines()

@@ -63,11 +63,11 @@ REPORT_FIELDS = set(DEATH_KEYS)
 
 @pytest.fixture
 def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A Jupyter runtime dir of this test's own: its reports dir holds only the reports
+    """A Jupyter data dir of this test's own: its reports dir holds only the reports
     of the kernels this test starts (supervisors and jupyter_client read the env)."""
     path = tmp_path / "runtime"
     path.mkdir()
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(path))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(path))
     return path
 
 

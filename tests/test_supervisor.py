@@ -18,7 +18,7 @@ SUPERVISE = [sys.executable, "-m", "kernel_doctor.supervise"]
 
 
 def env_with(runtime: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime))
+    env = dict(os.environ, JUPYTER_DATA_DIR=str(runtime))
     env.update(extra)
     return env
 
@@ -72,7 +72,7 @@ def test_unwritable_runtime_dir_still_diagnoses(tmp_path: Path) -> None:
     assert done.returncode == -signal.SIGABRT
     assert done.stdout == "kernel ran\n"
     lines = done.stderr.strip().splitlines()
-    assert lines[0].startswith("kernel-doctor: warning: cannot write to the runtime dir (Not a")
+    assert lines[0].startswith("kernel-doctor: warning: cannot write to the Jupyter data dir (Not")
     assert f"/kernel-doctor-{os.getuid()}/sessions" in lines[0]
     assert any("SIGABRT" in line for line in lines[1:])
     assert lines[-1].startswith(
@@ -110,8 +110,8 @@ def test_full_disk_kernel_runs_and_diagnosis_reaches_stderr(full_disk: Path) -> 
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
             return [*supervisor_command(), *super().format_kernel_cmd(extra_arguments)]
 
-    old = os.environ["JUPYTER_RUNTIME_DIR"]
-    os.environ["JUPYTER_RUNTIME_DIR"] = str(full_disk)
+    old = os.environ["JUPYTER_DATA_DIR"]
+    os.environ["JUPYTER_DATA_DIR"] = str(full_disk)
     stderr = open(full_disk.parent.parent / "stderr.txt", "w+")  # noqa: SIM115
     km = Supervised(kernel_name="python3", connection_file=str(full_disk.parent.parent / "c.json"))
     try:
@@ -138,7 +138,7 @@ def test_full_disk_kernel_runs_and_diagnosis_reaches_stderr(full_disk: Path) -> 
         assert "No space left on device" in text.splitlines()[-1]
         assert not list(full_disk.glob("kernel-doctor/reports/*.json"))
     finally:
-        os.environ["JUPYTER_RUNTIME_DIR"] = old
+        os.environ["JUPYTER_DATA_DIR"] = old
         km.shutdown_kernel(now=True)
         km.cleanup_resources()
         stderr.close()

@@ -67,7 +67,7 @@ def run_notebook(nb: Any, *, cgroup: LimitedCgroup | None, **kwargs: Any) -> Bat
     cgroup and the session's evidence are removed afterwards."""
     from .paths import new_session_dir
 
-    # In the user's private runtime dir, never in a shared temp dir (see paths).
+    # In the user's private data dir, never in a shared temp dir (see paths).
     try:
         session_dir = new_session_dir("run")
     except OSError as exc:
@@ -75,7 +75,7 @@ def run_notebook(nb: Any, *, cgroup: LimitedCgroup | None, **kwargs: Any) -> Bat
             cgroup.remove()
         raise CommandError(
             f"cannot make a private folder for the run's evidence ({exc.strerror or exc}: "
-            f"{exc.filename}); point JUPYTER_RUNTIME_DIR at a folder of your own"
+            f"{exc.filename}); point JUPYTER_DATA_DIR at a folder of your own"
         ) from exc
     try:
         return _execute(nb, session_dir=session_dir, cgroup=cgroup, **kwargs)

@@ -169,7 +169,7 @@ def test_an_oom_group_kill_that_takes_the_supervisor_is_reported_at_next_start(
     write(box / "memory.max", str(200 * MiB))
     write(box / "memory.swap.max", "0")
     write(box / "memory.oom.group", "1")
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path))
+    env = dict(os.environ, JUPYTER_DATA_DIR=str(tmp_path))
     sessions = tmp_path / "kernel-doctor" / "sessions"
     go = tmp_path / "go"
     code = (

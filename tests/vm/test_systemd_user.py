@@ -130,7 +130,7 @@ def user() -> Iterator[User]:
         "USER": NAME,
         "LOGNAME": NAME,
         "XDG_RUNTIME_DIR": str(runtime),
-        "JUPYTER_RUNTIME_DIR": str(runtime / "jupyter"),
+        "JUPYTER_DATA_DIR": str(runtime / "jupyter"),
         "IPYTHONDIR": str(home / ".ipython"),
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         "PYTHONDONTWRITEBYTECODE": "1",

@@ -30,11 +30,11 @@ def reports_dir() -> str | None:
     if directory:
         return directory
     try:  # loaded by hand: jupyter_core comes with every ipykernel
-        from jupyter_core.paths import jupyter_runtime_dir
-    except ImportError:
+        from ..paths import reports_dir as stored
+
+        return stored(create=False)
+    except (ImportError, OSError):
         return None
-    base = os.environ.get("JUPYTER_RUNTIME_DIR") or jupyter_runtime_dir()
-    return os.path.join(base, "kernel-doctor", "reports")
 
 
 def _reports(directory: str) -> list[dict[str, Any]]:

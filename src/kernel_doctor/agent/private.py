@@ -1,7 +1,7 @@
 """Private files: the one way kernel-doctor opens, writes and trusts its own files.
 
 Session folders and reports live in folders other local users may reach (a shared
-runtime dir, ``/tmp`` on a lab server), and root's tools read them too. So nothing is
+data dir, ``/tmp`` on a lab server), and root's tools read them too. So nothing is
 opened by a plain ``open()``: a file counts only if it is a regular file (or, for the
 control channel, a FIFO) owned by this user, reached without following a symlink, and
 opening it can never block (a FIFO planted where a file is expected would otherwise

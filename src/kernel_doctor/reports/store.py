@@ -1,6 +1,6 @@
 """Writing reports: the stored ones privately, the one a user asked for where asked.
 
-Stored reports go to ``<runtime dir>/kernel-doctor/reports/<id>.json``: a private
+Stored reports go to ``<data dir>/kernel-doctor/reports/<id>.json``: a private
 folder (0700, this user's, checked), each file written whole at once (``write_atomic``:
 a 0600 temp file renamed over it), so kernels dying at the same moment never tear or
 lose one. A report the user asked for (``run --report-json PATH``, the supervisor's

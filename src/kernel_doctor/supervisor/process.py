@@ -86,7 +86,7 @@ class Supervisor:
         try:
             return Session.create()
         except OSError as exc:
-            # An unwritable runtime dir costs the stored report, not the diagnosis.
+            # An unwritable data dir costs the stored report, not the diagnosis.
             try:
                 session = Session.create(fallback_sessions_dir())
             except OSError as again:
@@ -94,7 +94,7 @@ class Supervisor:
                     f"cannot write evidence ({why(exc)}; {why(again)})"
                 ) from again
             sys.stderr.write(
-                f"kernel-doctor: warning: cannot write to the runtime dir ({why(exc)}); "
+                f"kernel-doctor: warning: cannot write to the Jupyter data dir ({why(exc)}); "
                 f"evidence goes to {os.path.dirname(session.directory)} and a death's "
                 "diagnosis to this log only\n"
             )

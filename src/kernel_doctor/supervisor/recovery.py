@@ -45,7 +45,7 @@ def recover_stale_sessions(sessions_root: str, own: str) -> list[str]:
         if meta is None:
             continue  # a supervisor still starting (or not ours): leave it alone
         if (meta.host or host) != host:
-            continue  # a runtime dir shared with other machines: not ours to judge
+            continue  # a data dir shared with other machines (NFS home): not ours to judge
         if is_supervisor(meta.supervisor_pid, meta.supervisor_start):
             continue
         try:
