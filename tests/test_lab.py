@@ -243,3 +243,42 @@ def test_an_unsupervised_kernel_keeps_jupyterlabs_own_dialog(lab: Server) -> Non
             page.screenshot(path=str(ARTIFACTS / "7-plain-dialog.png"))
         finally:
             browser.close()
+
+
+def test_a_workers_oom_kill_is_notified_and_the_pool_stops_waiting(lab: Server) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    grower = (
+        "%doctor guard off\nimport time, multiprocessing\n"
+        "def grow(i):\n    if i != 2:\n        time.sleep(0.5)\n        return i\n"
+        "    chunks = []\n    while True:\n"
+        "        chunks.append(b'\\x01' * (20 * 1024**2))\n        time.sleep(0.01)"
+    )
+    pool = "with multiprocessing.Pool(4) as pool:\n    pool.map(grow, range(4))"
+    write_notebook(lab.root, "workers.ipynb", [grower, pool, "print('alive')"])
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url(lab, "workers.ipynb"))
+            page.locator(".kd-memory").filter(has_text="/ 400 MiB").wait_for(timeout=60_000)
+            page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
+            page.keyboard.press("Shift+Enter")
+            page.keyboard.press("Shift+Enter")  # the pool: its worker is OOM-killed
+            toast = page.locator(".Toastify__toast").filter(has_text="killed by the OOM killer")
+            try:
+                toast.wait_for(timeout=30_000)
+            except sync_api.TimeoutError:
+                page.screenshot(path=str(ARTIFACTS / "8-worker-timeout.png"))
+                shown = page.locator(".jp-OutputArea-output").all_inner_texts()
+                raise AssertionError(f"no worker toast; outputs {shown}") from None
+            assert "(a multiprocessing Pool worker)" in toast.inner_text(), toast.inner_text()
+            outputs = page.locator(".jp-OutputArea-output")
+            outputs.filter(has_text="KernelDoctorWorkerDied").wait_for(timeout=10_000)
+            page.screenshot(path=str(ARTIFACTS / "8-worker-died.png"))
+            # The cell that waited on the pool ended; the same kernel runs the next one.
+            page.keyboard.press("Shift+Enter")
+            outputs.filter(has_text="alive").wait_for(timeout=30_000)
+            dialogs = page.locator(".jp-Dialog").all_inner_texts()
+            assert dialogs == [], dialogs  # the kernel never died
+        finally:
+            browser.close()

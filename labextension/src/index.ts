@@ -5,7 +5,7 @@
  * Details action, and the cell that was running is marked failed with the diagnosis
  * as its error output (JupyterLab would put its prompt back to [ ] and say nothing).
  * A status-bar item shows this kernel's memory against the limit that really applies.
- * Guard trips and ignored interrupts are notified the same way. While a cell runs, its
+ * Guard trips, ignored interrupts and workers' deaths are notified the same way. While a cell runs, its
  * current line is marked and named in the status bar (running.ts); JupyterLab's own
  * "Kernel Restarting" dialog gives way to our one message (dialog.ts). Everything
  * comes from the kernel-doctor server extension (/kernel-doctor/api).
@@ -33,6 +33,7 @@ interface IKernelState extends IRunning {
   memory: { counted_bytes: number | null; limit_bytes: number | null; limit_source: string | null };
   guard: { enabled?: boolean; threshold_bytes?: number } | null;
   ignored_interrupt: { seq: number; summary: string } | null;
+  child_deaths?: { pid: number; t: number; cause: string; summary: string }[];
 }
 
 // The running line is followed once a second while the kernel is busy; memory and
@@ -77,6 +78,7 @@ class MemoryStatus extends Widget {
 class Doctor {
   private seenReports = new Set<string>();
   private seenIgnored = new Set<string>();
+  private seenChildren = new Set<string>();
   private started = Date.now() / 1000;
   private supervised = new Set<string>(); // kernel ids ever seen supervised
   private notices = new Map<string, string>(); // kernel id → its death's notification
@@ -245,6 +247,18 @@ class Doctor {
       if (ignored && state?.busy && !this.seenIgnored.has(key)) {
         this.seenIgnored.add(key);
         Notification.warning(`kernel-doctor: ${text(ignored.summary)}`, { autoClose: false });
+      }
+      // A worker of this kernel died (the kernel lives): the cell was told too.
+      for (const death of Array.isArray(state?.child_deaths) ? state!.child_deaths : []) {
+        const id = `${kernelId}:${text(death.pid)}:${text(death.t)}`;
+        const t = finite(death.t);
+        if (this.seenChildren.has(id) || t === null || t < this.started - 5) {
+          continue;
+        }
+        this.seenChildren.add(id);
+        Notification.error(text(death.summary).replace(/^kernel-doctor: /, ''), {
+          autoClose: false
+        });
       }
     } catch (error) {
       this.status?.display(null);

@@ -20,6 +20,7 @@ from ._errors import CommandError, ExitCode
 from .agent.naming import capital, cell_files, cell_name, cell_place, short_paths
 from .agent.private import append_private, read_private
 from .agent.protocol import ENV_KERNEL_OUTPUT, read_cells, read_meta, read_samples, read_state
+from .diagnosis.children import add_child_deaths, cell_of
 from .diagnosis.stacks import user_frames
 from .evidence import Frame
 from .launch import SupervisedKernelManager, ipc_transport
@@ -187,11 +188,21 @@ def _execute(
         # spinning) until our own process exits.
         _shut_down(client, now=outcome not in ("ok", "cell_error"))
         os.close(output)
+    if outcome in ("ok", "cell_error"):
+        # A worker of the kernel died (the kernel lived): the run failed all the same.
+        by_count = {c.get("execution_count"): i for i, c in enumerate(nb.cells)}
+        death = add_child_deaths(report, session_dir, lambda n: by_count.get(n))
+        if death is not None:
+            outcome, code = "child_died", ExitCode.CELL_ERROR
+            if first_error is None:
+                first_error = by_count.get(cell_of(session_dir, death.seq))
     _add_memory(report, session_dir)
     name_frames(report, nb, session_dir)
     failed = current if outcome in ("kernel_died", "timeout") else first_error
     if outcome == "kernel_died" and failed is not None:
         mark_cell_failed(nb.cells[failed], report)
+    elif outcome == "child_died" and failed is not None and not _has_error(nb.cells[failed]):
+        mark_cell_failed(nb.cells[failed], report, "WorkerDied")
     return BatchResult(outcome, code, report, nb, failed)
 
 
@@ -375,7 +386,7 @@ def _add_memory(report: dict[str, Any], session_dir: str) -> None:
     )
 
 
-def mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
+def mark_cell_failed(cell: Any, report: dict[str, Any], ename: str = "KernelDied") -> None:
     """The killed cell's error output: what happened and what to do; the evidence is
     one command away (the notebook is read by people, the report by both)."""
     lines = [report.get("summary") or "The kernel died."]
@@ -385,7 +396,7 @@ def mark_cell_failed(cell: Any, report: dict[str, Any]) -> None:
     cell.setdefault("outputs", []).append(
         nbformat.v4.new_output(
             "error",
-            ename="KernelDied",
+            ename=ename,
             evalue=f"{report.get('cause')}: {report.get('summary')}",
             traceback=lines,
         )

@@ -60,7 +60,8 @@ def _raised_by_handler(error: BaseException) -> bool:
     return tb is not None and tb.tb_frame.f_code.co_filename == __file__
 
 
-def _without_handler(error: BaseException) -> list[str]:
+def _without_handler(error: BaseException, inner: int = 1) -> list[str]:
+    """The traceback IPython would show, less its ``inner`` innermost frames."""
     import traceback
     import types
 
@@ -70,7 +71,7 @@ def _without_handler(error: BaseException) -> list[str]:
         frames.append(tb)
         tb = tb.tb_next
     rebuilt: types.TracebackType | None = None
-    for node in reversed(frames[:-1]):
+    for node in reversed(frames[: len(frames) - inner]):
         rebuilt = types.TracebackType(rebuilt, node.tb_frame, node.tb_lasti, node.tb_lineno)
     try:
         from IPython.core import getipython

@@ -129,7 +129,11 @@ def _doctor(line: str) -> None:
         for r in reports[:20]:
             ended = (r.get("kernel") or {}).get("ended")
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(ended)) if ended else "?"
-            print(f"{r.get('id')}  {when}  {r.get('cause')}: {r.get('summary')}")
+            cause = r.get("cause")
+            if r.get("outcome") == "child_died":  # a worker's death; the kernel lived
+                when = str(r.get("created") or "?")[:16].replace("T", " ")
+                cause = f"worker {cause}"
+            print(f"{r.get('id')}  {when}  {cause}: {r.get('summary')}")
         return
     wanted = words[1] if len(words) > 1 and words[1] != "latest" else None
     chosen = next((r for r in reports if wanted in (None, r.get("id"))), None)

@@ -52,6 +52,9 @@ POKE_GAP = 0.05
 # hook), so the watcher only refines it, for cells that run longer than a poll.
 BETWEEN_INTERVAL = 0.1
 PARK_AFTER = 2.0
+# A cell that ends on a broken pool waits this long at most for the supervisor to say
+# which worker died of what (it looks at once when poked: ~20 ms here).
+CHILD_WAIT = 0.5
 # How far up from the innermost frame a tick looks for the cell's frame before it
 # falls back to the one it found earlier (deep recursion).
 SHALLOW_WALK = 64
@@ -99,6 +102,12 @@ class Agent:
         self._watcher = threading.Thread(target=self._watch, name="kernel-doctor", daemon=True)
         # The previous kernel's death, left by the supervisor: shown by the first cell.
         self._notice_due = True
+        # Children of the kernel that died (agent/children.py): what was read of the
+        # supervisor's record, and the notes of deaths while no cell ran.
+        self.children_offset = 0
+        self.child_deaths: list[Any] = []
+        self.later_notes: list[str] = []
+        self.child_hint: str | None = None  # what broke, while a cell's end waits
 
     @classmethod
     def start(cls, shell: Any) -> Agent:
@@ -123,9 +132,10 @@ class Agent:
             # Python (the main thread may be in a call that released the GIL) read
             # freed frames and crashed the kernel in 2 of ~36 runs of a fast fill.
             faulthandler.register(self.dump_signal, file=self._dumps, all_threads=False)
-            from .guard import install
+            from . import children, guard
 
-            install(self)  # a supervisor is there to trip it
+            guard.install(self)  # a supervisor is there to trip it
+            children.install(self)  # and to see the kernel's workers die
         note_tracebacks(self)
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
@@ -183,6 +193,9 @@ class Agent:
         if self._notice_due:
             self._notice_due = False
             self._show_notice()
+        if self.later_notes:
+            notes, self.later_notes = self.later_notes, []
+            sys.stderr.write("".join(notes))  # deaths while no cell ran
         self._seq += 1
         count = getattr(self.shell, "execution_count", None)
         if isinstance(count, int) and self._count_ahead:
@@ -240,6 +253,10 @@ class Agent:
         cell = self._cell
         if cell is None:
             return
+        error = result.error_in_exec or result.error_before_exec
+        broke = _pool_broke(error) if error is not None else None
+        if broke and self.dump_signal is not None:
+            self._await_child_death(broke)
         with self._lock:
             self._cell = None
             self._cell_frame = None
@@ -248,7 +265,6 @@ class Agent:
         if now - cell["t"] >= SHORTEST_GROWTH:
             self._poke(b"e")
         filename = self._cell_filename(cell)
-        error = result.error_in_exec or result.error_before_exec
         described = None
         if error is not None:
             described = describe_error(error, filename)
@@ -270,6 +286,20 @@ class Agent:
                 return
             data, self._pending = self._pending + data, b""
         self._write(data)  # an error's details are on disk before the reply
+
+    def _await_child_death(self, role: str) -> None:
+        """The cell ends on a pool that broke because a worker died: ask the supervisor
+        to look now, and give it a moment, so that the note saying which worker died
+        of what is the cell's (its handler writes it while we sleep here)."""
+        known = len(self.child_deaths)
+        self.child_hint = role
+        try:
+            self._poke(b"k")
+            deadline = time.monotonic() + CHILD_WAIT
+            while len(self.child_deaths) == known and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            self.child_hint = None
 
     def _allocation_refused(self, error: BaseException, described: CellError) -> None:
         if self.dump_signal is None:
@@ -435,6 +465,20 @@ def _timed_line(frame: FrameType) -> int | None:
         if current.f_code.co_filename == TIMED_EXEC:
             return current.f_lineno + 1
         current = current.f_back
+    return None
+
+
+def _pool_broke(error: BaseException) -> str | None:
+    """What broke, as the user knows it, if ``error`` says a worker died:
+    BrokenProcessPool, DataLoader's "DataLoader worker (pid 4242) is killed by signal:
+    Killed", or a CalledProcessError of a subprocess killed by a signal."""
+    name = type(error).__name__
+    if name in ("BrokenProcessPool", "BrokenExecutor"):
+        return "a ProcessPoolExecutor worker"
+    if "DataLoader worker" in str(error):
+        return "a DataLoader worker"
+    if name == "CalledProcessError" and (getattr(error, "returncode", 0) or 0) < 0:
+        return "a subprocess of this cell"  # killed by a signal: which, and why?
     return None
 
 

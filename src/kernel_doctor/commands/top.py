@@ -115,11 +115,13 @@ def _all_pids() -> list[int]:
 
 
 class DeathCount:
-    """Deaths so far per notebook (or connection file), each report read once."""
+    """Deaths so far per notebook (or connection file), each report read once: the
+    kernel's own, and its workers' (``children``) while it lived."""
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
         self.counts: dict[str, int] = {}
+        self.children: dict[str, int] = {}
 
     def update(self) -> dict[str, int]:
         from ..reports.history import new_stored
@@ -127,7 +129,8 @@ class DeathCount:
         for report in new_stored(self.seen):
             kernel = report.kernel
             label = (kernel.session_name or kernel.connection_file or "") if kernel else ""
-            self.counts[label] = self.counts.get(label, 0) + 1
+            counts = self.children if report.outcome == "child_died" else self.counts
+            counts[label] = counts.get(label, 0) + 1
         return self.counts
 
 
@@ -169,14 +172,17 @@ def view(cpu: CpuMeter, died: DeathCount) -> Any:
     table.add_column("memory / limit", no_wrap=True)
     table.add_column("cpu", justify="right", no_wrap=True)
     table.add_column("died", justify="right", no_wrap=True)  # deaths so far
+    table.add_column("workers died", justify="right", no_wrap=True)
     for k in kernels:
-        table.add_row(*_row(k, shares.get(k.kernel_pid), deaths))
+        label = str(k.meta.session_name or k.meta.connection_file or "")
+        row = _row(k, shares.get(k.kernel_pid), deaths)
+        table.add_row(*row, str(died.children.get(label, 0)))
     for pid, connection in plain:
         rss = procfs.rss_bytes(pid) or 0
         share = shares.get(pid)
         table.add_row(
             str(pid), Text(connection or "ipykernel"), "plain", "-", _short(rss),
-            f"{share:.0%}" if share is not None else "-", "-",
+            f"{share:.0%}" if share is not None else "-", "-", "-",
         )  # fmt: skip
     return table
 

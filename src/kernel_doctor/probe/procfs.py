@@ -124,15 +124,18 @@ def raise_oom_score(delta: int = 500) -> None:
         pass
 
 
-def kernel_log_lines(pid: int, limit: int = 20, since: float = 0.0) -> list[str]:
-    """Kernel log lines that name ``pid`` (OOM kills, segfaults), where readable,
-    logged after ``since`` (CLOCK_MONOTONIC seconds, the clock /dev/kmsg stamps
-    records with) so that an earlier process with the same pid is not blamed.
+def kernel_log_lines(
+    pid: int, limit: int = 20, since: float = 0.0, needle: str | None = None
+) -> list[str]:
+    """Kernel log lines that name ``pid`` (OOM kills, segfaults), or that hold
+    ``needle`` instead, where readable, logged after ``since`` (CLOCK_MONOTONIC
+    seconds, the clock /dev/kmsg stamps records with) so that an earlier process with
+    the same pid is not blamed.
 
     /dev/kmsg needs CAP_SYSLOG or dmesg_restrict=0; most users have neither, so an
     empty list is normal and never an error.
     """
-    needles = (f"process {pid} ", f"pid={pid},", f"[{pid}]", f" {pid} (")
+    needles = (needle,) if needle else (f"process {pid} ", f"pid={pid},", f"[{pid}]", f" {pid} (")
     lines: list[str] = []
     try:
         fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)

@@ -21,7 +21,13 @@ from ..sizes import format_size
 from .model import Report
 
 BARS = " ▁▂▃▄▅▆▇█"
-STYLE = {"ok": "green", "cell_error": "yellow", "kernel_died": "red", "timeout": "magenta"}
+STYLE = {
+    "ok": "green",
+    "cell_error": "yellow",
+    "child_died": "red",
+    "kernel_died": "red",
+    "timeout": "magenta",
+}
 # Deaths whose stderr is shown without --verbose: the advice points at it ("report it
 # with the stack and stderr below"), or it is all there is.
 TAIL_CAUSES = ("native_crash", "startup_failure", "stack_overflow", "unknown")

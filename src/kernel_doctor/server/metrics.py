@@ -20,6 +20,11 @@ POLL = 5.0
 DEATHS = Counter(
     "kernel_doctor_deaths", "Kernel deaths diagnosed by kernel-doctor, by cause", ["cause"]
 )
+CHILD_DEATHS = Counter(
+    "kernel_doctor_child_deaths",
+    "Children of supervised kernels (pool workers, subprocesses) killed or crashed, by cause",
+    ["cause"],
+)
 GUARD_TRIPS = Counter("kernel_doctor_guard_trips", "Cells stopped by kernel-doctor's memory guard")
 IGNORED_INTERRUPTS = Counter(
     "kernel_doctor_ignored_interrupts", "Interrupts that did not stop the running cell"
@@ -62,6 +67,10 @@ class Poller:
         log = self.log
         warn = once(lambda text: log.warning("kernel-doctor: %s", text)) if log else None
         for report in new_stored(self.seen_reports, warn):
+            if report.outcome == "child_died":  # the kernel lived: not a kernel death
+                if _epoch(report.created) >= self.started:
+                    CHILD_DEATHS.labels(cause=report.cause or "unknown").inc()
+                continue
             ended = report.kernel.ended if report.kernel else None
             if ended is not None and ended >= self.started:
                 DEATHS.labels(cause=report.cause or "unknown").inc()
@@ -93,6 +102,16 @@ class Poller:
             MEMORY.remove(gone)
             LIMIT.remove(gone)
         self.labelled = current
+
+
+def _epoch(created: object) -> float:
+    """A report's ``created`` ("%Y-%m-%dT%H:%M:%S%z") in epoch seconds; 0 if unreadable."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(str(created), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _count_guard_events(session_dir: str) -> int:

@@ -55,6 +55,7 @@ def kernel_states(kernel_ids: set[str]) -> list[dict[str, Any]]:
                 },
                 "guard": kernel.meta.guard.to_json() if kernel.meta.guard else None,
                 "ignored_interrupt": _ignored(kernel.session_dir),
+                "child_deaths": _child_deaths(kernel.session_dir),
             }
         )
     return states
@@ -80,3 +81,23 @@ def _ignored(session_dir: str) -> dict[str, Any] | None:
     from ..diagnosis.hang import describe
 
     return {"seq": look.get("seq"), "summary": describe(look, interrupt=True)}
+
+
+def _child_deaths(session_dir: str) -> list[dict[str, Any]]:
+    """The kernel's children that died while it lived (the last few), each with the
+    note its cell was given, for a frontend to notify once."""
+    from ..agent.children import note, read_child_deaths, read_roles, role
+
+    deaths = read_child_deaths(session_dir)[0][-5:]
+    if not deaths:
+        return []
+    roles = read_roles(session_dir)
+    return [
+        {
+            "pid": d.pid,
+            "t": d.t,
+            "cause": d.cause,
+            "summary": note(d, roles.get(d.pid) or role(d, None)).split("\n")[0],
+        }
+        for d in deaths
+    ]

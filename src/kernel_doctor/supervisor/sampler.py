@@ -9,6 +9,7 @@ from ..agent.protocol import DUMPS, State, StateFile, guard_signal
 from ..probe import procfs
 from ..probe.base import MemorySource
 from ..probe.files import Reader
+from .children import ChildWatch
 from .guard import Guard
 from .session import Session
 
@@ -68,6 +69,8 @@ class Sampler:
         self.peak_kernel = 0
         self.last_kernel = 0
         self._children_rss = 0
+        self._children = 0
+        self.child_watch = ChildWatch(source, session, kernel_pid)
         self._count = 0
         self._armed = [True] * len(MARKS)
         self.next_due = 0.0
@@ -109,6 +112,10 @@ class Sampler:
         it ends."""
         if b"r" in data:
             self.sample(force=True)  # the ceiling, before the first cell
+        if b"k" in data:
+            # A cell ended on a broken pool (BrokenProcessPool): the agent waits to
+            # hear which worker died of what, so look now.
+            self.sample(force=True, tree=True)
         near = self._near_guard()
         if near:
             # Near the guard, memory between two cells decides whether the next one
@@ -119,7 +126,7 @@ class Sampler:
             look = NEAR_INTERVAL if near else CELL_LOOK
             self.next_due = min(self.next_due, time.monotonic() + look)
 
-    def sample(self, force: bool = False) -> None:
+    def sample(self, force: bool = False, tree: bool = False) -> None:
         now = time.monotonic()
         if self.state is not None:
             state = self.state.read()
@@ -139,11 +146,17 @@ class Sampler:
             self.next_due = now + self.interval()
             return
         counted = self.source.counted()
-        if self._count % TREE_EVERY == 0 or self._children_rss:
+        # While a cell runs, every time: a subprocess or a pool's worker can start and
+        # be OOM-killed within a few looks (~70 µs a listing).
+        busy = self.last_state.busy
+        listed = tree or busy or self._count % TREE_EVERY == 0 or self._children
+        if listed:
             # Listed every time while the kernel has children (their memory moves
-            # fast, e.g. a pipeline of tools), every TREE_EVERY samples otherwise.
+            # fast, e.g. a pipeline of tools, and one may die), every TREE_EVERY
+            # samples otherwise.
             children = procfs.tree(self.kernel_pid)[1:]
-            self._children_rss = sum(procfs.rss_bytes(p) or 0 for p in children)
+            sizes = [procfs.rss_bytes(p) or 0 for p in children]
+            self._children_rss, self._children = sum(sizes), len(children)
         self._count += 1
         kernel = own + self._children_rss
         if counted is not None and self.source.limit.kind != "system":
@@ -151,6 +164,14 @@ class Sampler:
             # cannot hold more than their cgroup counts.
             kernel = min(kernel, counted)
         self.last_kernel = kernel
+        if listed and (children or busy or self.child_watch.known or self.child_watch.crashes()):
+            context = {
+                "tree_bytes": kernel,
+                "counted_bytes": counted,
+                "seq": self.last_state.seq if self.last_state.busy else None,
+                "agent": self.state is not None,
+            }
+            self.child_watch.update(children, sizes, context)
         self.peak_kernel = max(self.peak_kernel, kernel)
         if counted is not None:
             self.peak_counted = max(self.peak_counted, counted)
@@ -167,6 +188,8 @@ class Sampler:
                 guard.follow(data, max(0, counted - self.source.active_file))
                 if guard.check(self.last_state, counted, self.kernel_pid, self.guard_signal):
                     self.session.event("guard", usage=counted, seq=self.last_state.seq)
+        if self.child_watch.pending:
+            self.child_watch.flush()
         self.next_due = now + self.interval()
         self._idle_due = now + IDLE_INTERVAL
 
