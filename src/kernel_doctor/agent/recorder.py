@@ -475,8 +475,12 @@ def _pool_broke(error: BaseException) -> str | None:
     name = type(error).__name__
     if name in ("BrokenProcessPool", "BrokenExecutor"):
         return "a ProcessPoolExecutor worker"
-    if "DataLoader worker" in str(error):
-        return "a DataLoader worker"
+    if name == "RuntimeError":
+        try:
+            text = str(error)
+        except Exception:  # a user's exception whose __str__ raises
+            return None
+        return "a DataLoader worker" if "DataLoader worker" in text else None
     if name == "CalledProcessError" and (getattr(error, "returncode", 0) or 0) < 0:
         return "a subprocess of this cell"  # killed by a signal: which, and why?
     return None

@@ -171,18 +171,20 @@ def view(cpu: CpuMeter, died: DeathCount) -> Any:
     table.add_column("cell", no_wrap=True)
     table.add_column("memory / limit", no_wrap=True)
     table.add_column("cpu", justify="right", no_wrap=True)
-    table.add_column("died", justify="right", no_wrap=True)  # deaths so far
-    table.add_column("workers died", justify="right", no_wrap=True)
+    # Deaths so far: the kernel's, then its workers' ("1 +2w": one kernel death, two
+    # workers OOM-killed or crashed while it lived).
+    table.add_column("died", justify="right", no_wrap=True)
     for k in kernels:
         label = str(k.meta.session_name or k.meta.connection_file or "")
         row = _row(k, shares.get(k.kernel_pid), deaths)
-        table.add_row(*row, str(died.children.get(label, 0)))
+        workers = died.children.get(label, 0)
+        table.add_row(*row[:-1], row[-1] + (f" +{workers}w" if workers else ""))
     for pid, connection in plain:
         rss = procfs.rss_bytes(pid) or 0
         share = shares.get(pid)
         table.add_row(
             str(pid), Text(connection or "ipykernel"), "plain", "-", _short(rss),
-            f"{share:.0%}" if share is not None else "-", "-", "-",
+            f"{share:.0%}" if share is not None else "-", "-",
         )  # fmt: skip
     return table
 

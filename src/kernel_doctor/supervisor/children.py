@@ -26,6 +26,8 @@ from ..probe import procfs
 from ..probe.base import MemorySource
 from .session import Session
 
+# A kernel that wrote a crash dump is dead this much later; a child's dump leaves it alive.
+KERNEL_CRASH_WAIT = 0.2
 # An OOM kill whose victim no listing saw go is looked up in the kernel log after this.
 UNCLAIMED_WAIT = 0.3
 # The agent says what a dead child was (a Pool worker…) within a moment of the signal.
@@ -87,6 +89,9 @@ class ChildWatch:
         self._before_count = 0
         self.pending: list[tuple[float, ChildDeath]] = []
         self.unclaimed = 0  # OOM kills whose victim has not left the listing yet
+        # A crash dump in the kernel's fatal file no listed child explains, waiting to
+        # be told from the kernel's own: (when, text, children then, context then).
+        self._crash: tuple[float, str, int, dict[str, Any]] | None = None
         self.unclaimed_since = 0.0
 
     def _size(self) -> int:
@@ -120,7 +125,7 @@ class ChildWatch:
             self.unclaimed += oom - self.oom_kills
             self.unclaimed_since = self.unclaimed_since or time.monotonic()
         self.oom_kills = oom
-        if not gone and not crash_text and not self.unclaimed:
+        if not gone and not crash_text and not self.unclaimed and not self._crash:
             return
         gone_children = {pid: self.known.pop(pid) for pid in gone}
         killed = self._oom_victims(gone_children, self.unclaimed)
@@ -133,19 +138,27 @@ class ChildWatch:
                 cause, signum = "out_of_memory", int(signal.SIGKILL)
             elif signum in CRASH_SIGNALS:
                 cause = "native_crash"
-            elif crash_text and len(gone) == 1:
-                cause, signum = "native_crash", _signal_in(crash_text)
+            elif (crash_text or self._crash) and len(gone) == 1:
+                text = crash_text or (self._crash[1] if self._crash else "")
+                cause, signum = "native_crash", _signal_in(text)
+                self._crash = None
             else:
                 continue  # ended as processes end: not ours to report
             if cause == "native_crash":
                 crash_text = ""  # explained
             self._report(pid, child, cause, signum, others, then)
         if crash_text:
-            # A process forked from the kernel crashed (its faulthandler, inherited,
-            # wrote to the kernel's fatal file: the kernel itself is alive) and was
-            # gone before any listing saw it, as a pool's first task can be.
-            unknown = Child(None, "", [])
-            self._report(0, unknown, "native_crash", _signal_in(crash_text), len(seen), context)
+            # Either the kernel itself is crashing (its faulthandler writes, then it
+            # dies within milliseconds, and no listing follows), or a process forked
+            # from it crashed (the faulthandler is inherited) and was gone before any
+            # listing saw it, as a pool's first task can be: which, a later look says.
+            self._crash = (time.monotonic(), crash_text, len(seen), context)
+        elif self._crash and time.monotonic() - self._crash[0] >= KERNEL_CRASH_WAIT:
+            _, text, alive, then_context = self._crash
+            self._crash = None
+            if _alive(self.kernel_pid):
+                unknown = Child(None, "", [])
+                self._report(0, unknown, "native_crash", _signal_in(text), alive, then_context)
         if self.unclaimed > 0:
             self._unlisted_victims(seen, killed, others, then)
         if not self.unclaimed:
@@ -283,6 +296,12 @@ def _killed_since(since: float) -> list[tuple[int, str, int]]:
         if match:
             found.append((int(match[1]), match[2], int(match[3]) * 1024))
     return found
+
+
+def _alive(pid: int) -> bool:
+    """Running still: not gone, not a zombie (the supervisor reaps its kernel)."""
+    fields = procfs._stat_fields(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
 
 
 def _kmsg(pid: int, since: float) -> list[str]:
