@@ -200,3 +200,30 @@ def test_a_workers_death_is_stored_shown_and_listed(kc: Any) -> None:
         m["content"]["data"]["text/plain"] for m in messages if m["msg_type"] == "display_data"
     )
     assert f"{stored['id']}  " in listing and "worker out_of_memory: In [2]" in listing, listing
+
+
+def test_a_dataloader_worker_killed_by_the_oom_killer_is_named(
+    tmp_path: Path, cgroup_parent: str
+) -> None:
+    pytest.importorskip("torch", reason="PyTorch is not installed here")
+    dataset = (
+        "import time, torch\nfrom torch.utils.data import DataLoader, Dataset\n"
+        "class Grows(Dataset):\n"
+        "    def __len__(self):\n        return 8\n"
+        "    def __getitem__(self, i):\n"
+        "        if i != 3:\n            return torch.zeros(4)\n"
+        "        chunks = []\n"
+        "        while True:\n"
+        "            chunks.append(b'\\x01' * (20 * 1024**2))\n            time.sleep(0.01)\n"
+    )
+    # torch alone takes ~220 MiB in the kernel (its workers share it, forked).
+    with kernel_in_cgroup(tmp_path / "kernels", 600 * MiB) as client:
+        reply, _ = execute(client, f"%doctor guard off\nkept = 'still here'\n{dataset}")
+        assert reply["status"] == "ok", reply
+        code = "for batch in DataLoader(Grows(), batch_size=1, num_workers=2):\n    pass"
+        _, messages = execute(client, code)
+        error = error_of(messages)
+        assert error is not None and "DataLoader worker" in error["evalue"], messages
+        text = stderr_of(messages)
+        assert "(a DataLoader worker) was killed by the OOM killer" in text, text
+        assert_kernel_kept_its_variables(client)

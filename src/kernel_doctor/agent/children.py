@@ -125,6 +125,26 @@ def read_roles(session_dir: str) -> dict[int, str]:
     return roles
 
 
+def broken_by(error: BaseException | None) -> str | None:
+    """What broke, as the user knows it, if ``error`` says a worker died:
+    BrokenProcessPool, DataLoader's "DataLoader worker (pid 4242) is killed by signal:
+    Killed", or a CalledProcessError of a subprocess killed by a signal."""
+    if error is None:
+        return None
+    name = type(error).__name__
+    if name in ("BrokenProcessPool", "BrokenExecutor"):
+        return "a ProcessPoolExecutor worker"
+    if name == "RuntimeError":
+        try:
+            text = str(error)
+        except Exception:  # a user's exception whose __str__ raises
+            return None
+        return "a DataLoader worker" if "DataLoader worker" in text else None
+    if name == "CalledProcessError" and (getattr(error, "returncode", 0) or 0) < 0:
+        return "a subprocess of this cell"  # killed by a signal: which, and why?
+    return None
+
+
 def _size(num: float | None) -> str:
     from .guard import format_bytes
 
@@ -250,7 +270,10 @@ def install(agent: Any) -> None:
         if not deaths:
             return
         for death in deaths:
-            what = role(death, frame, agent.child_hint)
+            # The cell may have ended on the broken pool already (torch's DataLoader
+            # raises from its SIGCHLD handler): the exception being handled says what.
+            hint = agent.child_hint or broken_by(sys.exc_info()[1])
+            what = role(death, frame, hint)
             text = note(death, what)
             agent.child_deaths.append(death)
             try:

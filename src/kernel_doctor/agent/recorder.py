@@ -15,6 +15,7 @@ from types import CodeType, FrameType, TracebackType
 from typing import IO, Any
 
 from .ceiling import start_unlifted
+from .children import broken_by
 from .errors import describe_error
 from .hooks import install_audit_hook, ipython_major, take_wake_fd
 from .naming import is_cell_file
@@ -254,7 +255,7 @@ class Agent:
         if cell is None:
             return
         error = result.error_in_exec or result.error_before_exec
-        broke = _pool_broke(error) if error is not None else None
+        broke = broken_by(error) if error is not None else None
         if broke and self.dump_signal is not None:
             self._await_child_death(broke)
         with self._lock:
@@ -465,24 +466,6 @@ def _timed_line(frame: FrameType) -> int | None:
         if current.f_code.co_filename == TIMED_EXEC:
             return current.f_lineno + 1
         current = current.f_back
-    return None
-
-
-def _pool_broke(error: BaseException) -> str | None:
-    """What broke, as the user knows it, if ``error`` says a worker died:
-    BrokenProcessPool, DataLoader's "DataLoader worker (pid 4242) is killed by signal:
-    Killed", or a CalledProcessError of a subprocess killed by a signal."""
-    name = type(error).__name__
-    if name in ("BrokenProcessPool", "BrokenExecutor"):
-        return "a ProcessPoolExecutor worker"
-    if name == "RuntimeError":
-        try:
-            text = str(error)
-        except Exception:  # a user's exception whose __str__ raises
-            return None
-        return "a DataLoader worker" if "DataLoader worker" in text else None
-    if name == "CalledProcessError" and (getattr(error, "returncode", 0) or 0) < 0:
-        return "a subprocess of this cell"  # killed by a signal: which, and why?
     return None
 
 
