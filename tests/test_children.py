@@ -60,6 +60,14 @@ def error_of(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     return errors[0] if errors else None
 
 
+def failed_with(kc: Any, code: str, ename: str) -> tuple[dict[str, Any], str]:
+    """Run ``code``, which must end with ``ename``: (its error, the cell's stderr)."""
+    _, messages = execute(kc, code)
+    error = error_of(messages)
+    assert error is not None and error["ename"] == ename, messages
+    return error, stderr_of(messages)
+
+
 def assert_kernel_kept_its_variables(kc: Any) -> None:
     reply, messages = execute(kc, "print(kept)")
     assert reply["status"] == "ok", reply
@@ -71,15 +79,12 @@ def assert_kernel_kept_its_variables(kc: Any) -> None:
 def test_a_pool_whose_worker_is_oom_killed_stops_waiting(kc: Any) -> None:
     started = time.monotonic()
     code = "with multiprocessing.Pool(4) as pool:\n    pool.map(grow, range(4))"
-    _, messages = execute(kc, code)
+    error, text = failed_with(kc, code, "KernelDoctorWorkerDied")
     took = time.monotonic() - started
-    error = error_of(messages)
-    assert error is not None and error["ename"] == "KernelDoctorWorkerDied", messages
     assert "killed by the OOM killer" in error["evalue"], error
     # The traceback ends in the user's call, not in the pool's and threading's waits.
     shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["traceback"]))
     assert "pool.map(grow, range(4))" in shown and "threading.py" not in shown, shown
-    text = stderr_of(messages)
     assert "(a multiprocessing Pool worker) was killed by the OOM killer" in text, text
     assert "its 4 workers had reached the 300 MiB memory limit (the worker held" in text, text
     assert "→ Use fewer workers" in text, text
@@ -92,10 +97,7 @@ def test_a_broken_process_pool_says_why(kc: Any) -> None:
         "from concurrent.futures import ProcessPoolExecutor\n"
         "with ProcessPoolExecutor(4) as ex:\n    list(ex.map(grow, range(4)))"
     )
-    _, messages = execute(kc, code)
-    error = error_of(messages)
-    assert error is not None and error["ename"] == "BrokenProcessPool", messages
-    text = stderr_of(messages)
+    _, text = failed_with(kc, code, "BrokenProcessPool")
     assert "was killed by the OOM killer" in text, text
     assert_kernel_kept_its_variables(kc)
 
@@ -107,10 +109,7 @@ def test_a_worker_segfault_is_a_native_crash_of_that_worker(kc: Any) -> None:
         "    return i\n"
         "with multiprocessing.Pool(2) as pool:\n    pool.map(crash, range(4))"
     )
-    _, messages = execute(kc, code)
-    error = error_of(messages)
-    assert error is not None and error["ename"] == "KernelDoctorWorkerDied", messages
-    text = stderr_of(messages)
+    _, text = failed_with(kc, code, "KernelDoctorWorkerDied")
     # The worker died before any look listed it: its pid may be unknown, never its role.
     assert re.search(r"(a|\() ?multiprocessing Pool worker\)? crashed with SIGSEGV", text), text
     assert_kernel_kept_its_variables(kc)
@@ -122,10 +121,7 @@ def test_a_subprocess_killed_by_the_oom_killer_is_named(kc: Any) -> None:
         "subprocess.run([sys.executable, '-c', 'import time\\na = []\\nwhile True:\\n"
         '    a.append(b"x" * 10**7); time.sleep(0.01)\'], check=True)'
     )
-    _, messages = execute(kc, code)
-    error = error_of(messages)
-    assert error is not None and error["ename"] == "CalledProcessError", messages
-    text = stderr_of(messages)
+    _, text = failed_with(kc, code, "CalledProcessError")
     # Named from the frames the cell waits in, or from the program's name.
     assert re.search(r"\(a subprocess of this cell(: python[\d.]*)?\) was killed by the OOM", text)
 
