@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any
@@ -34,6 +35,9 @@ CRASH_SIGNALS = frozenset(
     int(s) for s in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT)
 )
 POOL_FILE = os.path.join("multiprocessing", "pool.py")
+# A cell that ends on a broken pool waits this long at most for the supervisor to say
+# which worker died of what (it looks at once when poked: ~20 ms here).
+CHILD_WAIT = 0.5
 
 
 def child_signal() -> int:
@@ -143,6 +147,21 @@ def broken_by(error: BaseException | None) -> str | None:
     if name == "CalledProcessError" and (getattr(error, "returncode", 0) or 0) < 0:
         return "a subprocess of this cell"  # killed by a signal: which, and why?
     return None
+
+
+def await_child_death(agent: Any, role: str) -> None:
+    """The cell ends on a pool that broke because a worker died: ask the supervisor to
+    look now, and give it a moment, so that the note saying which worker died of what
+    is the cell's (the handler writes it while we sleep here)."""
+    known = len(agent.child_deaths)
+    agent.child_hint = role
+    try:
+        agent._poke(b"k")
+        deadline = time.monotonic() + CHILD_WAIT
+        while len(agent.child_deaths) == known and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        agent.child_hint = None
 
 
 def _size(num: float | None) -> str:

@@ -15,7 +15,7 @@ from types import CodeType, FrameType, TracebackType
 from typing import IO, Any
 
 from .ceiling import start_unlifted
-from .children import broken_by
+from .children import await_child_death, broken_by
 from .errors import describe_error
 from .hooks import install_audit_hook, ipython_major, take_wake_fd
 from .naming import is_cell_file
@@ -53,9 +53,6 @@ POKE_GAP = 0.05
 # hook), so the watcher only refines it, for cells that run longer than a poll.
 BETWEEN_INTERVAL = 0.1
 PARK_AFTER = 2.0
-# A cell that ends on a broken pool waits this long at most for the supervisor to say
-# which worker died of what (it looks at once when poked: ~20 ms here).
-CHILD_WAIT = 0.5
 # How far up from the innermost frame a tick looks for the cell's frame before it
 # falls back to the one it found earlier (deep recursion).
 SHALLOW_WALK = 64
@@ -257,7 +254,7 @@ class Agent:
         error = result.error_in_exec or result.error_before_exec
         broke = broken_by(error) if error is not None else None
         if broke and self.dump_signal is not None:
-            self._await_child_death(broke)
+            await_child_death(self, broke)
         with self._lock:
             self._cell = None
             self._cell_frame = None
@@ -287,20 +284,6 @@ class Agent:
                 return
             data, self._pending = self._pending + data, b""
         self._write(data)  # an error's details are on disk before the reply
-
-    def _await_child_death(self, role: str) -> None:
-        """The cell ends on a pool that broke because a worker died: ask the supervisor
-        to look now, and give it a moment, so that the note saying which worker died
-        of what is the cell's (its handler writes it while we sleep here)."""
-        known = len(self.child_deaths)
-        self.child_hint = role
-        try:
-            self._poke(b"k")
-            deadline = time.monotonic() + CHILD_WAIT
-            while len(self.child_deaths) == known and time.monotonic() < deadline:
-                time.sleep(0.01)
-        finally:
-            self.child_hint = None
 
     def _allocation_refused(self, error: BaseException, described: CellError) -> None:
         if self.dump_signal is None:
