@@ -20,7 +20,7 @@ from ._errors import CommandError, ExitCode
 from .agent.naming import capital, cell_files, cell_name, cell_place, short_paths
 from .agent.private import append_private, read_private
 from .agent.protocol import ENV_KERNEL_OUTPUT, read_cells, read_meta, read_samples, read_state
-from .diagnosis.children import add_child_deaths, cell_of
+from .diagnosis.children import add_child_deaths
 from .diagnosis.stacks import user_frames
 from .evidence import Frame
 from .launch import SupervisedKernelManager, ipc_transport
@@ -191,11 +191,11 @@ def _execute(
     if outcome in ("ok", "cell_error"):
         # A worker of the kernel died (the kernel lived): the run failed all the same.
         by_count = {c.get("execution_count"): i for i, c in enumerate(nb.cells)}
-        death = add_child_deaths(report, session_dir, lambda n: by_count.get(n))
-        if death is not None:
+        died = add_child_deaths(report, session_dir, lambda n: by_count.get(n))
+        if died is not None:
             outcome, code = "child_died", ExitCode.CELL_ERROR
             if first_error is None:
-                first_error = by_count.get(cell_of(session_dir, death.seq))
+                first_error = died[1]
     _add_memory(report, session_dir)
     name_frames(report, nb, session_dir)
     failed = current if outcome in ("kernel_died", "timeout") else first_error

@@ -239,33 +239,26 @@ class KernelDoctorWorkerDied(ChildProcessError):
         # As KernelDoctorMemoryError does: the traceback IPython shows ends in the
         # user's own call (pool.map), not in the pool's and threading's waits under it
         # nor in the handler that raised it.
-        if name == "_render_traceback_" and _innermost_file(self) == __file__:
-            from .guard import _without_handler
+        if name != "_render_traceback_":
+            raise AttributeError(name)
+        from .guard import _raised_by_handler, _without_handler
 
-            return lambda: _without_handler(self, _internal_frames(self))
-        raise AttributeError(name)
-
-
-def _frames(error: BaseException) -> list[Any]:
-    found = []
-    tb = error.__traceback__
-    while tb is not None:
-        found.append(tb.tb_frame)
-        tb = tb.tb_next
-    return found
-
-
-def _innermost_file(error: BaseException) -> str | None:
-    frames = _frames(error)
-    return frames[-1].f_code.co_filename if frames else None
+        if not _raised_by_handler(self, __file__):
+            raise AttributeError(name)
+        return lambda: _without_handler(self, _internal_frames(self))
 
 
 def _internal_frames(error: BaseException) -> int:
     """How many innermost frames are the handler's, the pool's and threading's."""
     internal = (__file__, POOL_FILE, "threading.py")
+    files = []
+    tb = error.__traceback__
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
     count = 0
-    for frame in reversed(_frames(error)):
-        if not frame.f_code.co_filename.endswith(internal):
+    for file in reversed(files):
+        if not file.endswith(internal):
             break
         count += 1
     return count

@@ -53,11 +53,12 @@ class KernelDoctorMemoryError(MemoryError):
         raise AttributeError(name)
 
 
-def _raised_by_handler(error: BaseException) -> bool:
+def _raised_by_handler(error: BaseException, handler_file: str = __file__) -> bool:
+    """``error``'s innermost frame is in ``handler_file`` (a signal handler's module)."""
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_filename == __file__
+    return tb is not None and tb.tb_frame.f_code.co_filename == handler_file
 
 
 def _without_handler(error: BaseException, inner: int = 1) -> list[str]:

@@ -243,6 +243,17 @@ def read_cells(session_dir: str) -> list[CellRecord]:
     return records
 
 
+def started_cell(session_dir: str, seq: int | None) -> CellRecord | None:
+    """The start record of the cell the agent numbered ``seq`` (the running one's, as
+    the state record says), or None."""
+    if seq is None:
+        return None
+    for record in reversed(read_cells(session_dir)):
+        if record.event == "start" and record.seq == seq:
+            return record
+    return None
+
+
 # -- samples.bin: the supervisor's memory samples -----------------------------------
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..agent.naming import cell_place
 from ..agent.private import printable
-from ..agent.protocol import last_sample, read_cells
+from ..agent.protocol import last_sample, started_cell
 from ..diagnosis.hang import duration
 from ..live import LiveKernel, live_kernels
 from ..probe import procfs
@@ -98,11 +98,7 @@ def plain_kernels(known: set[int]) -> list[tuple[int, str]]:
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in known or not procfs.owned_by_me(int(name)):
             continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace").split("\0")
-        except OSError:
-            continue
+        argv = procfs.argv(int(name))
         if any("ipykernel" in a for a in argv[:3]) and "kernel_doctor.supervise" not in argv:
             connection = next((a for a in argv if a.endswith(".json")), "")
             found.append((int(name), printable(os.path.basename(connection))))
@@ -198,14 +194,8 @@ def _row(k: LiveKernel, share: float | None, deaths: dict[str, int]) -> list[Any
     cell = "-"
     if k.busy:
         line = state.line
-        count = next(
-            (
-                r.execution_count
-                for r in reversed(read_cells(k.session_dir))
-                if r.event == "start" and r.seq == state.seq
-            ),
-            None,
-        )
+        record = started_cell(k.session_dir, state.seq)
+        count = record.execution_count if record else None
         cell = cell_place(count, None, line, unknown="?", short=True)
     sample = last_sample(k.session_dir)
     used = sample[2] if sample else 0  # the kernel's own processes

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..agent.children import ChildDeath, note, read_child_deaths, read_roles, role
 from ..agent.naming import capital, cell_place
-from ..agent.protocol import read_cells
+from ..agent.protocol import started_cell
 
 
 def child_deaths(session_dir: str) -> list[ChildDeath]:
@@ -35,26 +35,18 @@ def children_json(deaths: list[ChildDeath], roles: dict[int, str]) -> list[dict[
     ]
 
 
-def cell_of(session_dir: str, seq: int | None) -> int | None:
-    """The execution count of the cell the agent numbered ``seq``."""
-    if seq is None:
-        return None
-    for record in read_cells(session_dir):
-        if record.event == "start" and record.seq == seq:
-            return record.execution_count
-    return None
-
-
 def add_child_deaths(
     report: dict[str, Any], session_dir: str, cell_index: Any
-) -> ChildDeath | None:
+) -> tuple[ChildDeath, int | None] | None:
     """Make ``report`` a child death's if a child died during the run: the first
-    death, or None if none did. ``cell_index(count)`` finds the notebook cell."""
+    death and the notebook cell it died in (``cell_index(count)`` finds it), or None
+    if none did."""
     deaths = child_deaths(session_dir)
     if not deaths:
         return None
     first = deaths[0]
-    count = cell_of(session_dir, first.seq)
+    started = started_cell(session_dir, first.seq)
+    count = started.execution_count if started else None
     index = cell_index(count)
     where = capital(cell_place(count, index, None, "while no cell ran"))
     roles = read_roles(session_dir)
@@ -67,7 +59,7 @@ def add_child_deaths(
     more = f" ({len(deaths) - 1} more died after it)" if len(deaths) > 1 else ""
     report["summary"] = f"{where}: {head[:1].lower()}{head[1:]}{more} The kernel lived on."
     report["advice"] = [advice.strip(), *report.get("advice", [])]
-    return first
+    return first, index
 
 
 def child_report(death: ChildDeath, session_dir: str) -> Any:
@@ -84,10 +76,10 @@ def child_report(death: ChildDeath, session_dir: str) -> Any:
     roles = read_roles(session_dir)
     what = roles.get(death.pid) or role(death, None)
     head, _, advice = note(death, what).removeprefix("kernel-doctor: ").partition("\n  → ")
+    record = started_cell(session_dir, death.seq)
     cell = None
-    for record in read_cells(session_dir):
-        if record.event == "start" and record.seq == death.seq:
-            cell = Cell(None, record.execution_count, record.cell_id, record.source or "")
+    if record is not None:
+        cell = Cell(None, record.execution_count, record.cell_id, record.source or "")
     where = capital(cell_place(cell.execution_count if cell else None, None, None, "")).strip()
     summary = f"{where}: {head[:1].lower()}{head[1:]}" if where else capital(head)
     evidence = [f"the memory limit: {death.limit_source}"]

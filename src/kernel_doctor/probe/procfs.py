@@ -51,6 +51,36 @@ def _stat_fields(pid: int, proc: str = "/proc") -> list[str]:
     return text.rsplit(")", 1)[1].split() if ")" in text else []
 
 
+def argv(pid: int, proc: str = "/proc") -> list[str]:
+    """``pid``'s command line ([] if gone or unreadable): what it says of itself."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            data = f.read(1 << 16)
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in data.split(b"\0") if a]
+
+
+def name(pid: int, proc: str = "/proc") -> str:
+    """``pid``'s command name (/proc/PID/comm), "" if gone."""
+    return (read_text(f"{proc}/{pid}/comm") or "").strip()
+
+
+def running(pid: int, proc: str = "/proc") -> bool:
+    """``pid`` exists and is not a zombie (nor dead, being reaped)."""
+    fields = _stat_fields(pid, proc)
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def zombie_status(pid: int, proc: str = "/proc") -> int | None:
+    """A zombie's wait status (stat field 52, readable until its parent reaps it), or
+    None if ``pid`` is not a zombie."""
+    fields = _stat_fields(pid, proc)
+    if len(fields) < 50 or fields[0] != "Z":
+        return None
+    return int(fields[49]) if fields[49].lstrip("-").isdigit() else None
+
+
 def start_time(pid: int, proc: str = "/proc") -> int | None:
     """When ``pid`` started, in clock ticks after boot: with the pid, it names one
     process for good (a pid is reused, a (pid, start time) pair never is)."""
@@ -93,11 +123,7 @@ def is_supervisor(pid: object, start: int | None, proc: str = "/proc") -> bool:
         return False
     if start is not None:
         return start_time(pid, proc) == start
-    try:
-        with open(f"{proc}/{pid}/cmdline", "rb") as f:
-            return b"kernel_doctor" in f.read()
-    except OSError:
-        return False
+    return any("kernel_doctor" in a for a in argv(pid, proc))
 
 
 def caught_signals(pid: int, proc: str = "/proc") -> int:

@@ -8,7 +8,7 @@ import re
 import time
 from typing import Any
 
-from ..agent.protocol import INTERRUPT, CellRecord, last_sample, read_cells, read_look
+from ..agent.protocol import INTERRUPT, last_sample, read_look, started_cell
 from ..live import live_kernels
 
 # jupyter_server names a kernel's connection file kernel-<kernel id>.json.
@@ -31,7 +31,7 @@ def kernel_states(kernel_ids: set[str]) -> list[dict[str, Any]]:
         sample = last_sample(kernel.session_dir)
         limit = kernel.meta.limit
         state = kernel.state
-        running = _running_cell(kernel.session_dir, state.seq) if kernel.busy else None
+        running = started_cell(kernel.session_dir, state.seq) if kernel.busy else None
         states.append(
             {
                 "kernel_id": kernel_id,
@@ -59,15 +59,6 @@ def kernel_states(kernel_ids: set[str]) -> list[dict[str, Any]]:
             }
         )
     return states
-
-
-def _running_cell(session_dir: str, seq: int | None) -> CellRecord | None:
-    if seq is None:
-        return None
-    for record in reversed(read_cells(session_dir)):
-        if record.event == "start" and record.seq == seq:
-            return record
-    return None
 
 
 def _elapsed(started: float | None) -> float | None:

@@ -35,38 +35,15 @@ ROLE_WAIT = 0.5
 
 
 class Child:
-    __slots__ = ("argv", "name", "rss", "started")
+    """A child of the kernel as the listings saw it: its name, command line, and the
+    RSS of the last look that found it running."""
 
-    def __init__(self, started: int | None, name: str, argv: list[str]) -> None:
+    __slots__ = ("argv", "name", "rss")
+
+    def __init__(self, name: str, argv: list[str]) -> None:
         self.rss = 0
-        self.started = started
         self.name = name
         self.argv = argv
-
-
-def _argv(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            data = f.read(4096)
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in data.split(b"\0") if a]
-
-
-def _name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read(64).decode(errors="replace").strip()
-    except OSError:
-        return "?"
-
-
-def _zombie_status(pid: int) -> int | None:
-    """The wait status of a zombie child (field 52 of its stat), None if not one."""
-    fields = procfs._stat_fields(pid)
-    if not fields or fields[0] != "Z" or len(fields) < 50:
-        return None
-    return int(fields[49]) if fields[49].lstrip("-").isdigit() else None
 
 
 class ChildWatch:
@@ -107,11 +84,11 @@ class ChildWatch:
             seen.add(pid)
             child = self.known.get(pid)
             if child is None:
-                child = self.known[pid] = Child(procfs.start_time(pid), _name(pid), _argv(pid))
+                child = self.known[pid] = Child(procfs.name(pid), procfs.argv(pid))
             if size:
                 child.rss = size
             else:  # a zombie reads zeros: its wait status is there until it is reaped
-                status = _zombie_status(pid)
+                status = procfs.zombie_status(pid)
                 if status is not None and os.WIFSIGNALED(status):
                     self.crashed[pid] = os.WTERMSIG(status)
         gone = [pid for pid in self.known if pid not in seen]
@@ -156,8 +133,8 @@ class ChildWatch:
         elif self._crash and time.monotonic() - self._crash[0] >= KERNEL_CRASH_WAIT:
             _, text, alive, then_context = self._crash
             self._crash = None
-            if _alive(self.kernel_pid):
-                unknown = Child(None, "", [])
+            if procfs.running(self.kernel_pid):
+                unknown = Child("", [])
                 self._report(0, unknown, "native_crash", _signal_in(text), alive, then_context)
         if self.unclaimed > 0:
             self._unlisted_victims(seen, killed, others, then)
@@ -181,7 +158,7 @@ class ChildWatch:
             for victim, name, size in victims:
                 if victim in seen:
                     continue
-                child = Child(None, name, [])
+                child = Child(name, [])
                 child.rss = size
                 self._report(victim, child, "out_of_memory", int(signal.SIGKILL), others, then)
             self.unclaimed = 0
@@ -237,7 +214,11 @@ class ChildWatch:
         if new_kills <= 0:
             return set()
         since = time.monotonic() - 30
-        named = {pid for pid in gone if any("Killed process" in line for line in _kmsg(pid, since))}
+        named = {
+            pid
+            for pid in gone
+            if any("Killed process" in line for line in procfs.kernel_log_lines(pid, 5, since))
+        }
         if named:
             return named
         # The kernel log is not readable (most users): the biggest ones went.
@@ -296,16 +277,6 @@ def _killed_since(since: float) -> list[tuple[int, str, int]]:
         if match:
             found.append((int(match[1]), match[2], int(match[3]) * 1024))
     return found
-
-
-def _alive(pid: int) -> bool:
-    """Running still: not gone, not a zombie (the supervisor reaps its kernel)."""
-    fields = procfs._stat_fields(pid)
-    return bool(fields) and fields[0] not in ("Z", "X")
-
-
-def _kmsg(pid: int, since: float) -> list[str]:
-    return procfs.kernel_log_lines(pid, limit=5, since=since)
 
 
 def _signal_in(text: str) -> int | None:

@@ -33,8 +33,8 @@ from ..agent.protocol import (
     State,
     look_file,
     read_answer,
-    read_cells,
     read_state,
+    started_cell,
     write_look,
     write_request,
 )
@@ -201,15 +201,15 @@ class Inspector:
 def _cell(session_dir: str, state: State) -> LookCell | None:
     if not state.busy:
         return None
-    for record in reversed(read_cells(session_dir)):
-        if record.event == "start" and record.seq == state.seq:
-            return LookCell(
-                execution_count=record.execution_count,
-                source=record.source,
-                t=record.t,
-                cell_id=record.cell_id,
-            )
-    return None
+    record = started_cell(session_dir, state.seq)
+    if record is None:
+        return None
+    return LookCell(
+        execution_count=record.execution_count,
+        source=record.source,
+        t=record.t,
+        cell_id=record.cell_id,
+    )
 
 
 def _agent_answer(session_dir: str, nonce: str) -> list[PyThread] | None:
