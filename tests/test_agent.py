@@ -322,3 +322,118 @@ def test_doctor_show_leads_with_what_to_do_and_names_cells(
         "Evidence:",
         "  • the kernel (pid 4242) was ended by SIGKILL",
     ]
+
+
+def test_records_wait_in_the_shared_mapping_and_survive_a_kill(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from kernel_doctor.agent.protocol import CELLS
+
+    # A real kernel-like process killed by SIGKILL in its third cell: the records
+    # not yet appended to the log are in the shared mapping's pages, which the page
+    # cache keeps, and read_cells reads both.
+    code = (
+        "import os, signal\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\n"
+        "ip.run_line_magic('load_ext', 'kernel_doctor')\n"
+        "ip.run_cell('import os, signal', store_history=True)\n"
+        "ip.run_cell('1 / 0', store_history=True)\n"
+        "ip.run_cell('os.kill(os.getpid(), signal.SIGKILL)', store_history=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, ENV_SESSION: str(tmp_path)}, timeout=60
+    )
+    assert done.returncode == -signal.SIGKILL
+    kinds = [(r.event, r.seq) for r in read_cells(str(tmp_path))]
+    assert kinds == [
+        ("ready", None),
+        ("start", 1),
+        ("end", 1),
+        ("start", 2),
+        ("end", 2),
+        ("start", 3),
+    ]
+    assert read_cells(str(tmp_path))[-1].source == "os.kill(os.getpid(), signal.SIGKILL)"
+    logged = (tmp_path / CELLS).read_bytes() if (tmp_path / CELLS).exists() else b""
+    assert logged.count(b"\n") < len(kinds)  # they were held, not appended one by one
+
+
+def test_held_records_are_read_once_after_a_flush_cut_short(tmp_path: Path) -> None:
+    from kernel_doctor.agent.held import HELD, HELD_SIZE, HeldLines
+    from kernel_doctor.agent.protocol import CELLS
+
+    lines = [CellRecord("start", 1.0 + i, i, source=f"x = {i}").to_line() for i in range(4)]
+    held = HeldLines(str(tmp_path / HELD), writable=True)
+    try:
+        for line in lines:
+            assert held.add(line)
+        # The agent appended what it held to the log and died before clearing it.
+        (tmp_path / CELLS).write_bytes(lines[0] + lines[1] + lines[2])
+        assert [r.seq for r in read_cells(str(tmp_path))] == [0, 1, 2, 3]
+        held.clear()
+        assert [r.seq for r in read_cells(str(tmp_path))] == [0, 1, 2]
+        assert not held.add(b"x" * HELD_SIZE)  # too large: the agent appends it itself
+    finally:
+        held.close()
+
+
+def test_a_cell_too_large_to_hold_is_logged_at_once(shell: Any, tmp_path: Path) -> None:
+    from kernel_doctor.agent.protocol import CELLS
+
+    source = "s = '" + "x" * 100_000 + "'"
+    shell.run_cell("a = 1", store_history=True)
+    shell.run_cell(source, store_history=True)
+    logged = [CellRecord.from_json(__import__("json").loads(line)) for line in
+              (tmp_path / CELLS).read_bytes().splitlines()]  # fmt: skip
+    assert [(r.event, r.seq) for r in logged if r] == [
+        ("ready", None),
+        ("start", 1),
+        ("end", 1),
+        ("start", 2),
+    ]
+    assert logged[-1] is not None and logged[-1].source == source
+
+
+def test_the_watcher_ticks_only_when_the_supervisor_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+    import time
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from kernel_doctor.agent.protocol import ENV_WATCH_FD
+
+    r, w = os.pipe()
+    monkeypatch.setenv(ENV_SESSION, str(tmp_path))
+    monkeypatch.setenv(ENV_WATCH_FD, str(r))
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "kernel_doctor")
+    seen: list[State | None] = []
+
+    def supervisor() -> None:  # looks twice while the cell sleeps in a function
+        time.sleep(0.3)
+        seen.append(read_state(str(tmp_path)))  # nobody asked the watcher yet
+        os.write(w, b"w")
+        time.sleep(0.3)
+        seen.append(read_state(str(tmp_path)))
+
+    try:
+        looker = threading.Thread(target=supervisor)
+        looker.start()
+        ip.run_cell("import time\ndef nap():\n    time.sleep(0.9)\nnap()", store_history=True)
+        looker.join()
+        before, after = seen
+        assert before is not None and before.busy and before.frame is not None
+        assert before.frame[1:] == (4, "<module>")  # the statement, from the audit hook
+        assert after is not None and after.frame is not None
+        assert after.frame[1:] == (3, "nap") and after.line == 4  # the watcher's tick
+    finally:
+        ip.run_line_magic("unload_ext", "kernel_doctor")
+        InteractiveShell.clear_instance()
+        os.close(w)

@@ -9,17 +9,27 @@ import sys
 from types import CodeType
 from typing import Any
 
-from .protocol import ENV_WAKE_FD
+from .protocol import ENV_WAKE_FD, ENV_WATCH_FD
 
 _audit_target: Any = None
 _audit_installed = False
 
 
 def take_wake_fd() -> int | None:
-    """The supervisor's wake-up pipe, if this kernel was given one. The variable is
-    removed so that no process started from this kernel writes to whatever has that
-    number there; the pipe must really be a pipe, and never blocks or leaks."""
-    text = os.environ.pop(ENV_WAKE_FD, "")
+    """The supervisor's wake-up pipe (write end), if this kernel was given one."""
+    return _take_pipe(ENV_WAKE_FD)
+
+
+def take_watch_fd() -> int | None:
+    """The pipe (read end) on which the supervisor wakes the watcher thread."""
+    return _take_pipe(ENV_WATCH_FD)
+
+
+def _take_pipe(variable: str) -> int | None:
+    """The pipe whose descriptor ``variable`` names. The variable is removed so that no
+    process started from this kernel uses whatever has that number there; the pipe
+    must really be a pipe, and never blocks or leaks."""
+    text = os.environ.pop(variable, "")
     if not text.isdigit():
         return None
     fd = int(text)

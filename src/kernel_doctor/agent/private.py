@@ -15,6 +15,7 @@ kernel-doctor.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 
@@ -180,3 +181,18 @@ def printable(text: str, *, newlines: bool = False) -> str:
         return text
     keep = "\n\t" if newlines else ""
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+def map_private(path: str, size: int, *, writable: bool) -> mmap.mmap:
+    """A shared mapping of ``size`` bytes of this user's file ``path`` (created when
+    ``writable``). Stores into it are plain memory writes that survive the process's
+    SIGKILL: the page cache keeps them."""
+    fd = open_private(path, os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY)
+    try:
+        if writable and os.fstat(fd).st_size < size:
+            # Real blocks, not a sparse file: a store into a page the filesystem
+            # cannot back (a full disk) would kill the kernel with SIGBUS.
+            os.posix_fallocate(fd, 0, size)
+        return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+    finally:
+        os.close(fd)

@@ -33,11 +33,11 @@ written by another version, or cut short by a death, must never crash a reader.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 from typing import Any
 
+from .held import HELD, read_held
 from .looks import (
     LOOK_SCHEMA,
     AgentAnswer,
@@ -49,7 +49,7 @@ from .looks import (
     PyThread,
     valid,
 )
-from .private import append_private, open_private, read_private, write_atomic
+from .private import append_private, map_private, open_private, read_private, write_atomic
 from .records import (
     CellError,
     CellRecord,
@@ -92,6 +92,10 @@ ENV_DUMP_SIGNAL = "KERNEL_DOCTOR_DUMP_SIGNAL"
 # A pipe's write end the agent pokes when a cell starts, so the supervisor samples a
 # new cell at once instead of at its next idle tick (a fill can outrun that).
 ENV_WAKE_FD = "KERNEL_DOCTOR_WAKE_FD"
+# A pipe's read end on which the supervisor tells the agent's watcher thread that a cell
+# is still running at its first look, so only such cells wake the thread (a wake-up on
+# 2 cores costs a trivial cell's round trip more than the watcher's work).
+ENV_WATCH_FD = "KERNEL_DOCTOR_WATCH_FD"
 ENV_REPORTS = "KERNEL_DOCTOR_REPORTS"  # where stored reports are, for %doctor
 # RLIMIT_DATA's soft value before the memory guard's ceiling, which the supervisor may
 # set before the agent loads (so a refusal can be told from an ordinary MemoryError).
@@ -178,16 +182,7 @@ class StateFile:
     """
 
     def __init__(self, path: str, *, writable: bool) -> None:
-        fd = open_private(path, os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY)
-        try:
-            if writable and os.fstat(fd).st_size < STATE_SIZE:
-                # Real blocks, not a sparse file: a store into a page the filesystem
-                # cannot back (a full disk) would kill the kernel with SIGBUS.
-                os.posix_fallocate(fd, 0, STATE_SIZE)
-            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-            self._map = mmap.mmap(fd, STATE_SIZE, access=access)
-        finally:
-            os.close(fd)
+        self._map = map_private(path, STATE_SIZE, writable=writable)
         self._seq = 0
         self._read_data = b""  # the record read last, and what it said
         self._read: State | None = None
@@ -233,10 +228,18 @@ def read_state(session_dir: str) -> State | None:
 
 
 def read_cells(session_dir: str) -> list[CellRecord]:
-    """Every complete record of the agent's flight record, oldest first."""
+    """Every complete record of the agent's flight record, oldest first: the log's,
+    then those the agent still holds in its shared mapping (``held``)."""
+    # The held lines first: the agent appends them to the log, then clears them, so
+    # read in this order none is missed, and one read in between is in both.
+    held = read_held(os.path.join(session_dir, HELD)).splitlines()
     data = read_private(os.path.join(session_dir, CELLS), limit=1 << 30)
+    lines = (data or b"").splitlines()
+    if held:
+        logged = set(lines[-len(held) :])
+        lines += [line for line in held if line not in logged]
     records = []
-    for line in (data or b"").splitlines():
+    for line in lines:
         record = CellRecord.from_json(_load(line))  # a line cut short by a death: None
         if record is not None:
             records.append(record)
@@ -388,6 +391,19 @@ def take_notice(session_dir: str) -> str | None:
 
 
 # -- the agent's own append-only files ----------------------------------------------
+
+
+def poke(fd: int | None, what: bytes) -> int | None:
+    """Write ``what`` to a wake-up pipe without blocking; the descriptor, or None once
+    the reader is gone. A full pipe is a reader already due to wake."""
+    if fd is not None:
+        try:
+            os.write(fd, what)
+        except BlockingIOError:
+            pass
+        except OSError:
+            return None
+    return fd
 
 
 def open_append(session_dir: str, name: str) -> int:

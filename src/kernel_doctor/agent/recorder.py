@@ -6,18 +6,21 @@ import atexit
 import faulthandler
 import json
 import os
+import select
 import sys
 import tempfile
 import threading
 import time
 import traceback
+from json.encoder import encode_basestring_ascii as _json_str
 from types import CodeType, FrameType, TracebackType
 from typing import IO, Any
 
 from .ceiling import start_unlifted
 from .children import await_child_death, broken_by
 from .errors import describe_error
-from .hooks import install_audit_hook, ipython_major, take_wake_fd
+from .held import HELD, HeldLines
+from .hooks import install_audit_hook, ipython_major, take_wake_fd, take_watch_fd
 from .naming import is_cell_file
 from .protocol import (
     CELLS,
@@ -30,6 +33,7 @@ from .protocol import (
     CellRecord,
     StateFile,
     open_append,
+    poke,
     take_notice,
 )
 from .where import answer, note_tracebacks
@@ -45,14 +49,14 @@ SHORTEST_GROWTH = 0.002
 # cost it ~70 µs of CPU, a few per cent of a trivial cell's round trip on 2 cores. In a
 # burst of cells it looks every 20 ms itself (supervisor/sampler.py, BURST_LOOK).
 POKE_GAP = 0.05
-# Between cells the watcher polls at BETWEEN_INTERVAL for PARK_AFTER seconds, then
-# parks until a cell wakes it. Every wake-up of this thread costs the kernel a GIL
-# hand-over: waking it at each cell start, or polling every 20 ms, both measured ~3 %
-# on a 3 ms trivial-cell round trip; polling every 100 ms between cells costs a fifth
-# of that. A cell's line is noted the moment each statement starts (the exec audit
-# hook), so the watcher only refines it, for cells that run longer than a poll.
-BETWEEN_INTERVAL = 0.1
-PARK_AFTER = 2.0
+# The watcher sleeps until the supervisor finds a cell still running at one of its
+# looks (10 ms after a cell starts, supervisor/sampler.py), and ticks until that cell
+# ends. Every wake-up of this thread costs the kernel a GIL hand-over: waking it at
+# each cell start, or polling every 20 ms, both measured ~3 % on a 3 ms trivial-cell
+# round trip. A cell's line is noted the moment each statement starts (the exec audit
+# hook), so the watcher only refines it, for cells that run longer than a look.
+# Records wait in the shared mapping (held.py) this long at most for the log.
+FLUSH_AFTER = 1.0
 # How far up from the innermost frame a tick looks for the cell's frame before it
 # falls back to the one it found earlier (deep recursion).
 SHALLOW_WALK = 64
@@ -62,10 +66,16 @@ TIMED_EXEC = "<timed exec>"
 
 class Agent:
     def __init__(
-        self, shell: Any, session_dir: str, dump_signal: int | None, wake_fd: int | None = None
+        self,
+        shell: Any,
+        session_dir: str,
+        dump_signal: int | None,
+        wake_fd: int | None = None,
+        watch_fd: int | None = None,
     ) -> None:
         self.shell = shell
-        self.wake_fd = wake_fd
+        self.wake_fd = wake_fd  # we poke the supervisor through it
+        self.watch_fd = watch_fd  # and it wakes the watcher through this one
         self.session_dir = session_dir
         self.dump_signal = dump_signal
         self.main_ident = threading.main_thread().ident or 0
@@ -77,7 +87,10 @@ class Agent:
         self._seq = 0
         self._poked_at = -POKE_GAP
         self._pid = os.getpid()
-        self._pending = b""  # clean end records not written yet (see _post_run_cell)
+        try:  # records wait here for the watcher to append them to the log
+            self._held: HeldLines | None = HeldLines(os.path.join(session_dir, HELD), writable=True)
+        except (OSError, ValueError):
+            self._held = None  # each record is appended as it comes, as before
         # %doctor guard's setting, passed to the supervisor in the state record.
         self.guard_setting: str | None = None
         # The user's RLIMIT_DATA soft limit: the kernel's before the supervisor's ceiling,
@@ -91,8 +104,16 @@ class Agent:
         # IPython 9 counts a cell before pre_run_cell fires; IPython 8 after it ran.
         self._count_ahead = ipython_major() >= 9
         self._cell: dict[str, Any] | None = None
-        self._wake = threading.Event()
-        self._parked = False
+        self._state_head = (
+            f'{{"pid":{self._pid},"main_thread":{self.main_ident},'
+            f'"dump_signal":{"null" if dump_signal is None else dump_signal},'
+        )
+        self._statement_file = ""  # the last cell file a statement ran from
+        self._statement_json = '""'  # and its name as JSON
+        # stop() wakes the watcher through this pipe, and so does a cell's start where
+        # no supervisor does (an agent loaded by hand).
+        self._nudge_r, self._nudge_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._watching = False  # the supervisor asked the watcher to tick this cell
         self._stopping = False
         self._lock = threading.Lock()
         self._cell_frame: FrameType | None = None
@@ -116,7 +137,7 @@ class Agent:
             session_dir = tempfile.mkdtemp(prefix="kernel-doctor-")
         sig_text = os.environ.get(ENV_DUMP_SIGNAL, "")
         dump_signal = int(sig_text) if sig_text.isdigit() else None
-        agent = cls(shell, session_dir, dump_signal, take_wake_fd())
+        agent = cls(shell, session_dir, dump_signal, take_wake_fd(), take_watch_fd())
         agent._install()
         return agent
 
@@ -153,7 +174,7 @@ class Agent:
     def stop(self) -> None:
         install_audit_hook(None)
         self._stopping = True
-        self._wake.set()
+        poke(self._nudge_w, b"s")
         self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
         self.shell.events.unregister("post_run_cell", self.post_run_cell)
         if "showtraceback" in vars(self.shell):
@@ -161,6 +182,10 @@ class Agent:
         atexit.unregister(self._at_exit)
         self._watcher.join(timeout=1)
         self._flush()
+        if self._held is not None:
+            self._held.close()
+        for fd in (self._nudge_r, self._nudge_w):
+            os.close(fd)
         os.close(self._cells)
         self._state.close()
         if self.dump_signal is None:
@@ -210,29 +235,22 @@ class Agent:
             "start", cell["t"], self._seq, count, cell["cell_id"], info.raw_cell
         ).to_line()
         with self._lock:
-            data, self._pending = self._pending + data, b""
             self._cell = cell
             # ipykernel 7 runs a subshell's cells in a thread of its own.
             self.cell_thread = threading.get_ident()
             self._cell_frame = None
             self._write_state(busy=True)
-        self._write(data)
+            self._record(data)
         now = time.monotonic()
         if now - self._poked_at >= POKE_GAP:
             self._poked_at = now
             self._poke(b"c")
-        if self._parked:
-            self._wake.set()
+        if self.watch_fd is None:
+            poke(self._nudge_w, b"c")
 
     def _poke(self, what: bytes) -> None:
         """Wake the supervisor: a cell starts (b"c") or ends (b"e")."""
-        if self.wake_fd is not None:
-            try:
-                os.write(self.wake_fd, what)
-            except BlockingIOError:
-                pass  # the supervisor has not read the last pokes yet: it is awake
-            except OSError:
-                self.wake_fd = None  # the supervisor is gone
+        self.wake_fd = poke(self.wake_fd, what)
 
     def _show_notice(self) -> None:
         """Displayed from pre_run_cell, it is the first output of the cell about to
@@ -274,16 +292,7 @@ class Agent:
                 # another error replaces sys.last_value. The traceback itself stays.
                 free_frames(error.__traceback__)
                 give_back_memory()
-        data = CellRecord("end", now, cell["seq"], file=filename or None, error=described).to_line()
-        with self._lock:
-            if error is None:
-                # A clean end goes out with the next cell's start, or with the
-                # watcher's next idle tick: one write a cell instead of two. Until
-                # then the state record (not busy, this seq) says the cell ended.
-                self._pending += data
-                return
-            data, self._pending = self._pending + data, b""
-        self._write(data)  # an error's details are on disk before the reply
+        self._append(CellRecord("end", now, cell["seq"], file=filename or None, error=described))
 
     def _allocation_refused(self, error: BaseException, described: CellError) -> None:
         if self.dump_signal is None:
@@ -303,27 +312,49 @@ class Agent:
         the moment it starts, so even a death within microseconds names it."""
         if self._cell is None or code.co_name != "<module>":
             return
+        filename = code.co_filename
+        if filename != self._statement_file:  # the cell's first statement
+            if not is_cell_file(filename):  # exec() of other code
+                return
+            self._statement_file, self._statement_json = filename, _json_str(filename)
         line = next((ln for _, _, ln in code.co_lines() if ln), None)
-        if line is None or not is_cell_file(code.co_filename):  # exec() of other code
+        if line is None:
             return
         with self._lock:
             if self._cell is not None:
-                frame = [code.co_filename, line, "<module>"]  # innermost, for now
-                self._write_state(busy=True, file=code.co_filename, line=line, frame=frame)
+                self._cell_frame = None  # each statement runs in a frame of its own
+                where = self._statement_json
+                # The innermost frame, for now: the watcher refines it.
+                self._write_state(
+                    busy=True,
+                    position=f'"file":{where},"line":{line},"frame":[{where},{line},"<module>"]',
+                )
 
     # -- records -----------------------------------------------------------------
 
     def _append(self, record: CellRecord) -> None:
-        data = record.to_line()
         with self._lock:
-            data, self._pending = self._pending + data, b""
-        self._write(data)
+            self._record(record.to_line())
+
+    def _record(self, data: bytes) -> None:
+        """Into the flight record (the caller holds self._lock): held in the shared
+        mapping, or, that being full, appended to the log after what it holds."""
+        if self._held is None or not self._held.add(data):
+            self._flush_held(data)
 
     def _flush(self) -> None:
         with self._lock:
-            data, self._pending = self._pending, b""
-        if data:
-            self._write(data)
+            self._flush_held(b"")
+
+    def _flush_held(self, more: bytes) -> None:
+        held = self._held.held() if self._held is not None else b""
+        if held or more:
+            self._write(held + more)
+        if held and self._held is not None:
+            self._held.clear()  # a death before this leaves them twice: readers skip one
+
+    def _holding(self) -> bool:
+        return self._held is not None and self._held.size > 0
 
     def _write(self, data: bytes) -> None:
         try:
@@ -331,18 +362,17 @@ class Agent:
         except OSError:
             pass  # a full disk must not break the user's cell
 
-    def _write_state(self, *, busy: bool, **extra: Any) -> None:
+    def _write_state(self, *, busy: bool, position: str = "") -> None:
+        """``position``: the running code's "file", "line" and "frame" keys, as JSON."""
         # Callers hold self._lock: the watcher thread writes the same record. Built
-        # by hand, not json.dumps: this runs twice a cell (floats' repr is JSON).
+        # by hand, not json.dumps: this runs three times a cell (floats' repr is JSON).
         cell = self._cell
         text = (
-            f'{{"pid":{self._pid},"main_thread":{self.main_ident},'
-            f'"dump_signal":{"null" if self.dump_signal is None else self.dump_signal},'
-            f'"busy":{"true" if busy else "false"},"seq":{self._seq},'
+            f'{self._state_head}"busy":{"true" if busy else "false"},"seq":{self._seq},'
             f'"started":{repr(cell["t"]) if cell else "null"},"t":{time.time()!r}'
         )
-        if extra:
-            text += "," + json.dumps(extra)[1:-1]
+        if position:
+            text += "," + position
         self._state.write_bytes((text + self._guard_json + self._phase_json + "}").encode())
 
     def set_guard(self, setting: str) -> None:
@@ -377,27 +407,31 @@ class Agent:
     # -- the watcher thread ------------------------------------------------------
 
     def _watch(self) -> None:
-        idle_since = time.monotonic()
         while not self._stopping:
-            if self._cell is not None:
+            if self._watching and self._cell is not None:
                 try:
                     self._tick()
                     answer(self.session_dir, self.main_ident)
                 except Exception:
                     pass  # the watcher must never disturb the kernel
-                idle_since = time.monotonic()
                 time.sleep(WATCH_INTERVAL)
                 continue
-            if self._pending:
+            self._watching = False
+            waits = [self._nudge_r] if self.watch_fd is None else [self._nudge_r, self.watch_fd]
+            try:
+                ready = select.select(waits, [], [], FLUSH_AFTER if self._holding() else None)[0]
+                for fd in ready:
+                    if not os.read(fd, 512) and fd == self.watch_fd:
+                        os.close(fd)  # the supervisor is gone: nobody asks any more
+                        self.watch_fd = None
+                    else:
+                        self._watching = True
+            except BlockingIOError:
+                pass  # another reader of an inherited copy took the bytes
+            except OSError:
+                return
+            if not ready and self._holding():
                 self._flush()
-            if time.monotonic() - idle_since > PARK_AFTER:
-                self._parked = True
-                if self._cell is None:  # a cell that started just now finds us parked
-                    self._wake.wait()
-                self._wake.clear()
-                self._parked = False
-                continue  # tick at once: the cell that woke us may be short
-            time.sleep(BETWEEN_INTERVAL)
 
     def _tick(self) -> None:
         frame = sys._current_frames().get(self.main_ident)
@@ -414,12 +448,12 @@ class Agent:
             if cell_frame is None:
                 return
             code = frame.f_code
-            self._write_state(
-                busy=True,
-                file=cell_frame.f_code.co_filename,
-                line=_timed_line(frame) or cell_frame.f_lineno,
-                frame=[code.co_filename, frame.f_lineno, code.co_name],
-            )
+            position = {
+                "file": cell_frame.f_code.co_filename,
+                "line": _timed_line(frame) or cell_frame.f_lineno,
+                "frame": [code.co_filename, frame.f_lineno, code.co_name],
+            }
+            self._write_state(busy=True, position=json.dumps(position)[1:-1])
 
     def _find_cell_frame(self, frame: FrameType, limit: int) -> FrameType | None:
         # The cell's top-level statement runs in a '<module>' frame called straight

@@ -28,8 +28,11 @@ def open_control(session_dir: str) -> int | None:
 
 
 class Control:
-    def __init__(self, session_dir: str, kernel_pid: int, dump_signal: int | None) -> None:
+    def __init__(
+        self, session_dir: str, kernel_pid: int, dump_signal: int | None, watch_fd: int | None
+    ) -> None:
         self.session_dir = session_dir
+        self.watch_fd = watch_fd
         self.pid = kernel_pid
         self.dump_signal = dump_signal
         self.fd = open_control(session_dir)
@@ -40,7 +43,9 @@ class Control:
         if self._inspector is None:
             from .inspect import Inspector
 
-            self._inspector = Inspector(self.session_dir, self.pid, self.dump_signal, self.fd)
+            self._inspector = Inspector(
+                self.session_dir, self.pid, self.dump_signal, self.fd, self.watch_fd
+            )
         return self._inspector
 
     def due(self) -> float:

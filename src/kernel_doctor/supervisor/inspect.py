@@ -32,6 +32,7 @@ from ..agent.protocol import (
     PyThread,
     State,
     look_file,
+    poke,
     read_answer,
     read_state,
     started_cell,
@@ -61,12 +62,18 @@ class _Look:
 
 class Inspector:
     def __init__(
-        self, session_dir: str, kernel_pid: int, dump_signal: int | None, fd: int | None
+        self,
+        session_dir: str,
+        kernel_pid: int,
+        dump_signal: int | None,
+        fd: int | None,
+        watch_fd: int | None = None,
     ) -> None:
         self.session_dir = session_dir
         self.pid = kernel_pid
         self.dump_signal = dump_signal
         self.fd = fd  # the control FIFO (control.py)
+        self.watch_fd = watch_fd  # wakes the agent's watcher thread, which answers
         self.looks: list[_Look] = []
         self.interrupt: tuple[float, int | None] | None = None  # (when, the busy cell)
         self.ignored: Look | None = None
@@ -106,6 +113,8 @@ class Inspector:
                 write_request(self.session_dir, nonce)  # for the watcher
             except OSError:
                 pass
+            else:
+                self.watch_fd = poke(self.watch_fd, b"w")
         try:
             offset = os.path.getsize(os.path.join(self.session_dir, DUMPS))
         except OSError:

@@ -32,6 +32,7 @@ class Watched:
     dump_signal: int | None
     started_epoch: float  # time.time() at the kernel's start
     started: float  # time.monotonic() at the kernel's start
+    watch_fd: int | None = None  # wakes the agent's watcher thread (spawn.Kernel)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Monitor:
         sampler = Sampler(source, session, kernel.pid, kernel.started, kernel.dump_signal)
         self.sampler = sampler
         sampler.guard = guard
+        sampler.watch_fd = kernel.watch_fd
         marks = [int(source.limit.limit_bytes * m) for m in MARKS]
         if guard is not None and guard.enabled:
             marks.append(guard.wake_mark())
@@ -98,7 +100,7 @@ class Monitor:
         # offers for usage marks, so benchmarks can measure that case on v1 too.
         events = os.environ.get("KERNEL_DOCTOR_EVENTS") != "0"
         self.events = source.watch(marks) if events and source.limit.kind != "system" else None
-        self.control = Control(session.directory, kernel.pid, kernel.dump_signal)
+        self.control = Control(session.directory, kernel.pid, kernel.dump_signal, kernel.watch_fd)
         sampler.sample()
         if "session" not in kernel.options:  # a caller's own session dir is not ours to scan
             recover_stale_sessions(os.path.dirname(session.directory), session.directory)

@@ -167,6 +167,7 @@ class Supervisor:
             dump_signal=self.dump_signal,
             started_epoch=self.started_epoch,
             started=self.started,
+            watch_fd=self.kernel.watch_w if self.kernel is not None else None,
         )
 
     def _loop(self, pid: int, wake_r: int, kernel: Kernel, monitor: Monitor) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..agent.protocol import DUMPS, State, StateFile, guard_signal
+from ..agent.protocol import DUMPS, State, StateFile, guard_signal, poke
 from ..probe import procfs
 from ..probe.base import MemorySource
 from ..probe.files import Reader
@@ -63,6 +63,9 @@ class Sampler:
         self.guard: Guard | None = None  # set by the supervisor for agent kernels
         self.guard_signal = guard_signal() if dump_signal is not None else None
         self.state: StateFile | None = None
+        # The agent's watcher thread sleeps until a look finds a cell still running.
+        self.watch_fd: int | None = None
+        self._watched_seq: int | None = None
         self.last_state = State()
         self.peak_counted = 0
         self.last_counted = 0
@@ -107,6 +110,15 @@ class Sampler:
             return NEAR_BUSY_INTERVAL if near else BURST_LOOK
         return IDLE_INTERVAL
 
+    def _wake_watcher(self, state: State) -> None:
+        """Once a cell has run for CELL_LOOK, the agent's watcher ticks until it ends.
+        A younger cell at a burst's look is most likely over within microseconds."""
+        if not state.busy or state.seq == self._watched_seq or state.started is None:
+            return
+        if time.time() - state.started >= CELL_LOOK:
+            self._watched_seq = state.seq
+            self.watch_fd = poke(self.watch_fd, b"w")
+
     def poked(self, data: bytes) -> None:
         """The agent writes b"r" once it is ready, b"c" as a cell starts and b"e" as
         it ends."""
@@ -132,6 +144,7 @@ class Sampler:
             state = self.state.read()
             if state is not None:
                 self.last_state = state
+                self._wake_watcher(state)
             if not force and not self.last_state.busy and now < self._idle_due:
                 # Woken for a cell that has already ended: keep the idle rhythm (in a
                 # burst of cells, the burst's).

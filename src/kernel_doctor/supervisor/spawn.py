@@ -18,6 +18,7 @@ from ..agent.protocol import (
     ENV_REPORTS,
     ENV_SESSION,
     ENV_WAKE_FD,
+    ENV_WATCH_FD,
     STDERR,
 )
 from ..probe import procfs
@@ -52,15 +53,18 @@ class Kernel:
     process: subprocess.Popen[bytes]
     tee: StderrTee  # copies and keeps the tail of its stderr
     cell_r: int  # read end of the pipe on which the agent says a cell started or ended
+    watch_w: int  # write end of the pipe on which we wake the agent's watcher thread
 
 
 def spawn(launch: Launch) -> Kernel:
     cell_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    argv, env = _command(launch, wake_w)
+    watch_r, watch_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    argv, env = _command(launch, wake_w, watch_r)
     read_fd, write_fd = os.pipe()
     supervisor_pid = os.getpid()
     load_libc()
     os.set_inheritable(wake_w, launch.agent)
+    os.set_inheritable(watch_r, launch.agent)
 
     def child_setup() -> None:
         # Runs in the kernel's process between fork and exec.
@@ -79,13 +83,14 @@ def spawn(launch: Launch) -> Kernel:
     finally:
         os.close(write_fd)
         os.close(wake_w)
+        os.close(watch_r)
     output = _kernel_output()
     tee = StderrTee(read_fd, output, os.path.join(launch.session_dir, STDERR))
     tee.start()
-    return Kernel(process, tee, cell_r)
+    return Kernel(process, tee, cell_r, watch_w)
 
 
-def _command(launch: Launch, wake_w: int) -> tuple[list[str], dict[str, str]]:
+def _command(launch: Launch, wake_w: int, watch_r: int) -> tuple[list[str], dict[str, str]]:
     argv = list(launch.argv)
     env = dict(os.environ)
     env.pop(ENV_KERNEL_OUTPUT, None)  # ours: a kernel's own `run` must not inherit it
@@ -96,6 +101,7 @@ def _command(launch: Launch, wake_w: int) -> tuple[list[str], dict[str, str]]:
     if launch.agent and launch.dump_signal is not None:
         env[ENV_DUMP_SIGNAL] = str(launch.dump_signal)
         env[ENV_WAKE_FD] = str(wake_w)
+        env[ENV_WATCH_FD] = str(watch_r)
         env[ENV_REPORTS] = launch.reports
         with contextlib.suppress(ImportError, OSError, ValueError):
             import resource
