@@ -57,6 +57,17 @@ from conftest import make_notebook
 from kernels import Kernels, assert_works, execute, write_kernelspecs
 from test_server import Notebook, Server, running_server
 
+
+def flight_record(session: Path) -> str:
+    """The agent's records, raw: those in its log and those it still holds (read as
+    root, who may read the victim's files, not through the owner checks)."""
+    return "".join(
+        (session / name).read_bytes().decode(errors="replace")
+        for name in ("cells.jsonl", "held")
+        if (session / name).exists()
+    )
+
+
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "geteuid") or os.geteuid() != 0,
     reason="needs root: the test makes an unprivileged user to attack with",
@@ -880,7 +891,7 @@ def test_run_keeps_its_session_private_in_the_data_dir(
         assert session.parent == runtime / "kernel-doctor" / "sessions", session
         assert stat.S_IMODE(os.lstat(runtime).st_mode) == 0o700
         assert_private_chain(session, victim_base)
-        assert secret in (session / "cells.jsonl").read_text()
+        assert secret in flight_record(session)
         spare = tmp / "spare"
         attacker.plant([["mkdir", spare, 0o777]])
         assert_refused(attacker.attempt(steal(session, victim_base, spare)))
@@ -968,7 +979,7 @@ def test_a_squatted_shared_data_dir_is_not_used_and_the_session_stays_private(
             # Not in the attacker's folders: in one of the victim's own, 0700 to the top.
             base = runtime if runtime in session.parents else tmp
             assert_private_chain(session, base)
-            assert secret in (session / "cells.jsonl").read_text()
+            assert secret in flight_record(session)
             assert_refused(attacker.attempt(steal(session, base, runtime / "spare")))
 
             where = victim_cli(env, "where", "--json")

@@ -1,0 +1,458 @@
+"""Checkpoints of the user's variables, written after cells by a thread of the agent's
+own, so that a death nobody could prevent loses nothing that could be saved.
+
+What a cell costs: its end appends the cell's source to a list (and wakes the thread
+if it sleeps). The thread waits until the kernel has been idle for DEBOUNCE, then writes
+a generation (``store``): only variables that are new, rebound, or named by a cell
+since the last one are pickled again (protocol 5, arrays' buffers out of band, straight
+to files); the others are hard links to the previous generation's files. A cell that
+starts meanwhile stops the write (the previous generation stays); it is tried again
+after that cell. What cannot be pickled is listed with the cell that made it, so
+``%doctor restore --recompute`` can run that cell again; imports, functions and classes
+are kept as their statements and run again first, so that instances of a notebook's
+own classes can be unpickled. Standard library only (see ``protocol``).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import pickle
+import re
+import threading
+import time
+import types
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from . import store
+from .protocol import last_sample, read_meta
+from .settings import size_bytes
+
+ENV_CHECKPOINT = "KERNEL_DOCTOR_CHECKPOINT"  # off | on | a size cap ("20G")
+DEBOUNCE = 0.3  # idle this long after a cell before a checkpoint starts
+DEFAULT_CAP = 10 * 1024**3  # without a memory limit; with one, twice the limit
+# A checkpoint starts only with this much room left under the memory limit (and a
+# tenth of the limit): pickling a container holds a memo of every object in it.
+MIN_ROOM = 64 * 1024**2
+CHUNK = 64 * 1024**2  # buffers are written and hashed in chunks, a new cell checked between
+HIDDEN = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
+_IDENTIFIER = re.compile(r"[^\W\d]\w*")
+
+
+def checkpoint_setting(text: str | None) -> int | None:
+    """The size cap ``text`` asks for: 0 for the default, None for off."""
+    value = (text or "on").strip().lower()
+    if value in ("off", "no", "false", "0", "none"):
+        return None
+    if value in ("on", "yes", "true", ""):
+        return 0
+    return size_bytes(value)  # ValueError: the message the user reads
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A variable as the last generation holds it."""
+
+    ident: int
+    kind: type
+    entry: dict[str, Any]  # its manifest entry (files relative to the generation)
+    directory: str  # the generation that holds its files
+
+
+class Stopped(Exception):
+    """A cell started: the generation being written is dropped."""
+
+
+class Checkpointer:
+    def __init__(self, agent: Any, cap: int) -> None:
+        self.agent = agent
+        self.shell = agent.shell
+        self.cap = cap  # 0: twice the memory limit, or DEFAULT_CAP
+        self.enabled = True
+        self.status = "no checkpoint yet"
+        self.last: store.Generation | None = None
+        self._sources: list[tuple[int | None, str]] = []
+        self._count: int | None = None  # the last cell's execution count
+        self._ended = 0.0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._saved: dict[str, Saved] = {}
+        self._dirty: set[str] = set()  # named by cells whose checkpoint was dropped
+        self._definitions: dict[str, str] = {}  # what a def/class/import binds → source
+        self._made_by: dict[str, tuple[int | None, str]] = {}  # name → its last cell
+        self._number = 0
+        self._files = 0
+        self._kernel_dir: str | None = None
+        self._notebook: str | None = None
+        self._thread = threading.Thread(target=self._run, name="kernel-doctor-checkpoint")
+        self._thread.daemon = True
+
+    # -- the cell's side: cheap ----------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def after_cell(self, count: int | None, source: str) -> None:
+        if not self.enabled:
+            return
+        self._sources.append((count, source))
+        self._count = count
+        self._ended = time.monotonic()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def adopt(self, name: str, obj: object, entry: dict[str, Any], directory: str) -> None:
+        """A restored variable: its files serve the next generation as they are."""
+        self._saved[name] = Saved(id(obj), type(obj), entry, directory)
+
+    # -- the thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait()
+            if not self._quiet():
+                return  # stopping
+            self._wake.clear()
+            sources, self._sources = self._sources, []
+            try:
+                self._checkpoint(sources)
+            except Stopped:
+                self._sources[:0] = sources  # again, after the cell that stopped it
+                self._wake.set()
+            except Exception as exc:  # never the kernel's problem
+                self.status = f"the last checkpoint failed ({type(exc).__name__}: {exc})"
+
+    def _quiet(self) -> bool:
+        """Wait until no cell has run for DEBOUNCE; False when stopping."""
+        while not self._stopping:
+            time.sleep(DEBOUNCE)
+            if self.agent._cell is None and time.monotonic() - self._ended >= DEBOUNCE:
+                return True
+        return False
+
+    def _where(self) -> str | None:
+        if self._kernel_dir is not None:
+            return self._kernel_dir
+        session = self.agent.session_dir
+        meta = read_meta(session)
+        reports = self.agent.reports
+        if meta is None or not reports:
+            return None
+        key = store.notebook_key(meta.session_name, meta.connection_file)
+        if key is None:
+            return None
+        label = meta.session_name or meta.connection_file or ""
+        self._notebook = store.notebook_dir(reports, key, label, create=True)
+        kernel = f"{int(meta.started * 1000)}-{meta.kernel_pid}"
+        path = os.path.join(self._notebook, kernel)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        self._kernel_dir = path
+        return path
+
+    def room(self) -> tuple[int | None, int | None]:
+        """(bytes left under the memory limit, the limit), from the supervisor's record."""
+        meta = read_meta(self.agent.session_dir)
+        sample = last_sample(self.agent.session_dir)
+        if meta is None or meta.limit is None:
+            return None, None
+        limit = meta.limit.limit_bytes
+        return (limit - sample.counted if sample is not None else None), limit
+
+    def _cap(self, limit: int | None) -> int:
+        if self.cap:
+            return self.cap
+        return 2 * limit if limit and meta_limited(self.agent.session_dir) else DEFAULT_CAP
+
+    def _checkpoint(self, sources: list[tuple[int | None, str]]) -> None:
+        kernel_dir = self._where()
+        if kernel_dir is None:
+            self.status = "off: this kernel's notebook is not known (no session name)"
+            self.enabled = False
+            return
+        self._learn(sources)
+        named = self._named(sources) | self._dirty
+        room, limit = self.room()
+        if room is not None and limit is not None and room < max(MIN_ROOM, limit // 10):
+            self._dirty = named
+            self.status = "skipped: too little memory left to write one safely"
+            return
+        budget = self._cap(limit) - self._others_bytes()
+        namespace = self.shell.user_ns
+        hidden = getattr(self.shell, "user_ns_hidden", {})
+        names = [n for n in list(namespace) if _candidate(n, hidden)]
+        self._number += 1
+        temporary = os.path.join(kernel_dir, f"{store.TEMPORARY}{self._number:06d}")
+        store.remove(temporary)
+        os.mkdir(temporary, 0o700)
+        try:
+            manifest, saved = self._write(temporary, namespace, names, named, budget)
+            final = os.path.join(kernel_dir, f"{store.GENERATION}{self._number:06d}")
+            data = json.dumps(manifest).encode()
+            fd = os.open(os.path.join(temporary, store.MANIFEST), os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, final)
+        except BaseException:
+            store.remove(temporary)
+            raise
+        self._saved = {n: Saved(s.ident, s.kind, s.entry, final) for n, s in saved.items()}
+        self._dirty = set()
+        self._prune(kernel_dir, final)
+        self.last = store.Generation(final, os.path.basename(kernel_dir), self._number, manifest)
+        count = manifest.get("execution_count")
+        self.status = f"saved after In [{count}]" if count is not None else "saved"
+
+    def _learn(self, sources: list[tuple[int | None, str]]) -> None:
+        """Note the statements that define things and the cells that bind names."""
+        for count, source in sources:
+            try:
+                code = self.shell.transform_cell(source)
+                tree = ast.parse(code)
+            except Exception:
+                continue  # a cell that did not compile bound nothing
+            for node in tree.body:
+                for name in _defined(node):
+                    self._definitions.pop(name, None)  # kept in the order they ran
+                    self._definitions[name] = ast.get_source_segment(code, node) or ast.unparse(
+                        node
+                    )
+                for name in _assigned(node):
+                    self._definitions.pop(name, None)  # rebound by an assignment since
+                    self._made_by[name] = (count, source)
+
+    def _named(self, sources: list[tuple[int | None, str]]) -> set[str]:
+        """Names the cells mention, and the globals of notebook functions they call: a
+        variable any of these may have changed in place."""
+        names: set[str] = set()
+        for _, source in sources:
+            names.update(_IDENTIFIER.findall(source))
+        namespace = self.shell.user_ns
+        todo = list(names)
+        while todo:
+            value = namespace.get(todo.pop())
+            if isinstance(value, types.FunctionType) and value.__module__ == "__main__":
+                for name in _code_names(value.__code__):
+                    if name not in names:
+                        names.add(name)
+                        todo.append(name)
+        return names
+
+    def _write(
+        self,
+        temporary: str,
+        namespace: dict[str, Any],
+        names: list[str],
+        named: set[str],
+        budget: int,
+    ) -> tuple[dict[str, Any], dict[str, Saved]]:
+        variables: dict[str, dict[str, Any]] = {}
+        unsaved: dict[str, dict[str, Any]] = {}
+        saved: dict[str, Saved] = {}
+        used = 0
+        for name in names:
+            self._check_idle()
+            if name not in namespace:
+                continue
+            obj = namespace[name]
+            if _restored_by_definition(name, obj, self._definitions):
+                continue
+            previous = self._saved.get(name)
+            kept = previous is not None and previous.ident == id(obj)
+            if kept and previous is not None and previous.kind is type(obj) and name not in named:
+                entry = self._link(previous, temporary)
+            else:
+                try:
+                    entry = self._pickle(obj, temporary, previous)
+                except Stopped:
+                    raise
+                except Exception as exc:
+                    unsaved[name] = self._unsaved(name, obj, f"cannot be pickled ({_short(exc)})")
+                    continue
+            if used + int(entry["bytes"]) > budget:
+                for file in entry["files"]:
+                    _unlink(os.path.join(temporary, file))
+                unsaved[name] = self._unsaved(name, obj, "over the checkpoints' size cap")
+                continue
+            used += int(entry["bytes"])
+            variables[name] = entry
+            saved[name] = Saved(id(obj), type(obj), entry, temporary)
+        manifest = {
+            "version": store.VERSION,
+            "t": time.time(),
+            "execution_count": self._count,
+            "variables": variables,
+            "unsaved": unsaved,
+            "definitions": list(dict.fromkeys(self._definitions.values())),
+            "bytes": used,
+        }
+        return manifest, saved
+
+    def _unsaved(self, name: str, obj: object, why: str) -> dict[str, Any]:
+        count, source = self._made_by.get(name, (None, ""))
+        return {"type": _type_name(obj), "why": why, "cell": count, "source": source}
+
+    def _pickle(self, obj: object, temporary: str, previous: Saved | None) -> dict[str, Any]:
+        self._files += 1
+        base = f"v{self._files}"
+        buffers: list[pickle.PickleBuffer] = []
+        digest = hashlib.sha256()
+        path = os.path.join(temporary, base + ".pkl")
+        with open(path, "xb") as file:
+            pickle.Pickler(_Hashing(file, digest), protocol=5, buffer_callback=buffers.append).dump(
+                obj
+            )
+        views = [b.raw() for b in buffers]
+        for view in views:
+            digest.update(_crc(view, self._check_idle).to_bytes(4, "little"))
+            digest.update(len(view).to_bytes(8, "little"))
+        fingerprint = digest.hexdigest()
+        if previous is not None and previous.entry.get("digest") == fingerprint:
+            os.unlink(path)  # unchanged after all: the previous files serve
+            return self._link(previous, temporary)
+        files = [base + ".pkl"]
+        size = os.path.getsize(path)
+        for i, view in enumerate(views):
+            name = f"{base}.b{i}"
+            with open(os.path.join(temporary, name), "xb") as file:
+                for start in range(0, len(view), CHUNK):
+                    self._check_idle()
+                    file.write(view[start : start + CHUNK])
+            files.append(name)
+            size += len(view)
+        return {"files": files, "bytes": size, "type": _type_name(obj), "digest": fingerprint}
+
+    def _link(self, previous: Saved, temporary: str) -> dict[str, Any]:
+        for name in previous.entry["files"]:
+            os.link(os.path.join(previous.directory, name), os.path.join(temporary, name))
+        return previous.entry
+
+    def _check_idle(self) -> None:
+        if self.agent._cell is not None or self._stopping:
+            raise Stopped
+
+    def _others_bytes(self) -> int:
+        """What the notebook's other kernels' checkpoints hold on disk."""
+        if self._notebook is None or self._kernel_dir is None:
+            return 0
+        own = os.path.basename(self._kernel_dir)
+        return sum(
+            store.disk_bytes(path)
+            for path in store.kernel_dirs(self._notebook)
+            if os.path.basename(path) != own
+        )
+
+    def _prune(self, kernel_dir: str, keep: str) -> None:
+        """This kernel keeps its newest generation; the notebook keeps the newest
+        generation of the kernel before this one (what a restore after this kernel's
+        death would not need, but one after an unwanted restart would), no more."""
+        for generation in store.generations(kernel_dir):
+            if generation.path != keep:
+                store.remove(generation.path)
+        if self._notebook is None:
+            return
+        others = [p for p in store.kernel_dirs(self._notebook) if p != kernel_dir]
+        kept_one = False
+        for path in others:
+            found = store.generations(path)
+            if found and not kept_one:
+                kept_one = True
+                for older in found[1:]:
+                    store.remove(older.path)
+                continue
+            store.remove(path)
+
+
+class _Hashing:
+    """A file that hashes what is written to it."""
+
+    def __init__(self, file: Any, digest: Any) -> None:
+        self.file = file
+        self.digest = digest
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        return int(self.file.write(data))
+
+
+def _crc(view: memoryview, check: Any) -> int:
+    value = 0
+    for start in range(0, len(view), CHUNK):
+        check()
+        value = zlib.crc32(view[start : start + CHUNK], value)  # without the GIL
+    return value
+
+
+def meta_limited(session_dir: str) -> bool:
+    meta = read_meta(session_dir)
+    return meta is not None and meta.limit is not None and meta.limit.kind != "system"
+
+
+def _candidate(name: str, hidden: Any) -> bool:
+    return not name.startswith("_") and name not in HIDDEN and name not in hidden
+
+
+def _restored_by_definition(name: str, obj: object, definitions: dict[str, str]) -> bool:
+    """Modules, and what an import, def or class statement bound: run again, not
+    pickled (the notebook's own functions cannot be pickled by reference)."""
+    if isinstance(obj, types.ModuleType):
+        return True
+    return name in definitions and isinstance(obj, (types.FunctionType, type))
+
+
+def _defined(node: ast.stmt) -> list[str]:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [(a.asname or a.name).split(".")[0] for a in node.names if a.name != "*"]
+    return []
+
+
+def _assigned(node: ast.AST) -> set[str]:
+    """Names a top-level statement binds by assignment (not inside the functions and
+    classes it defines)."""
+    if isinstance(node, ast.Name):
+        return {node.id} if isinstance(node.ctx, ast.Store) else set()
+    names: set[str] = set()
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            names |= _assigned(child)
+    return names
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _type_name(obj: object) -> str:
+    kind = type(obj)
+    module = kind.__module__
+    return (
+        kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 120 else text[:117] + "…"
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
