@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import store
+from .private import write_atomic
 from .protocol import last_sample, read_meta
 from .settings import size_bytes
 
@@ -51,6 +52,22 @@ def checkpoint_setting(text: str | None) -> int | None:
     if value in ("on", "yes", "true", ""):
         return 0
     return size_bytes(value)  # ValueError: the message the user reads
+
+
+def start_checkpoints(agent: Any) -> Checkpointer | None:
+    """The agent's checkpointer, as KERNEL_DOCTOR_CHECKPOINT says (on by default)."""
+    try:
+        cap = checkpoint_setting(os.environ.get(ENV_CHECKPOINT))
+    except ValueError as exc:
+        import sys
+
+        sys.stderr.write(f"kernel-doctor: {exc} in {ENV_CHECKPOINT}; checkpoints are off\n")
+        return None
+    if cap is None:
+        return None
+    checkpoints = Checkpointer(agent, cap)
+    checkpoints.start()
+    return checkpoints
 
 
 @dataclass(frozen=True)
@@ -94,7 +111,9 @@ class Checkpointer:
     # -- the cell's side: cheap ----------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        from .ceiling import start_unlifted
+
+        start_unlifted(self._thread)
 
     def after_cell(self, count: int | None, source: str) -> None:
         if not self.enabled:
@@ -188,6 +207,9 @@ class Checkpointer:
         namespace = self.shell.user_ns
         hidden = getattr(self.shell, "user_ns_hidden", {})
         names = [n for n in list(namespace) if _candidate(n, hidden)]
+        if self._unchanged(namespace, names, named):
+            self._advance()
+            return
         self._number += 1
         temporary = os.path.join(kernel_dir, f"{store.TEMPORARY}{self._number:06d}")
         store.remove(temporary)
@@ -212,6 +234,31 @@ class Checkpointer:
         self.last = store.Generation(final, os.path.basename(kernel_dir), self._number, manifest)
         count = manifest.get("execution_count")
         self.status = f"saved after In [{count}]" if count is not None else "saved"
+
+    def _unchanged(self, namespace: dict[str, Any], names: list[str], named: set[str]) -> bool:
+        """Nothing the last generation holds can differ: no name new, gone, rebound, or
+        named by a cell since (cells that only read other variables, or print)."""
+        last = self.last
+        if last is None or last.manifest.get("definitions") != self._definition_list():
+            return False
+        held = set(last.variables) | set(last.unsaved)
+        kept = {n for n in names if not _restored_by_definition(n, namespace[n], self._definitions)}
+        if kept != held or kept & named:
+            return False
+        return all(self._saved[n].ident == id(namespace[n]) for n in last.variables)
+
+    def _advance(self) -> None:
+        """The last generation holds the state after the newest cell too: say so."""
+        last = self.last
+        if last is None or last.execution_count == self._count:
+            return
+        manifest = {**last.manifest, "execution_count": self._count}
+        write_atomic(os.path.join(last.path, store.MANIFEST), json.dumps(manifest).encode())
+        self.last = store.Generation(last.path, last.kernel, last.number, manifest)
+        self.status = f"saved after In [{self._count}]"
+
+    def _definition_list(self) -> list[str]:
+        return list(dict.fromkeys(self._definitions.values()))
 
     def _learn(self, sources: list[tuple[int | None, str]]) -> None:
         """Note the statements that define things and the cells that bind names."""
@@ -293,7 +340,7 @@ class Checkpointer:
             "execution_count": self._count,
             "variables": variables,
             "unsaved": unsaved,
-            "definitions": list(dict.fromkeys(self._definitions.values())),
+            "definitions": self._definition_list(),
             "bytes": used,
         }
         return manifest, saved

@@ -22,7 +22,10 @@ from .private import read_private
 from .protocol import ENV_REPORTS, CellRecord, Sample, read_meta, read_samples
 from .settings import guard_setting
 
-USAGE = "usage: %doctor [memory | guard [85%|2G|off|on] | deaths | show [ID]]"
+USAGE = (
+    "usage: %doctor [memory | guard [85%|2G|off|on] | deaths | show [ID] | "
+    "restore [--recompute] [NAME…] | checkpoint [on|off]]"
+)
 
 
 def reports_dir() -> str | None:
@@ -117,6 +120,12 @@ def _doctor(line: str) -> None:
         return
     elif words[0] == "guard":
         guard(words[1:])
+        return
+    elif words[0] == "restore":
+        restore(words[1:])
+        return
+    elif words[0] == "checkpoint":
+        checkpoint(words[1:])
         return
     directory = reports_dir()
     if words[0] not in ("deaths", "show"):
@@ -262,3 +271,35 @@ def guard(words: list[str]) -> None:
             f"Memory guard: on at {current}: a cell whose growth passes it is stopped with "
             "a MemoryError, and the kernel keeps its variables."
         )
+
+
+def restore(words: list[str]) -> None:
+    agent = _agent()
+    if agent is None:
+        print("kernel-doctor's agent is not running in this kernel.")
+        return
+    from .restore import restore as restore_variables
+
+    recompute = "--recompute" in words
+    names = [w for w in words if w != "--recompute"]
+    print(restore_variables(agent, names, recompute=recompute))
+
+
+def checkpoint(words: list[str]) -> None:
+    agent = _agent()
+    checkpoints = getattr(agent, "checkpoints", None)
+    if checkpoints is None:
+        print(
+            "Checkpoints are off in this kernel (KERNEL_DOCTOR_CHECKPOINT=off, or no "
+            "supervisor): a restart of the kernel with them on turns them on."
+        )
+        return
+    if words and words[0] in ("on", "off"):
+        checkpoints.enabled = words[0] == "on"
+    state = "on" if checkpoints.enabled else "off"
+    print(f"Checkpoints: {state}; {checkpoints.status}.")
+    last = checkpoints.last
+    if last is not None:
+        print(f"  {len(last.variables)} variables, {format_bytes(last.size)}, in {last.path}")
+        for name, info in last.unsaved.items():
+            print(f"  not saved: {name} ({info.get('type')}): {info.get('why')}")

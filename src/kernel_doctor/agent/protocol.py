@@ -103,6 +103,8 @@ ENV_DATA_LIMIT = "KERNEL_DOCTOR_DATA_LIMIT"
 # Where the supervisor copies the kernel's stderr instead of its own (run's log): read
 # by the supervisor only, never passed on to the kernel.
 ENV_KERNEL_OUTPUT = "KERNEL_DOCTOR_KERNEL_OUTPUT"
+# The death notice's line that the agent replaces when a checkpoint can bring them back.
+VARIABLES_GONE = "  Its variables are gone: this is a new kernel, started afresh.\n"
 GUARD = "guard.json"  # what the supervisor saw when it tripped the memory guard
 NOTICE = "notice.json"  # the previous kernel's death, for the next cell to show
 

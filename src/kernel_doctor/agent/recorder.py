@@ -17,6 +17,7 @@ from types import CodeType, FrameType, TracebackType
 from typing import IO, Any
 
 from .ceiling import start_unlifted
+from .checkpoint import Checkpointer, start_checkpoints
 from .children import await_child_death, broken_by
 from .errors import describe_error
 from .held import HELD, HeldLines
@@ -26,9 +27,11 @@ from .protocol import (
     CELLS,
     DUMPS,
     ENV_DUMP_SIGNAL,
+    ENV_REPORTS,
     ENV_SESSION,
     FATAL,
     STATE,
+    VARIABLES_GONE,
     CellError,
     CellRecord,
     StateFile,
@@ -127,6 +130,8 @@ class Agent:
         self.child_deaths: list[Any] = []
         self.later_notes: list[str] = []
         self.child_hint: str | None = None  # what broke, while a cell's end waits
+        self.reports = os.environ.get(ENV_REPORTS) or None  # the supervisor's reports
+        self.checkpoints: Checkpointer | None = None  # the variables' (checkpoint.py)
 
     @classmethod
     def start(cls, shell: Any) -> Agent:
@@ -155,6 +160,7 @@ class Agent:
 
             guard.install(self)  # a supervisor is there to trip it
             children.install(self)  # and to see the kernel's workers die
+            self.checkpoints = start_checkpoints(self)  # and to leave them for the next kernel
         note_tracebacks(self)
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
@@ -174,6 +180,8 @@ class Agent:
     def stop(self) -> None:
         install_audit_hook(None)
         self._stopping = True
+        if self.checkpoints is not None:
+            self.checkpoints.stop()
         poke(self._nudge_w, b"s")
         self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
         self.shell.events.unregister("post_run_cell", self.post_run_cell)
@@ -258,6 +266,12 @@ class Agent:
         text = take_notice(self.session_dir)
         if text is None:
             return
+        if self.checkpoints is not None:
+            from .restore import offer
+
+            restore = offer(self)
+            if restore:  # instead of "its variables are gone"
+                text = text.replace(VARIABLES_GONE, "") + restore + "\n"
         from IPython.display import display
 
         display({"text/plain": text}, raw=True)
@@ -293,6 +307,8 @@ class Agent:
                 free_frames(error.__traceback__)
                 give_back_memory()
         self._append(CellRecord("end", now, cell["seq"], file=filename or None, error=described))
+        if self.checkpoints is not None:
+            self.checkpoints.after_cell(cell["execution_count"], cell["source"])
 
     def _allocation_refused(self, error: BaseException, described: CellError) -> None:
         if self.dump_signal is None:

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from . import store
-from .guard import format_bytes as format_size
+from .guard import format_bytes
 from .naming import cell_name
 from .private import is_private_dir, open_private
 from .protocol import read_meta
@@ -57,8 +57,8 @@ def offer(agent: Any) -> str | None:
     seconds = max(1, round(size / READ_SPEED))
     after = _after(generation)
     return (
-        f"  Restore {count} variable{'s' if count != 1 else ''} saved{after} "
-        f"({format_size(size)}, about {seconds} s)? Run %doctor restore"
+        f"  This is a new kernel. Restore {count} variable{'s' if count != 1 else ''} "
+        f"saved{after} ({format_bytes(size)}, about {seconds} s)? Run %doctor restore"
     )
 
 
@@ -96,7 +96,7 @@ def restore(agent: Any, names: list[str], *, recompute: bool) -> str:
     if loaded:
         lines.append(
             f"Restored {len(loaded)} variable{'s' if len(loaded) != 1 else ''} saved"
-            f"{_after(generation)} ({format_size(size)}) in {took:.1f} s: {_names(loaded)}"
+            f"{_after(generation)} ({format_bytes(size)}) in {took:.1f} s: {_names(loaded)}"
         )
     missing = [n for n in wanted if n in unsaved]
     if missing and recompute:

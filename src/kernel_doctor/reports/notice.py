@@ -16,7 +16,7 @@ import time
 
 from ..agent.naming import short_paths
 from ..agent.private import printable
-from ..agent.protocol import Meta, write_notice
+from ..agent.protocol import VARIABLES_GONE, Meta, write_notice
 from ..paths import reports_dir
 from ..sizes import format_size
 from .history import read_report
@@ -104,7 +104,7 @@ def notice_text(report: Report) -> str:
             f"  Memory: peak {format_size(memory.peak_bytes)} of "
             f"{format_size(memory.limit_bytes)} ({short_paths(str(memory.limit_source))})."
         )
-    lines.append("  Its variables are gone: this is a new kernel, started afresh.")
+    lines.append(VARIABLES_GONE.rstrip("\n"))
     lines.append(
         f"  Full report: %doctor show {report.id}, or `kernel-doctor show {report.id}` "
         "in a terminal."
