@@ -64,7 +64,7 @@ def notebook_folder() -> Path:
     """This test's notebook's checkpoints (other tests' notebooks have their own)."""
     from kernel_doctor.agent.store import notebook_key
 
-    key = notebook_key(os.environ["JPY_SESSION_NAME"], None)
+    key = notebook_key(os.environ["JPY_SESSION_NAME"])
     return Path(os.environ["JUPYTER_DATA_DIR"]) / "kernel-doctor" / "checkpoints" / str(key)
 
 
@@ -238,3 +238,38 @@ def test_only_what_changed_is_written_again(tmp_path: Path, notebook_name: str) 
         assert now["kept"] == inodes["kept"]  # not named, same object: a hard link
         assert now["grown"] != inodes["grown"]  # named by the cell: pickled again
         assert not Path(first["path"]).exists()  # the older generation is gone
+
+
+def test_run_resume_finishes_a_notebook_whose_kernel_was_killed_halfway(
+    notebook: Any, tmp_path: Path, capsys: Any
+) -> None:
+    from conftest import run_cli
+
+    marker = tmp_path / "killed-once"
+    path = notebook(
+        [
+            "import os, signal, pathlib, time\nimport numpy as np",
+            "a = np.arange(10)\nsteps = ['one']",
+            "time.sleep(1.5)  # a long cell: the state before it is checkpointed meanwhile",
+            "steps.append('two')",
+            f"if not pathlib.Path({str(marker)!r}).exists():\n"
+            f"    pathlib.Path({str(marker)!r}).touch()\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)",
+            "print(steps, a.sum())",
+        ]
+    )
+    code, report = run_cli(["run", str(path)], tmp_path / "first.json")
+    assert code == 3 and report is not None and report["cause"] == "killed", report
+    capsys.readouterr()
+    out = tmp_path / "resumed.ipynb"
+    code, report = run_cli(["run", str(path), "--resume", "-o", str(out)], tmp_path / "again.json")
+    err = capsys.readouterr().err
+    assert code == 0, (report, err)
+    assert "--resume: Restored 2 variables saved after In [2]" in err, err
+    assert "--resume: skipping the first 2 code cells, run before the death" in err, err
+    import nbformat
+
+    cells = nbformat.read(str(out), as_version=4).cells
+    assert not cells[0].outputs and not cells[1].outputs  # skipped
+    printed = "".join(o.get("text", "") for o in cells[5].outputs)
+    assert printed == "['one', 'two'] 45\n"  # a and steps came back, the rest ran again

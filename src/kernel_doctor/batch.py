@@ -27,6 +27,7 @@ from .launch import SupervisedKernelManager, ipc_transport
 from .probe.create import LimitedCgroup
 from .reports.model import empty_report
 from .reports.store import REPORT_FILE
+from .resume import notebook_env, resume
 from .sizes import format_size
 from .timeouts import look_at_timeout
 
@@ -103,6 +104,8 @@ def _execute(
     log: Any = None,
     guard: str | None = None,
     session_dir: str,
+    notebook_path: str | None = None,
+    resume_run: bool = False,
 ) -> BatchResult:
     options = {"session": session_dir, "quiet": "1"}
     if guard is not None:
@@ -139,13 +142,18 @@ def _execute(
     output_path = os.path.join(session_dir, KERNEL_OUTPUT)
     output = append_private(output_path)
     env = {**os.environ, ENV_KERNEL_OUTPUT: output_path}  # the kernel's stderr, to the log
+    if notebook_path:
+        env.update(notebook_env(notebook_path))  # its checkpoints, for a later --resume
     try:
         with client.setup_kernel(stdout=output, env=env):
             assert client.kc is not None
             info = client.wait_for_reply(client.kc.kernel_info())
             if info is not None:
                 client.nb.metadata["language_info"] = info["content"]["language_info"]
+            done = resume(client.kc, nb, notebook_path, timeout, log) if resume_run else -1
             for index in code_cells:
+                if index <= done:
+                    continue  # run before the death, its state restored
                 current = index
                 cell = nb.cells[index]
                 try:

@@ -35,6 +35,10 @@ from .settings import size_bytes
 
 ENV_CHECKPOINT = "KERNEL_DOCTOR_CHECKPOINT"  # off | on | a size cap ("20G")
 DEBOUNCE = 0.3  # idle this long after a cell before a checkpoint starts
+# Cells that keep coming (a batch run, Run All) get a checkpoint this long after the
+# first of them ended, while the next runs: only variables that cell does not name are
+# written then (the ones it names could be half changed); needing one of those stops it.
+BUSY_AFTER = 1.0
 DEFAULT_CAP = 10 * 1024**3  # without a memory limit; with one, twice the limit
 # A checkpoint starts only with this much room left under the memory limit (and a
 # tenth of the limit): pickling a container holds a memo of every object in it.
@@ -80,8 +84,13 @@ class Saved:
     directory: str  # the generation that holds its files
 
 
+def source_hash(source: str) -> str:
+    return hashlib.sha1(source.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 class Stopped(Exception):
-    """A cell started: the generation being written is dropped."""
+    """The generation being written is dropped: another cell started, or the running
+    one names a variable that must be written."""
 
 
 class Checkpointer:
@@ -92,8 +101,13 @@ class Checkpointer:
         self.enabled = True
         self.status = "no checkpoint yet"
         self.last: store.Generation | None = None
-        self._sources: list[tuple[int | None, str]] = []
-        self._count: int | None = None  # the last cell's execution count
+        # (execution count, source, the namespace's names after it) of each cell that
+        # ended since the last checkpoint started
+        self._sources: list[tuple[int | None, str, list[str]]] = []
+        self._count: int | None = None  # the execution count of the state being written
+        self._running: tuple[int, str] | None = None  # (seq, source) of a cell running
+        self._after: tuple[int | None, list[str]] | None = None  # the state to write
+        self._history: list[str] = []  # every cell this kernel ran, as source_hash
         self._ended = 0.0
         self._wake = threading.Event()
         self._stopping = False
@@ -118,8 +132,7 @@ class Checkpointer:
     def after_cell(self, count: int | None, source: str) -> None:
         if not self.enabled:
             return
-        self._sources.append((count, source))
-        self._count = count
+        self._sources.append((count, source, list(self.shell.user_ns)))
         self._ended = time.monotonic()
         if not self._wake.is_set():
             self._wake.set()
@@ -141,37 +154,44 @@ class Checkpointer:
                 return  # stopping
             self._wake.clear()
             sources, self._sources = self._sources, []
+            if sources:
+                self._learn(sources)
+                self._dirty |= self._named(sources)
+                self._after = (sources[-1][0], sources[-1][2])
+            if self._after is None:
+                continue
+            cell = self.agent._cell  # the one running now, if any
+            self._running = (cell["seq"], cell["source"]) if cell is not None else None
+            self._count = self._after[0]
             try:
-                self._checkpoint(sources)
+                self._checkpoint(self._after[1])
             except Stopped:
-                self._sources[:0] = sources  # again, after the cell that stopped it
-                self._wake.set()
+                self._wake.set()  # again, after the cell that stopped it (_dirty says what)
             except Exception as exc:  # never the kernel's problem
                 self.status = f"the last checkpoint failed ({type(exc).__name__}: {exc})"
 
     def _quiet(self) -> bool:
-        """Wait until no cell has run for DEBOUNCE; False when stopping."""
+        """Wait until no cell has run for DEBOUNCE, or BUSY_AFTER has passed; False
+        when stopping."""
+        since = time.monotonic()
         while not self._stopping:
             time.sleep(DEBOUNCE)
-            if self.agent._cell is None and time.monotonic() - self._ended >= DEBOUNCE:
+            now = time.monotonic()
+            if self.agent._cell is None and now - self._ended >= DEBOUNCE:
+                return True
+            if now - since >= BUSY_AFTER:
                 return True
         return False
 
     def _where(self) -> str | None:
         if self._kernel_dir is not None:
             return self._kernel_dir
-        session = self.agent.session_dir
-        meta = read_meta(session)
-        reports = self.agent.reports
-        if meta is None or not reports:
+        meta = read_meta(self.agent.session_dir)
+        name = store.notebook_name(meta)
+        if meta is None or name is None or not self.agent.reports:
             return None
-        key = store.notebook_key(meta.session_name, meta.connection_file)
-        if key is None:
-            return None
-        label = meta.session_name or meta.connection_file or ""
-        self._notebook = store.notebook_dir(reports, key, label, create=True)
-        kernel = f"{int(meta.started * 1000)}-{meta.kernel_pid}"
-        path = os.path.join(self._notebook, kernel)
+        self._notebook = store.notebook_dir(self.agent.reports, name, create=True)
+        path = os.path.join(self._notebook, store.kernel_folder_name(meta))
         os.makedirs(path, mode=0o700, exist_ok=True)
         self._kernel_dir = path
         return path
@@ -190,25 +210,28 @@ class Checkpointer:
             return self.cap
         return 2 * limit if limit and meta_limited(self.agent.session_dir) else DEFAULT_CAP
 
-    def _checkpoint(self, sources: list[tuple[int | None, str]]) -> None:
+    def _checkpoint(self, keys: list[str]) -> None:
+        """Write the state after the last cell that ended (``keys``: its names)."""
         kernel_dir = self._where()
         if kernel_dir is None:
             self.status = "off: this kernel's notebook is not known (no session name)"
             self.enabled = False
             return
-        self._learn(sources)
-        named = self._named(sources) | self._dirty
+        named = self._dirty  # until a generation holds them
         room, limit = self.room()
         if room is not None and limit is not None and room < max(MIN_ROOM, limit // 10):
-            self._dirty = named
             self.status = "skipped: too little memory left to write one safely"
+            self._after = None  # tried again after the next cell
             return
         budget = self._cap(limit) - self._others_bytes()
         namespace = self.shell.user_ns
         hidden = getattr(self.shell, "user_ns_hidden", {})
-        names = [n for n in list(namespace) if _candidate(n, hidden)]
+        # The names as the last cell left them: a running cell's new ones are not yet
+        # part of that state.
+        names = [n for n in keys if _candidate(n, hidden)]
         if self._unchanged(namespace, names, named):
             self._advance()
+            self._dirty, self._after = set(), None
             return
         self._number += 1
         temporary = os.path.join(kernel_dir, f"{store.TEMPORARY}{self._number:06d}")
@@ -229,7 +252,7 @@ class Checkpointer:
             store.remove(temporary)
             raise
         self._saved = {n: Saved(s.ident, s.kind, s.entry, final) for n, s in saved.items()}
-        self._dirty = set()
+        self._dirty, self._after = set(), None
         self._prune(kernel_dir, final)
         self.last = store.Generation(final, os.path.basename(kernel_dir), self._number, manifest)
         count = manifest.get("execution_count")
@@ -252,7 +275,7 @@ class Checkpointer:
         last = self.last
         if last is None or last.execution_count == self._count:
             return
-        manifest = {**last.manifest, "execution_count": self._count}
+        manifest = {**last.manifest, "execution_count": self._count, "history": self._history}
         write_atomic(os.path.join(last.path, store.MANIFEST), json.dumps(manifest).encode())
         self.last = store.Generation(last.path, last.kernel, last.number, manifest)
         self.status = f"saved after In [{self._count}]"
@@ -260,9 +283,11 @@ class Checkpointer:
     def _definition_list(self) -> list[str]:
         return list(dict.fromkeys(self._definitions.values()))
 
-    def _learn(self, sources: list[tuple[int | None, str]]) -> None:
-        """Note the statements that define things and the cells that bind names."""
-        for count, source in sources:
+    def _learn(self, sources: list[tuple[int | None, str, list[str]]]) -> None:
+        """Note the statements that define things, the cells that bind names, and the
+        order cells ran in (``kernel-doctor run --resume`` finds its place by it)."""
+        for count, source, _ in sources:
+            self._history.append(source_hash(source))
             try:
                 code = self.shell.transform_cell(source)
                 tree = ast.parse(code)
@@ -278,12 +303,12 @@ class Checkpointer:
                     self._definitions.pop(name, None)  # rebound by an assignment since
                     self._made_by[name] = (count, source)
 
-    def _named(self, sources: list[tuple[int | None, str]]) -> set[str]:
+    def _named(self, sources: list[tuple[int | None, str, list[str]]]) -> set[str]:
         """Names the cells mention, and the globals of notebook functions they call: a
         variable any of these may have changed in place."""
         names: set[str] = set()
-        for _, source in sources:
-            names.update(_IDENTIFIER.findall(source))
+        for _, source, _ in sources:
+            names |= self._mentioned(source)
         namespace = self.shell.user_ns
         todo = list(names)
         while todo:
@@ -293,6 +318,23 @@ class Checkpointer:
                     if name not in names:
                         names.add(name)
                         todo.append(name)
+        return names
+
+    def _mentioned(self, source: str) -> set[str]:
+        """The names a cell's code uses (not its comments or strings), and every word of
+        a magic's arguments (``%timeit f(x)``)."""
+        try:
+            tree = ast.parse(self.shell.transform_cell(source))
+        except Exception:
+            return set(_IDENTIFIER.findall(source))
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "").startswith("run_"):
+                for arg in node.args:
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                        names.update(_IDENTIFIER.findall(arg.value))
         return names
 
     def _write(
@@ -307,9 +349,12 @@ class Checkpointer:
         unsaved: dict[str, dict[str, Any]] = {}
         saved: dict[str, Saved] = {}
         used = 0
+        running = self._named([(None, self._running[1], [])]) if self._running else set()
         for name in names:
             self._check_idle()
             if name not in namespace:
+                if name in running:
+                    raise Stopped  # the running cell deleted it: its value is gone
                 continue
             obj = namespace[name]
             if _restored_by_definition(name, obj, self._definitions):
@@ -317,7 +362,9 @@ class Checkpointer:
             previous = self._saved.get(name)
             kept = previous is not None and previous.ident == id(obj)
             if kept and previous is not None and previous.kind is type(obj) and name not in named:
-                entry = self._link(previous, temporary)
+                entry = self._link(previous, temporary)  # as it was, whatever runs now
+            elif name in running:
+                raise Stopped  # changed since, and the running cell may be changing it
             else:
                 try:
                     entry = self._pickle(obj, temporary, previous)
@@ -341,6 +388,7 @@ class Checkpointer:
             "variables": variables,
             "unsaved": unsaved,
             "definitions": self._definition_list(),
+            "history": list(self._history),
             "bytes": used,
         }
         return manifest, saved
@@ -385,7 +433,10 @@ class Checkpointer:
         return previous.entry
 
     def _check_idle(self) -> None:
-        if self.agent._cell is not None or self._stopping:
+        """Stop when a cell other than the one running at the start runs now."""
+        cell = self.agent._cell
+        running = self._running[0] if self._running is not None else None
+        if self._stopping or (cell is not None and cell["seq"] != running):
             raise Stopped
 
     def _others_bytes(self) -> int:

@@ -26,14 +26,11 @@ READ_SPEED = 400 * 1024**2  # bytes a second, for the estimate in the offer
 def notebook_folder(agent: Any) -> tuple[str | None, str | None]:
     """(the notebook's checkpoint folder, this kernel's folder name in it)."""
     meta = read_meta(agent.session_dir)
-    if meta is None or not agent.reports:
+    name = store.notebook_name(meta)
+    if meta is None or name is None or not agent.reports:
         return None, None
-    key = store.notebook_key(meta.session_name, meta.connection_file)
-    if key is None:
-        return None, None
-    label = meta.session_name or meta.connection_file or ""
-    folder = store.notebook_dir(agent.reports, key, label, create=False)
-    return folder, f"{int(meta.started * 1000)}-{meta.kernel_pid}"
+    folder = store.notebook_dir(agent.reports, name, create=False)
+    return folder, store.kernel_folder_name(meta)
 
 
 def restorable(agent: Any) -> store.Generation | None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .private import private_dir, read_private, write_atomic
+from .records import Meta
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -32,17 +33,32 @@ TEMPORARY = ".tmp-"
 VERSION = 1
 
 
-def notebook_key(session_name: str | None, connection_file: str | None) -> str | None:
-    name = session_name or connection_file
-    if not name:
-        return None
+# ``kernel-doctor run`` names its kernels' notebook by path: its kernels have neither
+# a session name nor a connection file that outlives the run.
+ENV_NOTEBOOK = "KERNEL_DOCTOR_NOTEBOOK"
+
+
+def notebook_name(meta: Meta | None) -> str | None:
+    """What the notebook of the kernel ``meta`` describes is known by, if anything."""
+    name = os.environ.get(ENV_NOTEBOOK)
+    if name:
+        return name
+    return (meta.session_name or meta.connection_file) if meta is not None else None
+
+
+def notebook_key(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def notebook_dir(reports: str, key: str, label: str, *, create: bool) -> str:
+def kernel_folder_name(meta: Meta) -> str:
+    return f"{int(meta.started * 1000)}-{meta.kernel_pid}"
+
+
+def notebook_dir(reports: str, name: str, *, create: bool) -> str:
     """The notebook's folder, next to the reports folder (``reports`` is its path)."""
     root = os.path.join(os.path.dirname(reports), CHECKPOINTS)
-    path = os.path.join(root, key)
+    path = os.path.join(root, notebook_key(name))
+    label = name
     if create:
         private_dir(root)
         private_dir(path)

@@ -60,6 +60,12 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         "--kernel", metavar="NAME", help="kernelspec to use instead of the notebook's"
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="after a death: restore the variables an earlier run of this notebook "
+        "checkpointed, and run only the cells after them",
+    )
+    parser.add_argument(
         "--allow-errors", action="store_true", help="keep going after a cell raises"
     )
     guard = parser.add_mutually_exclusive_group()
@@ -278,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
         allow_errors=args.allow_errors,
         guard=guard,
         log=log,
+        notebook_path=os.path.abspath(args.notebook),
+        resume_run=args.resume,
     )
     if args.output:
         import nbformat
