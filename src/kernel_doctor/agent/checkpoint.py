@@ -407,6 +407,8 @@ class Checkpointer:
             pickle.Pickler(_Hashing(file, digest), protocol=5, buffer_callback=buffers.append).dump(
                 obj
             )
+            file.flush()
+            uncache(file.fileno())
         views = [b.raw() for b in buffers]
         for view in views:
             digest.update(_crc(view, self._check_idle).to_bytes(4, "little"))
@@ -423,6 +425,8 @@ class Checkpointer:
                 for start in range(0, len(view), CHUNK):
                     self._check_idle()
                     file.write(view[start : start + CHUNK])
+                    file.flush()
+                    uncache(file.fileno())
             files.append(name)
             size += len(view)
         return {"files": files, "bytes": size, "type": _type_name(obj), "digest": fingerprint}
@@ -489,6 +493,17 @@ def _crc(view: memoryview, check: Any) -> int:
         check()
         value = zlib.crc32(view[start : start + CHUNK], value)  # without the GIL
     return value
+
+
+def uncache(fd: int) -> None:
+    """Write what the file holds to disk and drop it from the page cache: the memory
+    cgroup counts the cache of the files its processes write, so a checkpoint's would
+    otherwise count against the kernel's limit (its size, measured, at 2 GB arrays)."""
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):
+        pass  # not Linux: nothing to drop
 
 
 def meta_limited(session_dir: str) -> bool:

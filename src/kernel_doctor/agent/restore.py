@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from . import store
+from .checkpoint import uncache
 from .guard import format_bytes
 from .naming import cell_name
 from .private import is_private_dir, open_private
@@ -127,6 +128,7 @@ def _read(path: str) -> bytearray:
         data = bytearray(size)
         if file.readinto(data) != size:
             raise OSError(f"{path} was cut short")
+        uncache(file.fileno())  # the cgroup would count the cache next to the copy
         return data
 
 
