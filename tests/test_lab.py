@@ -108,7 +108,8 @@ def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
         assert status.inner_text().startswith("Mem: ")
 
         page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
-        page.keyboard.press("Shift+Enter")  # the imports
+        page.keyboard.press("Shift+Enter")  # held = 1
+        page.wait_for_timeout(2000)  # idle: the checkpoint of `held` is written
         page.keyboard.press("Shift+Enter")  # the memset: the kernel dies
         toast = page.locator(".Toastify__toast").filter(has_text="Out of memory at In [2]")
         wait_or_say(page, toast, 60_000, "2-notification-timeout.png", "no OOM toast")
@@ -138,6 +139,14 @@ def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
         assert lines[-1].startswith("The evidence: Details in the notification, or "), lines
         assert not any("•" in line for line in lines), lines
         failed.screenshot(path=str(ARTIFACTS / "3-failed-cell.png"))
+
+        # Nothing lost: what In [1] made comes back into the new kernel, one click.
+        toast.get_by_role("button", name="Restore variables").click()
+        restored = page.locator(".Toastify__toast").filter(
+            has_text="Restored 1 variable saved after In [1]"
+        )
+        wait_or_say(page, restored, 30_000, "5-restore-timeout.png", "no restore toast")
+        page.screenshot(path=str(ARTIFACTS / "5-restored.png"))
 
         toast.get_by_role("button", name="Details").click()
         report = page.locator(".kd-report")

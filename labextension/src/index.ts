@@ -144,7 +144,16 @@ class Doctor {
           this.markFailed(panel, full);
           const options = {
             autoClose: false as const,
-            actions: [{ label: 'Details', callback: () => this.details(panel, full) }]
+            actions: [
+              { label: 'Details', callback: () => this.details(panel, full) },
+              {
+                label: 'Restore variables',
+                callback: (event: MouseEvent) => {
+                  event.preventDefault(); // the death's notification stays, with its Details
+                  void this.restore(panel);
+                }
+              }
+            ]
           };
           const notice = this.notices.get(kernelId);
           this.notices.delete(kernelId);
@@ -164,6 +173,35 @@ class Doctor {
       this.notices.delete(kernelId);
       const { body } = this.coreDialog.words(panel);
       Notification.update({ id: notice, message: body, type: 'warning', autoClose: false });
+    }
+  }
+
+  /** `%doctor restore` in the new kernel, out of the notebook: what it said, as a toast. */
+  private async restore(panel: NotebookPanel): Promise<void> {
+    const kernel = panel.sessionContext.session?.kernel;
+    if (!kernel) {
+      Notification.warning('kernel-doctor: no kernel to restore the variables into yet.', { autoClose: 10000 });
+      return;
+    }
+    const said: string[] = [];
+    const future = kernel.requestExecute({ code: '%doctor restore', store_history: false, silent: false });
+    future.onIOPub = msg => {
+      const content = msg.content as { text?: unknown; data?: Record<string, unknown>; ename?: unknown; evalue?: unknown };
+      const kind = msg.header.msg_type;
+      if (kind === 'stream') {
+        said.push(text(content.text));
+      } else if (kind === 'display_data' || kind === 'execute_result') {
+        said.push(text(content.data?.['text/plain']));
+      } else if (kind === 'error') {
+        said.push(`${text(content.ename)}: ${text(content.evalue)}`);
+      }
+    };
+    await future.done;
+    const first = said.join('').trim().split('\n')[0] || 'Nothing was restored.';
+    if (first.startsWith('Restored')) {
+      Notification.success(`kernel-doctor: ${first}`, { autoClose: 15000 });
+    } else {
+      Notification.warning(`kernel-doctor: ${first}`, { autoClose: 15000 });
     }
   }
 

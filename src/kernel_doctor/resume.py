@@ -26,12 +26,21 @@ class ResumePoint:
 
 
 def resume_point(nb: Any, notebook_path: str) -> ResumePoint | None:
-    from .paths import reports_dir
+    from .agent.private import is_private_dir
+    from .paths import session_roots
 
-    folder = store.notebook_dir(reports_dir(), notebook_path, create=False)
-    generation = store.latest(folder)
-    if generation is None:
+    # Where the earlier run's kernel kept them: next to its session, in the data dir
+    # or in the temp-dir fallback.
+    found = []
+    for sessions in session_roots():
+        folder = store.notebook_dir(os.path.dirname(sessions), notebook_path, create=False)
+        if is_private_dir(folder):
+            newest = store.latest(folder)
+            if newest is not None:
+                found.append(newest)
+    if not found:
         return None
+    generation = max(found, key=lambda g: float(g.manifest.get("t") or 0))
     history = [str(h) for h in generation.manifest.get("history") or []]
     cells = [
         (i, source_hash(c.source))

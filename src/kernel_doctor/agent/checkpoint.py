@@ -188,9 +188,10 @@ class Checkpointer:
             return self._kernel_dir
         meta = read_meta(self.agent.session_dir)
         name = store.notebook_name(meta)
-        if meta is None or name is None or not self.agent.reports:
+        root = store.state_root(self.agent.session_dir)
+        if meta is None or name is None or root is None:
             return None
-        self._notebook = store.notebook_dir(self.agent.reports, name, create=True)
+        self._notebook = store.notebook_dir(root, name, create=True)
         path = os.path.join(self._notebook, store.kernel_folder_name(meta))
         os.makedirs(path, mode=0o700, exist_ok=True)
         self._kernel_dir = path
@@ -214,7 +215,10 @@ class Checkpointer:
         """Write the state after the last cell that ended (``keys``: its names)."""
         kernel_dir = self._where()
         if kernel_dir is None:
-            self.status = "off: this kernel's notebook is not known (no session name)"
+            self.status = (
+                "off: this kernel's notebook is not known (no session name), or its "
+                "session is not in a private folder of this user's"
+            )
             self.enabled = False
             return
         named = self._dirty  # until a generation holds them

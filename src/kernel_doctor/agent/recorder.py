@@ -27,7 +27,6 @@ from .protocol import (
     CELLS,
     DUMPS,
     ENV_DUMP_SIGNAL,
-    ENV_REPORTS,
     ENV_SESSION,
     FATAL,
     STATE,
@@ -130,7 +129,6 @@ class Agent:
         self.child_deaths: list[Any] = []
         self.later_notes: list[str] = []
         self.child_hint: str | None = None  # what broke, while a cell's end waits
-        self.reports = os.environ.get(ENV_REPORTS) or None  # the supervisor's reports
         self.checkpoints: Checkpointer | None = None  # the variables' (checkpoint.py)
 
     @classmethod

@@ -28,9 +28,10 @@ def notebook_folder(agent: Any) -> tuple[str | None, str | None]:
     """(the notebook's checkpoint folder, this kernel's folder name in it)."""
     meta = read_meta(agent.session_dir)
     name = store.notebook_name(meta)
-    if meta is None or name is None or not agent.reports:
+    root = store.state_root(agent.session_dir)
+    if meta is None or name is None or root is None:
         return None, None
-    folder = store.notebook_dir(agent.reports, name, create=False)
+    folder = store.notebook_dir(root, name, create=False)
     return folder, store.kernel_folder_name(meta)
 
 

@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from .private import private_dir, read_private, write_atomic
+from .private import is_private_dir, private_dir, read_private, write_atomic
 from .records import Meta
 
 CHECKPOINTS = "checkpoints"
@@ -54,16 +54,23 @@ def kernel_folder_name(meta: Meta) -> str:
     return f"{int(meta.started * 1000)}-{meta.kernel_pid}"
 
 
-def notebook_dir(reports: str, name: str, *, create: bool) -> str:
-    """The notebook's folder, next to the reports folder (``reports`` is its path)."""
-    root = os.path.join(os.path.dirname(reports), CHECKPOINTS)
-    path = os.path.join(root, notebook_key(name))
-    label = name
+def state_root(session_dir: str) -> str | None:
+    """kernel-doctor's folder that holds the session ``session_dir`` (``<it>/sessions/
+    <session>``), if it is this user's private folder: the supervisor made the session
+    there through checked folders, in the data dir or in the temp-dir fallback."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(session_dir)))
+    return root if is_private_dir(root) else None
+
+
+def notebook_dir(root: str, name: str, *, create: bool) -> str:
+    """The notebook's folder under ``root`` (see ``state_root``)."""
+    checkpoints = os.path.join(root, CHECKPOINTS)
+    path = os.path.join(checkpoints, notebook_key(name))
     if create:
-        private_dir(root)
+        private_dir(checkpoints)
         private_dir(path)
         try:
-            write_atomic(os.path.join(path, "notebook.txt"), label.encode(errors="replace"))
+            write_atomic(os.path.join(path, "notebook.txt"), name.encode(errors="replace"))
         except OSError:
             pass
     return path
