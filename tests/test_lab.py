@@ -146,7 +146,8 @@ def test_an_oom_death_in_jupyterlab(lab: Server) -> None:
             has_text="Restored 1 variable saved after In [1]"
         )
         wait_or_say(page, restored, 30_000, "5-restore-timeout.png", "no restore toast")
-        page.screenshot(path=str(ARTIFACTS / "5-restored.png"))
+        assert restored.inner_text().rstrip().endswith(": held"), restored.inner_text()
+        restored.screenshot(path=str(ARTIFACTS / "5-restored.png"))
 
         toast.get_by_role("button", name="Details").click()
         report = page.locator(".kd-report")
