@@ -4,10 +4,13 @@
 
 Each workload notebook runs in two supervised kernels of the same run, alternately,
 each in a fresh memory cgroup of ``--limit``: checkpoints on, and off
-(``KERNEL_DOCTOR_CHECKPOINT=off``). Cells run back to back, as ``kernel-doctor run``
-runs them (the case where checkpoints must be written while cells run). Reported:
+(``KERNEL_DOCTOR_CHECKPOINT=off``), in two ways: cells back to back, as
+``kernel-doctor run --checkpoint`` runs them (``always``: written while cells run), and
+as a person runs them, with ``--think`` seconds between cells (``on``, the default:
+written in the pauses). Reported:
 
-* whole-notebook time, on and off (median of ``--repeat`` runs);
+* the notebook's time (the cells' own, without the pauses), on and off (median of
+  ``--repeat`` runs back to back, one run with pauses);
 * the round trip of a trivial cell after the workload (median of 200), on and off;
 * the cgroup's peak memory, on and off;
 * the disk the checkpoints hold, and how long after the last cell the last one was whole;
@@ -161,18 +164,28 @@ def wait_whole(count: int, name: str, timeout: float = 600) -> float:
     return float("nan")
 
 
-def run_case(cells: list[str], on: bool, limit: int, name: str) -> dict[str, Any]:
+def run_case(
+    cells: list[str], on: bool, limit: int, name: str, think: float = 0.0
+) -> dict[str, Any]:
     cgroup = make_limited_cgroup(limit)
-    env = {"JPY_SESSION_NAME": name, "KERNEL_DOCTOR_CHECKPOINT": "on" if on else "off"}
+    # Back to back as `kernel-doctor run --checkpoint` writes them ("always": while cells
+    # run); with pauses as an interactive kernel does by default ("on": in the pauses).
+    setting = ("on" if think else "always") if on else "off"
+    env = {"JPY_SESSION_NAME": name, "KERNEL_DOCTOR_CHECKPOINT": setting}
     kernel = Kernel(cgroup, env)
     result: dict[str, Any] = {}
     try:
-        t0 = time.perf_counter()
+        spent = 0.0
         for cell in cells:
-            _, text = kernel.run(cell)
+            took, text = kernel.run(cell)
             if "Error" in text:
                 raise RuntimeError(f"{cell!r}: {text}")
-        result["notebook_s"] = time.perf_counter() - t0
+            spent += took
+            time.sleep(think)
+        result["notebook_s"] = spent
+        if think:
+            result["peak"] = peak(cgroup)
+            return result
         trips = [kernel.run("pass")[0] for _ in range(200)]
         result["round_trip_s"] = statistics.median(trips)
         if on:
@@ -205,6 +218,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tenth of the data, one run")
     parser.add_argument("--limit", default="6G", help="each kernel's memory limit")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--think", type=float, default=2.0, help="seconds between cells")
     args = parser.parse_args()
     limit = parse_size(args.limit)
     scale = 0.1 if args.quick else 1.0
@@ -215,13 +229,19 @@ def main() -> int:
     try:
         for title, cells in workloads(scale).items():
             runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+            paused: dict[bool, dict[str, Any]] = {}
+            run_case(cells, False, limit, f"/bench/{title}/warm-up.ipynb")  # caches, imports
+            for on in (False, True):
+                name = f"/bench/{title}/paused.ipynb"
+                paused[on] = run_case(cells, on, limit, name, think=args.think)
+                print(title, "paused", "on" if on else "off", paused[on], flush=True)
             for i in range(repeat):
                 for on in (False, True) if i % 2 == 0 else (True, False):
                     shutil.rmtree(store_root(), ignore_errors=True)
                     name = f"/bench/{title}/{i}.ipynb"
                     runs[on].append(run_case(cells, on, limit, name))
                     print(title, "on" if on else "off", runs[on][-1], flush=True)
-            rows.append((title, runs))
+            rows.append((title, runs, paused))
     finally:
         shutil.rmtree(data, ignore_errors=True)
     text = report(rows, args, scale)
@@ -231,9 +251,9 @@ def main() -> int:
     return 0
 
 
-def report(rows: list[tuple[str, Any]], args: argparse.Namespace, scale: float) -> str:
+def report(rows: list[tuple[str, Any, Any]], args: argparse.Namespace, scale: float) -> str:
     def med(runs: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(r[key] for r in runs)
+        return float(statistics.median(r[key] for r in runs))
 
     lines = [
         "# Checkpoint benchmark",
@@ -241,15 +261,34 @@ def report(rows: list[tuple[str, Any]], args: argparse.Namespace, scale: float) 
         f"`python benchmarks/checkpoint.py{' --quick' if args.quick else ''}` on "
         f"{platform.node()} ({os.cpu_count()} cores, Linux {platform.release()}, Python "
         f"{platform.python_version()}), {time.strftime('%Y-%m-%d')}; each kernel in a "
-        f"memory cgroup of {args.limit}; cells back to back; medians of "
-        f"{1 if args.quick else args.repeat} runs (data scale {scale}).",
+        f"memory cgroup of {args.limit}; data scale {scale}.",
+        "",
+        f"As a person runs a notebook ({args.think:g} s between cells; the cells' own time; "
+        "checkpoints as interactive kernels write them by default, in the pauses):",
+        "",
+        "| workload | notebook off → on | ratio | peak memory off → on | added |",
+        "|---|---|---|---|---|",
+    ]
+    for title, _, paused in rows:
+        n_on, n_off = paused[True]["notebook_s"], paused[False]["notebook_s"]
+        p_on, p_off = paused[True]["peak"], paused[False]["peak"]
+        lines.append(
+            f"| {title} | {n_off:.2f} s → {n_on:.2f} s | {n_on / n_off:.3f} | "
+            f"{format_size(int(p_off))} → {format_size(int(p_on))} | "
+            f"{(p_on - p_off) / max(p_off, 1):+.1%} |"
+        )
+    lines += [
+        "",
+        f"Cells back to back, as `kernel-doctor run --checkpoint` runs them (checkpoints "
+        f"written while cells run), medians of "
+        f"{1 if args.quick else args.repeat} runs each, on and off alternating:",
         "",
         "| workload | notebook off → on | ratio | round trip off → on | ratio "
         "| peak memory off → on | added | checkpoints on disk | last one whole after "
         "| restore | re-run | re-run / restore |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for title, runs in rows:
+    for title, runs, _ in rows:
         on, off = runs[True], runs[False]
         n_on, n_off = med(on, "notebook_s"), med(off, "notebook_s")
         t_on, t_off = med(on, "round_trip_s"), med(off, "round_trip_s")
@@ -264,7 +303,7 @@ def report(rows: list[tuple[str, Any]], args: argparse.Namespace, scale: float) 
             f"{n_off / restore:.1f}× |"
         )
     lines += ["", "What `%doctor restore` said, one run of each:", ""]
-    for title, runs in rows:
+    for title, runs, _ in rows:
         lines.append(f"- {title}: {runs[True][0].get('restore_text', '')}")
     return "\n".join(lines) + "\n"
 

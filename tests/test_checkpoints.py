@@ -3,6 +3,7 @@ nobody could prevent: real supervised kernels in real memory cgroups, really kil
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -17,11 +18,7 @@ from kernels import execute, expression, kernel_in_cgroup, unguardable_fill
 
 MiB = 1024**2
 LIMIT = 400 * MiB
-HAS_PANDAS = True
-try:
-    import pandas  # noqa: F401
-except ImportError:
-    HAS_PANDAS = False
+HAS_PANDAS = importlib.util.find_spec("pandas") is not None
 
 SETUP = [
     "import hashlib, os, pickle\nimport numpy as np",
@@ -258,7 +255,7 @@ def test_run_resume_finishes_a_notebook_whose_kernel_was_killed_halfway(
             "print(steps, a.sum())",
         ]
     )
-    code, report = run_cli(["run", str(path)], tmp_path / "first.json")
+    code, report = run_cli(["run", str(path), "--checkpoint"], tmp_path / "first.json")
     assert code == 3 and report is not None and report["cause"] == "killed", report
     capsys.readouterr()
     out = tmp_path / "resumed.ipynb"
@@ -273,3 +270,22 @@ def test_run_resume_finishes_a_notebook_whose_kernel_was_killed_halfway(
     assert not cells[0].outputs and not cells[1].outputs  # skipped
     printed = "".join(o.get("text", "") for o in cells[5].outputs)
     assert printed == "['one', 'two'] 45\n"  # a and steps came back, the rest ran again
+
+
+def test_settings_read_as_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernel_doctor.agent.checkpoint import checkpoint_setting
+    from kernel_doctor.resume import notebook_env
+
+    assert checkpoint_setting(None) == (0, False)  # on, in a person's pauses
+    assert checkpoint_setting("OFF") is None
+    assert checkpoint_setting("always") == (0, True)
+    assert checkpoint_setting("20G") == (20 * 1024**3, False)
+    with pytest.raises(ValueError, match="cannot read 'lots' as a memory size"):
+        checkpoint_setting("lots")
+    # kernel-doctor run: off unless --checkpoint (or --resume), or the user's own setting
+    monkeypatch.delenv("KERNEL_DOCTOR_CHECKPOINT", raising=False)
+    assert notebook_env("nb.ipynb", False)["KERNEL_DOCTOR_CHECKPOINT"] == "off"
+    assert notebook_env("nb.ipynb", True)["KERNEL_DOCTOR_CHECKPOINT"] == "always"
+    monkeypatch.setenv("KERNEL_DOCTOR_CHECKPOINT", "5G")
+    assert notebook_env("nb.ipynb", False)["KERNEL_DOCTOR_CHECKPOINT"] == "5G"
+    assert notebook_env("nb.ipynb", False)["KERNEL_DOCTOR_NOTEBOOK"] == os.path.abspath("nb.ipynb")

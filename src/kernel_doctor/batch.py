@@ -106,6 +106,7 @@ def _execute(
     session_dir: str,
     notebook_path: str | None = None,
     resume_run: bool = False,
+    checkpoint: bool = False,
 ) -> BatchResult:
     options = {"session": session_dir, "quiet": "1"}
     if guard is not None:
@@ -143,7 +144,7 @@ def _execute(
     output = append_private(output_path)
     env = {**os.environ, ENV_KERNEL_OUTPUT: output_path}  # the kernel's stderr, to the log
     if notebook_path:
-        env.update(notebook_env(notebook_path))  # its checkpoints, for a later --resume
+        env.update(notebook_env(notebook_path, checkpoint or resume_run))  # for --resume
     try:
         with client.setup_kernel(stdout=output, env=env):
             assert client.kc is not None

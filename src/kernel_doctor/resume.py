@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .agent import store
-from .agent.checkpoint import source_hash
+from .agent.checkpoint import ENV_CHECKPOINT, source_hash
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,9 @@ def resume(kc: Any, nb: Any, notebook_path: str | None, timeout: float | None, l
     say = log or (lambda text, style="dim": None)
     point = resume_point(nb, notebook_path) if notebook_path else None
     if point is None:
-        say("--resume: no checkpoint of an earlier run of this notebook matches its cells; "
-            "running it from the top", style="yellow")  # fmt: skip
+        say("--resume: no checkpoint of an earlier run of this notebook matches its cells "
+            "(an earlier run leaves one with --checkpoint); running it from the top",
+            style="yellow")  # fmt: skip
         return -1
     said = restore_in_kernel(kc, timeout)
     skipped = sum(1 for c in nb.cells[: point.index + 1] if c.cell_type == "code")
@@ -100,6 +101,14 @@ def restore_in_kernel(kc: Any, timeout: float | None) -> str:
     return "".join(said).strip()
 
 
-def notebook_env(path: str) -> dict[str, str]:
-    """What a run's kernel is told about its notebook, for its checkpoints."""
-    return {store.ENV_NOTEBOOK: os.path.abspath(path)}
+def notebook_env(path: str, checkpoint: bool) -> dict[str, str]:
+    """What a run's kernel is told: its notebook, for its checkpoints, and whether to
+    write them (then also while cells run: a batch never pauses). Off unless asked,
+    in the kernel's own environment or with ``--checkpoint``: written while cells run,
+    they cost data-heavy cells time (benchmarks/CHECKPOINT.md)."""
+    env = {store.ENV_NOTEBOOK: os.path.abspath(path)}
+    if checkpoint:
+        env[ENV_CHECKPOINT] = "always"
+    else:
+        env[ENV_CHECKPOINT] = os.environ.get(ENV_CHECKPOINT, "off")
+    return env

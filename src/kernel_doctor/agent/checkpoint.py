@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -33,11 +34,14 @@ from .private import write_atomic
 from .protocol import last_sample, read_meta
 from .settings import size_bytes
 
-ENV_CHECKPOINT = "KERNEL_DOCTOR_CHECKPOINT"  # off | on | a size cap ("20G")
+ENV_CHECKPOINT = "KERNEL_DOCTOR_CHECKPOINT"  # off | on | always | a size cap ("20G")
 DEBOUNCE = 0.3  # idle this long after a cell before a checkpoint starts
-# Cells that keep coming (a batch run, Run All) get a checkpoint this long after the
-# first of them ended, while the next runs: only variables that cell does not name are
-# written then (the ones it names could be half changed); needing one of those stops it.
+# With "always" (``kernel-doctor run --checkpoint``), cells that keep coming get a
+# checkpoint this long after the first of them ended, while the next runs: only
+# variables that cell does not name are written then (the ones it names could be half
+# changed); needing one of those stops it. Not by default: written while cells run,
+# checkpoints cost a batch of data-heavy cells a fifth of its time on 2 cores
+# (benchmarks/CHECKPOINT.md); written in a person's pauses, nothing they notice.
 BUSY_AFTER = 1.0
 DEFAULT_CAP = 10 * 1024**3  # without a memory limit; with one, twice the limit
 # A checkpoint starts only with this much room left under the memory limit (and a
@@ -48,28 +52,31 @@ HIDDEN = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
 _IDENTIFIER = re.compile(r"[^\W\d]\w*")
 
 
-def checkpoint_setting(text: str | None) -> int | None:
-    """The size cap ``text`` asks for: 0 for the default, None for off."""
+def checkpoint_setting(text: str | None) -> tuple[int, bool] | None:
+    """(the size cap, 0 for the default; whether to write while cells run) that
+    ``text`` asks for, or None for off."""
     value = (text or "on").strip().lower()
     if value in ("off", "no", "false", "0", "none"):
         return None
     if value in ("on", "yes", "true", ""):
-        return 0
-    return size_bytes(value)  # ValueError: the message the user reads
+        return 0, False
+    if value == "always":
+        return 0, True
+    return size_bytes(value), False  # ValueError: the message the user reads
 
 
 def start_checkpoints(agent: Any) -> Checkpointer | None:
     """The agent's checkpointer, as KERNEL_DOCTOR_CHECKPOINT says (on by default)."""
     try:
-        cap = checkpoint_setting(os.environ.get(ENV_CHECKPOINT))
+        setting = checkpoint_setting(os.environ.get(ENV_CHECKPOINT))
     except ValueError as exc:
         import sys
 
         sys.stderr.write(f"kernel-doctor: {exc} in {ENV_CHECKPOINT}; checkpoints are off\n")
         return None
-    if cap is None:
+    if setting is None:
         return None
-    checkpoints = Checkpointer(agent, cap)
+    checkpoints = Checkpointer(agent, *setting)
     checkpoints.start()
     return checkpoints
 
@@ -94,8 +101,9 @@ class Stopped(Exception):
 
 
 class Checkpointer:
-    def __init__(self, agent: Any, cap: int) -> None:
+    def __init__(self, agent: Any, cap: int, always: bool = False) -> None:
         self.agent = agent
+        self.always = always  # also while cells keep coming (BUSY_AFTER)
         self.shell = agent.shell
         self.cap = cap  # 0: twice the memory limit, or DEFAULT_CAP
         self.enabled = True
@@ -148,6 +156,12 @@ class Checkpointer:
     # -- the thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            # Cells first: on a busy machine this thread's checksums, writes and syncs
+            # (none of which holds the GIL) get what cells leave of the CPU.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (OSError, AttributeError):
+            pass
         while not self._stopping:
             self._wake.wait()
             if not self._quiet():
@@ -179,7 +193,7 @@ class Checkpointer:
             now = time.monotonic()
             if self.agent._cell is None and now - self._ended >= DEBOUNCE:
                 return True
-            if now - since >= BUSY_AFTER:
+            if self.always and now - since >= BUSY_AFTER:
                 return True
         return False
 
@@ -205,6 +219,11 @@ class Checkpointer:
             return None, None
         limit = meta.limit.limit_bytes
         return (limit - sample.counted if sample is not None else None), limit
+
+    def _spare(self) -> int:
+        """Bytes free under the memory limit (a lot, where none is known)."""
+        room, _ = self.room()
+        return room if room is not None else 1 << 62
 
     def _cap(self, limit: int | None) -> int:
         if self.cap:
@@ -369,6 +388,10 @@ class Checkpointer:
                 entry = self._link(previous, temporary)  # as it was, whatever runs now
             elif name in running:
                 raise Stopped  # changed since, and the running cell may be changing it
+            elif (need := _memo_bytes(obj)) > self._spare() // 2:
+                why = f"writing it would take about {need >> 20} MiB more memory than is free"
+                unsaved[name] = self._unsaved(name, obj, why)
+                continue
             else:
                 try:
                     entry = self._pickle(obj, temporary, previous)
@@ -497,6 +520,20 @@ def _crc(view: memoryview, check: Any) -> int:
         check()
         value = zlib.crc32(view[start : start + CHUNK], value)  # without the GIL
     return value
+
+
+def _memo_bytes(obj: object) -> int:
+    """About what pickling ``obj`` holds in memory besides what it writes: the memo,
+    ~80 bytes an object (a list of a million 3-item dicts measured 260 MiB). Counted
+    one level deep (from a sample of a large container's items): its items and
+    theirs."""
+    if not isinstance(obj, (list, tuple, dict, set, frozenset)):
+        return 0
+    items = obj.values() if isinstance(obj, dict) else obj
+    count = len(obj)
+    sample = list(itertools.islice(items, 1000))
+    inner = sum(len(i) for i in sample if isinstance(i, (list, tuple, dict, set)))
+    return 80 * (count + inner * count // max(1, len(sample)))
 
 
 def uncache(fd: int) -> None:

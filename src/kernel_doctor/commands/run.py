@@ -60,10 +60,15 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         "--kernel", metavar="NAME", help="kernelspec to use instead of the notebook's"
     )
     parser.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="checkpoint the variables as cells run, so that --resume can go on after a death",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
-        help="after a death: restore the variables an earlier run of this notebook "
-        "checkpointed, and run only the cells after them",
+        help="after a death: restore the variables an earlier --checkpoint run of this "
+        "notebook saved, and run only the cells after them (checkpointing again)",
     )
     parser.add_argument(
         "--allow-errors", action="store_true", help="keep going after a cell raises"
@@ -286,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
         log=log,
         notebook_path=os.path.abspath(args.notebook),
         resume_run=args.resume,
+        checkpoint=args.checkpoint,
     )
     if args.output:
         import nbformat
