@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,33 @@ def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     finally:
         ip.run_line_magic("unload_ext", "kernel_doctor")
         InteractiveShell.clear_instance()
+
+
+@contextlib.contextmanager
+def shell_with_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, given: str
+) -> Iterator[tuple[Any, int]]:
+    """An in-process shell with the agent loaded and handed one end (``given``: "read"
+    or "write") of a new pipe in ``variable``, as the supervisor hands it: (the shell,
+    the pipe's other end)."""
+    import os
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    r, w = os.pipe()
+    handed, kept = (r, w) if given == "read" else (w, r)
+    monkeypatch.setenv(ENV_SESSION, str(tmp_path))
+    monkeypatch.setenv(variable, str(handed))
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "kernel_doctor")
+    try:
+        yield ip, kept
+    finally:
+        ip.run_line_magic("unload_ext", "kernel_doctor")
+        InteractiveShell.clear_instance()
+        for fd in (r, w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def test_flight_record(shell: Any, tmp_path: Path) -> None:
@@ -224,21 +252,12 @@ def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import os
-
-    from IPython.core.interactiveshell import InteractiveShell
-
-    from kernel_doctor.agent.protocol import ENV_WAKE_FD
-
-    r, w = os.pipe()
-    monkeypatch.setenv(ENV_SESSION, str(tmp_path))
-    monkeypatch.setenv(ENV_WAKE_FD, str(w))
     import time
 
     from kernel_doctor.agent import recorder
+    from kernel_doctor.agent.protocol import ENV_WAKE_FD
 
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "kernel_doctor")
-    try:
+    with shell_with_pipe(tmp_path, monkeypatch, ENV_WAKE_FD, "write") as (ip, r):
         ip.run_cell("a = 1", store_history=True)
         time.sleep(recorder.POKE_GAP)
         ip.run_cell("import time; time.sleep(0.01)", store_history=True)
@@ -258,10 +277,6 @@ def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
         os.close(r)  # the supervisor is gone
         result = ip.run_cell("d = 4", store_history=True)
         assert result.success and ip.user_ns["d"] == 4
-    finally:
-        ip.run_line_magic("unload_ext", "kernel_doctor")
-        InteractiveShell.clear_instance()
-        os.close(w)
 
 
 def test_doctor_show_leads_with_what_to_do_and_names_cells(
@@ -405,35 +420,24 @@ def test_the_watcher_ticks_only_when_the_supervisor_asks(
     import threading
     import time
 
-    from IPython.core.interactiveshell import InteractiveShell
-
     from kernel_doctor.agent.protocol import ENV_WATCH_FD
 
-    r, w = os.pipe()
-    monkeypatch.setenv(ENV_SESSION, str(tmp_path))
-    monkeypatch.setenv(ENV_WATCH_FD, str(r))
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "kernel_doctor")
     seen: list[State | None] = []
+    with shell_with_pipe(tmp_path, monkeypatch, ENV_WATCH_FD, "read") as (ip, w):
 
-    def supervisor() -> None:  # looks twice while the cell sleeps in a function
-        time.sleep(0.3)
-        seen.append(read_state(str(tmp_path)))  # nobody asked the watcher yet
-        os.write(w, b"w")
-        time.sleep(0.3)
-        seen.append(read_state(str(tmp_path)))
+        def supervisor() -> None:  # looks twice while the cell sleeps in a function
+            time.sleep(0.3)
+            seen.append(read_state(str(tmp_path)))  # nobody asked the watcher yet
+            os.write(w, b"w")
+            time.sleep(0.3)
+            seen.append(read_state(str(tmp_path)))
 
-    try:
         looker = threading.Thread(target=supervisor)
         looker.start()
         ip.run_cell("import time\ndef nap():\n    time.sleep(0.9)\nnap()", store_history=True)
         looker.join()
-        before, after = seen
-        assert before is not None and before.busy and before.frame is not None
-        assert before.frame[1:] == (4, "<module>")  # the statement, from the audit hook
-        assert after is not None and after.frame is not None
-        assert after.frame[1:] == (3, "nap") and after.line == 4  # the watcher's tick
-    finally:
-        ip.run_line_magic("unload_ext", "kernel_doctor")
-        InteractiveShell.clear_instance()
-        os.close(w)
+    before, after = seen
+    assert before is not None and before.busy and before.frame is not None
+    assert before.frame[1:] == (4, "<module>")  # the statement, from the audit hook
+    assert after is not None and after.frame is not None
+    assert after.frame[1:] == (3, "nap") and after.line == 4  # the watcher's tick
