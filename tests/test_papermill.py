@@ -56,3 +56,44 @@ def test_a_healthy_notebook_runs_as_with_papermills_engine(notebook: Any, tmp_pa
     nb = nbformat.read(str(out), as_version=4)
     assert nb.cells[0].outputs[0]["text"] == "hello\n"
     assert nb.cells[0].metadata.papermill.status == "completed"
+
+
+def test_a_checkpointed_run_resumes_after_its_kernel_was_killed(
+    notebook: Any, tmp_path: Path
+) -> None:
+    import os
+
+    import papermill as pm
+
+    marker = tmp_path / "killed-once"
+    path = notebook(
+        [
+            "import os, pathlib, signal, time",
+            "steps = ['one']",
+            "time.sleep(1.5)  # the state before this cell is checkpointed meanwhile",
+            "steps.append('two')",
+            f"if not pathlib.Path({str(marker)!r}).exists():\n"
+            f"    pathlib.Path({str(marker)!r}).touch()\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)",
+            "print(steps)",
+        ]
+    )
+    first = tmp_path / "first.ipynb"
+    with pytest.raises(Exception, match=r"[Kk]ernel died"):  # papermill's, on a death
+        pm.execute_notebook(
+            str(path), str(first), engine_name="kernel-doctor", kernel_doctor_checkpoint=True
+        )
+    # papermill's CLI passes no engine options: the environment asks for the resume.
+    out = tmp_path / "out.ipynb"
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", "--engine", "kernel-doctor", str(path), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KERNEL_DOCTOR_RESUME": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--resume: Restored 1 variable saved after In [2]" in result.stderr, result.stderr
+    nb = nbformat.read(str(out), as_version=4)
+    assert nb.cells[0].outputs == [] and nb.cells[1].outputs == []  # skipped
+    assert nb.cells[5].outputs[0]["text"] == "['one', 'two']\n"

@@ -54,7 +54,17 @@ class SupervisedKernelManager(AsyncKernelManager):
     def __init__(self, **kwargs: Any) -> None:
         self.supervisor_options: dict[str, str] = kwargs.pop("supervisor_options", {})
         self.command_prefix: list[str] = kwargs.pop("command_prefix", [])
+        # Added to the kernel's environment, whoever starts it (papermill's client
+        # passes none of its own).
+        self.kernel_env: dict[str, str] = kwargs.pop("kernel_env", {})
         super().__init__(**kwargs)
+
+    # AsyncKernelManager's start_kernel is a coroutine; jupyter_client types it as the
+    # synchronous KernelManager's.
+    async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+        if self.kernel_env:
+            kw["env"] = {**(kw.get("env") or os.environ), **self.kernel_env}
+        await super().start_kernel(**kw)
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         cmd = super().format_kernel_cmd(extra_arguments)
