@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .agent import store
-from .agent.checkpoint import ENV_CHECKPOINT, source_hash
+from .agent.cells import source_hash
+from .agent.checkpoint import ENV_CHECKPOINT
 
 
 @dataclass(frozen=True)

@@ -4,32 +4,27 @@ own, so that a death nobody could prevent loses nothing that could be saved.
 What a cell costs: its end appends the cell's source to a list (and wakes the thread
 if it sleeps). The thread waits until the kernel has been idle for DEBOUNCE, then writes
 a generation (``store``): only variables that are new, rebound, or named by a cell
-since the last one are pickled again (protocol 5, arrays' buffers out of band, straight
-to files); the others are hard links to the previous generation's files. A cell that
-starts meanwhile stops the write (the previous generation stays); it is tried again
-after that cell. What cannot be pickled is listed with the cell that made it, so
-``%doctor restore --recompute`` can run that cell again; imports, functions and classes
-are kept as their statements and run again first, so that instances of a notebook's
-own classes can be unpickled. Standard library only (see ``protocol``).
+since the last one are pickled again (``pickling``); the others are hard links to the
+previous generation's files. A cell that starts meanwhile stops the write (the previous
+generation stays); it is tried again after that cell. What cannot be pickled is listed
+with the cell that made it, so ``%doctor restore --recompute`` can run that cell again;
+imports, functions and classes are kept as their statements (``cells``) and run again
+first, so that instances of a notebook's own classes can be unpickled. Standard library
+only (see ``protocol``).
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import itertools
 import json
 import os
-import pickle
-import re
 import threading
 import time
-import types
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 from . import store
+from .cells import CellBook, Source, TreeKeeper, candidate, restored_by_definition
+from .pickling import memo_bytes, short_error, type_name, unlink_files, write_variable
 from .private import write_atomic
 from .protocol import last_sample, read_meta
 from .settings import size_bytes
@@ -47,9 +42,6 @@ DEFAULT_CAP = 10 * 1024**3  # without a memory limit; with one, twice the limit
 # A checkpoint starts only with this much room left under the memory limit (and a
 # tenth of the limit): pickling a container holds a memo of every object in it.
 MIN_ROOM = 64 * 1024**2
-CHUNK = 64 * 1024**2  # buffers are written and hashed in chunks, a new cell checked between
-HIDDEN = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
-_IDENTIFIER = re.compile(r"[^\W\d]\w*")
 
 
 def checkpoint_setting(text: str | None) -> tuple[int, bool] | None:
@@ -91,10 +83,6 @@ class Saved:
     directory: str  # the generation that holds its files
 
 
-def source_hash(source: str) -> str:
-    return hashlib.sha1(source.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
 class Stopped(Exception):
     """The generation being written is dropped: another cell started, or the running
     one names a variable that must be written."""
@@ -111,18 +99,17 @@ class Checkpointer:
         self.last: store.Generation | None = None
         # (execution count, source, the namespace's names after it) of each cell that
         # ended since the last checkpoint started
-        self._sources: list[tuple[int | None, str, list[str]]] = []
+        self._sources: list[Source] = []
         self._count: int | None = None  # the execution count of the state being written
         self._running: tuple[int, str] | None = None  # (seq, source) of a cell running
         self._after: tuple[int | None, list[str]] | None = None  # the state to write
-        self._history: list[str] = []  # every cell this kernel ran, as source_hash
         self._ended = 0.0
         self._wake = threading.Event()
         self._stopping = False
         self._saved: dict[str, Saved] = {}
         self._dirty: set[str] = set()  # named by cells whose checkpoint was dropped
-        self._definitions: dict[str, str] = {}  # what a def/class/import binds → source
-        self._made_by: dict[str, tuple[int | None, str]] = {}  # name → its last cell
+        self.cells = CellBook(agent.shell)
+        self.keeper = TreeKeeper()  # IPython's tree of each cell, parsed in the main thread
         self._number = 0
         self._files = 0
         self._kernel_dir: str | None = None
@@ -135,12 +122,14 @@ class Checkpointer:
     def start(self) -> None:
         from .ceiling import start_unlifted
 
+        self.shell.ast_transformers.append(self.keeper)
         start_unlifted(self._thread)
 
     def after_cell(self, count: int | None, source: str) -> None:
+        tree = self.keeper.take()
         if not self.enabled:
             return
-        self._sources.append((count, source, list(self.shell.user_ns)))
+        self._sources.append((count, source, list(self.shell.user_ns), tree))
         self._ended = time.monotonic()
         if not self._wake.is_set():
             self._wake.set()
@@ -148,6 +137,8 @@ class Checkpointer:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        if self.keeper in self.shell.ast_transformers:
+            self.shell.ast_transformers.remove(self.keeper)
 
     def adopt(self, name: str, obj: object, entry: dict[str, Any], directory: str) -> None:
         """A restored variable: its files serve the next generation as they are."""
@@ -169,8 +160,8 @@ class Checkpointer:
             self._wake.clear()
             sources, self._sources = self._sources, []
             if sources:
-                self._learn(sources)
-                self._dirty |= self._named(sources)
+                self.cells.learn(sources)
+                self._dirty |= self.cells.named(sources)
                 self._after = (sources[-1][0], sources[-1][2])
             if self._after is None:
                 continue
@@ -251,7 +242,7 @@ class Checkpointer:
         hidden = getattr(self.shell, "user_ns_hidden", {})
         # The names as the last cell left them: a running cell's new ones are not yet
         # part of that state.
-        names = [n for n in keys if _candidate(n, hidden)]
+        names = [n for n in keys if candidate(n, hidden)]
         if self._unchanged(namespace, names, named):
             self._advance()
             self._dirty, self._after = set(), None
@@ -285,10 +276,11 @@ class Checkpointer:
         """Nothing the last generation holds can differ: no name new, gone, rebound, or
         named by a cell since (cells that only read other variables, or print)."""
         last = self.last
-        if last is None or last.manifest.get("definitions") != self._definition_list():
+        if last is None or last.manifest.get("definitions") != self.cells.definition_list():
             return False
         held = set(last.variables) | set(last.unsaved)
-        kept = {n for n in names if not _restored_by_definition(n, namespace[n], self._definitions)}
+        defined = self.cells.definitions
+        kept = {n for n in names if not restored_by_definition(n, namespace[n], defined)}
         if kept != held or kept & named:
             return False
         return all(self._saved[n].ident == id(namespace[n]) for n in last.variables)
@@ -298,67 +290,10 @@ class Checkpointer:
         last = self.last
         if last is None or last.execution_count == self._count:
             return
-        manifest = {**last.manifest, "execution_count": self._count, "history": self._history}
+        manifest = {**last.manifest, "execution_count": self._count, "history": self.cells.history}
         write_atomic(os.path.join(last.path, store.MANIFEST), json.dumps(manifest).encode())
         self.last = store.Generation(last.path, last.kernel, last.number, manifest)
         self.status = f"saved after In [{self._count}]"
-
-    def _definition_list(self) -> list[str]:
-        return list(dict.fromkeys(self._definitions.values()))
-
-    def _learn(self, sources: list[tuple[int | None, str, list[str]]]) -> None:
-        """Note the statements that define things, the cells that bind names, and the
-        order cells ran in (``kernel-doctor run --resume`` finds its place by it)."""
-        for count, source, _ in sources:
-            self._history.append(source_hash(source))
-            try:
-                code = self.shell.transform_cell(source)
-                tree = ast.parse(code)
-            except Exception:
-                continue  # a cell that did not compile bound nothing
-            for node in tree.body:
-                for name in _defined(node):
-                    self._definitions.pop(name, None)  # kept in the order they ran
-                    self._definitions[name] = ast.get_source_segment(code, node) or ast.unparse(
-                        node
-                    )
-                for name in _assigned(node):
-                    self._definitions.pop(name, None)  # rebound by an assignment since
-                    self._made_by[name] = (count, source)
-
-    def _named(self, sources: list[tuple[int | None, str, list[str]]]) -> set[str]:
-        """Names the cells mention, and the globals of notebook functions they call: a
-        variable any of these may have changed in place."""
-        names: set[str] = set()
-        for _, source, _ in sources:
-            names |= self._mentioned(source)
-        namespace = self.shell.user_ns
-        todo = list(names)
-        while todo:
-            value = namespace.get(todo.pop())
-            if isinstance(value, types.FunctionType) and value.__module__ == "__main__":
-                for name in _code_names(value.__code__):
-                    if name not in names:
-                        names.add(name)
-                        todo.append(name)
-        return names
-
-    def _mentioned(self, source: str) -> set[str]:
-        """The names a cell's code uses (not its comments or strings), and every word of
-        a magic's arguments (``%timeit f(x)``)."""
-        try:
-            tree = ast.parse(self.shell.transform_cell(source))
-        except Exception:
-            return set(_IDENTIFIER.findall(source))
-        names: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name):
-                names.add(node.id)
-            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "").startswith("run_"):
-                for arg in node.args:
-                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                        names.update(_IDENTIFIER.findall(arg.value))
-        return names
 
     def _write(
         self,
@@ -372,7 +307,9 @@ class Checkpointer:
         unsaved: dict[str, dict[str, Any]] = {}
         saved: dict[str, Saved] = {}
         used = 0
-        running = self._named([(None, self._running[1], [])]) if self._running else set()
+        running = set()
+        if self._running is not None:  # its tree, once IPython has parsed it
+            running = self.cells.named([(None, self._running[1], [], self.keeper.tree)])
         for name in names:
             self._check_idle()
             if name not in namespace:
@@ -380,7 +317,7 @@ class Checkpointer:
                     raise Stopped  # the running cell deleted it: its value is gone
                 continue
             obj = namespace[name]
-            if _restored_by_definition(name, obj, self._definitions):
+            if restored_by_definition(name, obj, self.cells.definitions):
                 continue
             previous = self._saved.get(name)
             kept = previous is not None and previous.ident == id(obj)
@@ -388,7 +325,7 @@ class Checkpointer:
                 entry = self._link(previous, temporary)  # as it was, whatever runs now
             elif name in running:
                 raise Stopped  # changed since, and the running cell may be changing it
-            elif (need := _memo_bytes(obj)) > self._spare() // 2:
+            elif (need := memo_bytes(obj)) > self._spare() // 2:
                 why = f"writing it would take about {need >> 20} MiB more memory than is free"
                 unsaved[name] = self._unsaved(name, obj, why)
                 continue
@@ -398,11 +335,11 @@ class Checkpointer:
                 except Stopped:
                     raise
                 except Exception as exc:
-                    unsaved[name] = self._unsaved(name, obj, f"cannot be pickled ({_short(exc)})")
+                    why = f"cannot be pickled ({short_error(exc)})"
+                    unsaved[name] = self._unsaved(name, obj, why)
                     continue
             if used + int(entry["bytes"]) > budget:
-                for file in entry["files"]:
-                    _unlink(os.path.join(temporary, file))
+                unlink_files(temporary, entry["files"])
                 unsaved[name] = self._unsaved(name, obj, "over the checkpoints' size cap")
                 continue
             used += int(entry["bytes"])
@@ -414,49 +351,24 @@ class Checkpointer:
             "execution_count": self._count,
             "variables": variables,
             "unsaved": unsaved,
-            "definitions": self._definition_list(),
-            "history": list(self._history),
+            "definitions": self.cells.definition_list(),
+            "history": list(self.cells.history),
             "bytes": used,
         }
         return manifest, saved
 
     def _unsaved(self, name: str, obj: object, why: str) -> dict[str, Any]:
-        count, source = self._made_by.get(name, (None, ""))
-        return {"type": _type_name(obj), "why": why, "cell": count, "source": source}
+        count, source = self.cells.made_by.get(name, (None, ""))
+        return {"type": type_name(obj), "why": why, "cell": count, "source": source}
 
     def _pickle(self, obj: object, temporary: str, previous: Saved | None) -> dict[str, Any]:
         self._files += 1
-        base = f"v{self._files}"
-        buffers: list[pickle.PickleBuffer] = []
-        digest = hashlib.sha256()
-        path = os.path.join(temporary, base + ".pkl")
-        with open(path, "xb") as file:
-            pickle.Pickler(_Hashing(file, digest), protocol=5, buffer_callback=buffers.append).dump(
-                obj
-            )
-            file.flush()
-            uncache(file.fileno())
-        views = [b.raw() for b in buffers]
-        for view in views:
-            digest.update(_crc(view, self._check_idle).to_bytes(4, "little"))
-            digest.update(len(view).to_bytes(8, "little"))
-        fingerprint = digest.hexdigest()
-        if previous is not None and previous.entry.get("digest") == fingerprint:
-            os.unlink(path)  # unchanged after all: the previous files serve
+        digest = previous.entry.get("digest") if previous is not None else None
+        entry = write_variable(obj, temporary, f"v{self._files}", digest, self._check_idle)
+        if entry is None and previous is not None:  # unchanged after all
             return self._link(previous, temporary)
-        files = [base + ".pkl"]
-        size = os.path.getsize(path)
-        for i, view in enumerate(views):
-            name = f"{base}.b{i}"
-            with open(os.path.join(temporary, name), "xb") as file:
-                for start in range(0, len(view), CHUNK):
-                    self._check_idle()
-                    file.write(view[start : start + CHUNK])
-                    file.flush()
-                    uncache(file.fileno())
-            files.append(name)
-            size += len(view)
-        return {"files": files, "bytes": size, "type": _type_name(obj), "digest": fingerprint}
+        assert entry is not None
+        return entry
 
     def _link(self, previous: Saved, temporary: str) -> dict[str, Any]:
         for name in previous.entry["files"]:
@@ -502,111 +414,6 @@ class Checkpointer:
             store.remove(path)
 
 
-class _Hashing:
-    """A file that hashes what is written to it."""
-
-    def __init__(self, file: Any, digest: Any) -> None:
-        self.file = file
-        self.digest = digest
-
-    def write(self, data: Any) -> int:
-        self.digest.update(data)
-        return int(self.file.write(data))
-
-
-def _crc(view: memoryview, check: Any) -> int:
-    value = 0
-    for start in range(0, len(view), CHUNK):
-        check()
-        value = zlib.crc32(view[start : start + CHUNK], value)  # without the GIL
-    return value
-
-
-def _memo_bytes(obj: object) -> int:
-    """About what pickling ``obj`` holds in memory besides what it writes: the memo,
-    ~80 bytes an object (a list of a million 3-item dicts measured 260 MiB). Counted
-    one level deep (from a sample of a large container's items): its items and
-    theirs."""
-    if not isinstance(obj, (list, tuple, dict, set, frozenset)):
-        return 0
-    items = obj.values() if isinstance(obj, dict) else obj
-    count = len(obj)
-    sample = list(itertools.islice(items, 1000))
-    inner = sum(len(i) for i in sample if isinstance(i, (list, tuple, dict, set)))
-    return 80 * (count + inner * count // max(1, len(sample)))
-
-
-def uncache(fd: int) -> None:
-    """Write what the file holds to disk and drop it from the page cache: the memory
-    cgroup counts the cache of the files its processes write, so a checkpoint's would
-    otherwise count against the kernel's limit (its size, measured, at 2 GB arrays)."""
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except (OSError, AttributeError):
-        pass  # not Linux: nothing to drop
-
-
 def meta_limited(session_dir: str) -> bool:
     meta = read_meta(session_dir)
     return meta is not None and meta.limit is not None and meta.limit.kind != "system"
-
-
-def _candidate(name: str, hidden: Any) -> bool:
-    return not name.startswith("_") and name not in HIDDEN and name not in hidden
-
-
-def _restored_by_definition(name: str, obj: object, definitions: dict[str, str]) -> bool:
-    """Modules, and what an import, def or class statement bound: run again, not
-    pickled (the notebook's own functions cannot be pickled by reference)."""
-    if isinstance(obj, types.ModuleType):
-        return True
-    return name in definitions and isinstance(obj, (types.FunctionType, type))
-
-
-def _defined(node: ast.stmt) -> list[str]:
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return [node.name]
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-        return [(a.asname or a.name).split(".")[0] for a in node.names if a.name != "*"]
-    return []
-
-
-def _assigned(node: ast.AST) -> set[str]:
-    """Names a top-level statement binds by assignment (not inside the functions and
-    classes it defines)."""
-    if isinstance(node, ast.Name):
-        return {node.id} if isinstance(node.ctx, ast.Store) else set()
-    names: set[str] = set()
-    for child in ast.iter_child_nodes(node):
-        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            names |= _assigned(child)
-    return names
-
-
-def _code_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
-
-
-def _type_name(obj: object) -> str:
-    kind = type(obj)
-    module = kind.__module__
-    return (
-        kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
-    )
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 120 else text[:117] + "…"
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

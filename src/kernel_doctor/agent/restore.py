@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 from . import store
-from .checkpoint import uncache
 from .guard import format_bytes
 from .naming import cell_name
+from .pickling import uncache
 from .private import is_private_dir, open_private
 from .protocol import read_meta
 
