@@ -189,37 +189,26 @@ class Checkpointer:
         return False
 
     def _where(self) -> str | None:
-        if self._kernel_dir is not None:
-            return self._kernel_dir
-        meta = read_meta(self.agent.session_dir)
-        name = store.notebook_name(meta)
-        root = store.state_root(self.agent.session_dir)
-        if meta is None or name is None or root is None:
-            return None
-        self._notebook = store.notebook_dir(root, name, create=True)
-        path = os.path.join(self._notebook, store.kernel_folder_name(meta))
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        self._kernel_dir = path
-        return path
+        if self._kernel_dir is None:
+            place = store.kernel_place(self.agent.session_dir, create=True)
+            if place is None:
+                return None
+            self._notebook, kernel = place
+            self._kernel_dir = os.path.join(self._notebook, kernel)
+            os.makedirs(self._kernel_dir, mode=0o700, exist_ok=True)
+        return self._kernel_dir
 
-    def room(self) -> tuple[int | None, int | None]:
-        """(bytes left under the memory limit, the limit), from the supervisor's record."""
+    def _memory(self) -> tuple[int | None, int | None, int]:
+        """(bytes left under the memory limit, the limit, the size cap), read once a
+        checkpoint from the supervisor's records."""
         meta = read_meta(self.agent.session_dir)
-        sample = last_sample(self.agent.session_dir)
         if meta is None or meta.limit is None:
-            return None, None
+            return None, None, self.cap or DEFAULT_CAP
+        sample = last_sample(self.agent.session_dir)
         limit = meta.limit.limit_bytes
-        return (limit - sample.counted if sample is not None else None), limit
-
-    def _spare(self) -> int:
-        """Bytes free under the memory limit (a lot, where none is known)."""
-        room, _ = self.room()
-        return room if room is not None else 1 << 62
-
-    def _cap(self, limit: int | None) -> int:
-        if self.cap:
-            return self.cap
-        return 2 * limit if limit and meta_limited(self.agent.session_dir) else DEFAULT_CAP
+        room = limit - sample.counted if sample is not None else None
+        limited = meta.limit.kind != "system"  # system RAM is no cgroup's limit
+        return room, limit, self.cap or (2 * limit if limited else DEFAULT_CAP)
 
     def _checkpoint(self, keys: list[str]) -> None:
         """Write the state after the last cell that ended (``keys``: its names)."""
@@ -232,12 +221,13 @@ class Checkpointer:
             self.enabled = False
             return
         named = self._dirty  # until a generation holds them
-        room, limit = self.room()
+        room, limit, cap = self._memory()
         if room is not None and limit is not None and room < max(MIN_ROOM, limit // 10):
             self.status = "skipped: too little memory left to write one safely"
             self._after = None  # tried again after the next cell
             return
-        budget = self._cap(limit) - self._others_bytes()
+        budget = cap - self._others_bytes()
+        spare = room if room is not None else 1 << 62
         namespace = self.shell.user_ns
         hidden = getattr(self.shell, "user_ns_hidden", {})
         # The names as the last cell left them: a running cell's new ones are not yet
@@ -252,7 +242,7 @@ class Checkpointer:
         store.remove(temporary)
         os.mkdir(temporary, 0o700)
         try:
-            manifest, saved = self._write(temporary, namespace, names, named, budget)
+            manifest, saved = self._write(temporary, namespace, names, named, budget, spare)
             final = os.path.join(kernel_dir, f"{store.GENERATION}{self._number:06d}")
             data = json.dumps(manifest).encode()
             fd = os.open(os.path.join(temporary, store.MANIFEST), os.O_WRONLY | os.O_CREAT, 0o600)
@@ -302,6 +292,7 @@ class Checkpointer:
         names: list[str],
         named: set[str],
         budget: int,
+        spare: int,
     ) -> tuple[dict[str, Any], dict[str, Saved]]:
         variables: dict[str, dict[str, Any]] = {}
         unsaved: dict[str, dict[str, Any]] = {}
@@ -325,7 +316,7 @@ class Checkpointer:
                 entry = self._link(previous, temporary)  # as it was, whatever runs now
             elif name in running:
                 raise Stopped  # changed since, and the running cell may be changing it
-            elif (need := memo_bytes(obj)) > self._spare() // 2:
+            elif (need := memo_bytes(obj)) > spare // 2:
                 why = f"writing it would take about {need >> 20} MiB more memory than is free"
                 unsaved[name] = self._unsaved(name, obj, why)
                 continue
@@ -412,8 +403,3 @@ class Checkpointer:
                     store.remove(older.path)
                 continue
             store.remove(path)
-
-
-def meta_limited(session_dir: str) -> bool:
-    meta = read_meta(session_dir)
-    return meta is not None and meta.limit is not None and meta.limit.kind != "system"

@@ -19,28 +19,16 @@ from .guard import format_bytes
 from .naming import cell_name
 from .pickling import uncache
 from .private import is_private_dir, open_private
-from .protocol import read_meta
 
 READ_SPEED = 400 * 1024**2  # bytes a second, for the estimate in the offer
 
 
-def notebook_folder(agent: Any) -> tuple[str | None, str | None]:
-    """(the notebook's checkpoint folder, this kernel's folder name in it)."""
-    meta = read_meta(agent.session_dir)
-    name = store.notebook_name(meta)
-    root = store.state_root(agent.session_dir)
-    if meta is None or name is None or root is None:
-        return None, None
-    folder = store.notebook_dir(root, name, create=False)
-    return folder, store.kernel_folder_name(meta)
-
-
 def restorable(agent: Any) -> store.Generation | None:
     """The newest checkpoint of an earlier kernel of this notebook."""
-    folder, own = notebook_folder(agent)
-    if folder is None or not is_private_dir(folder):
+    place = store.kernel_place(agent.session_dir, create=False)
+    if place is None or not is_private_dir(place[0]):
         return None
-    return store.latest(folder, before=own)
+    return store.latest(place[0], before=place[1])
 
 
 def offer(agent: Any) -> str | None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .private import is_private_dir, private_dir, read_private, write_atomic
+from .protocol import read_meta
 from .records import Meta
 
 CHECKPOINTS = "checkpoints"
@@ -60,6 +61,18 @@ def state_root(session_dir: str) -> str | None:
     there through checked folders, in the data dir or in the temp-dir fallback."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(session_dir)))
     return root if is_private_dir(root) else None
+
+
+def kernel_place(session_dir: str, *, create: bool) -> tuple[str, str] | None:
+    """(its notebook's folder, the kernel's folder name in it) for the kernel of the
+    session ``session_dir``; None where its notebook is not known or its session not
+    in a private folder of this user's."""
+    meta = read_meta(session_dir)
+    name = notebook_name(meta)
+    root = state_root(session_dir)
+    if meta is None or name is None or root is None:
+        return None
+    return notebook_dir(root, name, create=create), kernel_folder_name(meta)
 
 
 def notebook_dir(root: str, name: str, *, create: bool) -> str:
