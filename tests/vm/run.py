@@ -46,6 +46,7 @@ VM_TESTS = [
     "tests/test_guard.py::test_gradual_growth_is_stopped_and_the_kernel_lives",
     "tests/test_guard_layers.py::test_an_allocation_past_what_the_limit_leaves_is_refused",
     "tests/test_children.py::test_run_reports_a_worker_killed_by_the_oom_killer",
+    "tests/test_checkpoints.py::test_variables_come_back_after_an_oom_kill",
     "tests/vm/test_systemd_user.py",
 ]
 
