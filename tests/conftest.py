@@ -29,6 +29,16 @@ PY311 = sys.version_info[:2] == (3, 11)
 _RUNTIME = tempfile.mkdtemp(prefix="kd-tests-runtime-")
 os.environ["JUPYTER_DATA_DIR"] = os.path.join(_RUNTIME, "data")
 os.environ["JUPYTER_RUNTIME_DIR"] = os.path.join(_RUNTIME, "runtime")
+# Chromium's background connections are refused on a closed network, many at a time.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -72,6 +82,21 @@ def cgroup_parent() -> Iterator[str]:
         else:
             os.environ[ENV_PARENT] = old
         remove_cgroup_tree(path)
+
+
+def limited_cgroup(limit_bytes: int, who: str) -> str:
+    """A fresh memory cgroup directory (in the session's parent) with ``limit_bytes``, for
+    ``who`` to be put in by path; skips where none can be made."""
+    from kernel_doctor._errors import CgroupUnavailable
+    from kernel_doctor.probe.create import make_limited_cgroup
+
+    try:
+        cgroup = make_limited_cgroup(limit_bytes)
+    except CgroupUnavailable as exc:
+        pytest.skip(f"no memory cgroup for {who}: {exc}")
+    if cgroup.path is None:
+        pytest.skip(f"memory cgroups only through systemd-run here; {who} needs a directory")
+    return cgroup.path
 
 
 def remove_cgroup_tree(path: str) -> None:

@@ -787,7 +787,7 @@ def test_status_of_a_mix(jupyter: Dirs, capsys: Any, foreign_python: str, bare_p
 
     result = cli(capsys, "status", "--json")
     assert (result.code, result.err) == (0, "")
-    rows = {row["name"]: row for row in json.loads(result.out)}
+    rows = {row["name"]: row for row in json.loads(result.out)["kernelspecs"]}
     assert "unreadable" not in rows and "python3" in rows
     for name, (supervised, twin_of, state) in expected.items():
         assert rows[name] == {
@@ -796,6 +796,7 @@ def test_status_of_a_mix(jupyter: Dirs, capsys: Any, foreign_python: str, bare_p
             "supervised": supervised,
             "twin_of": twin_of,
             "resource_dir": str(where[name]),
+            "provisioner": None,
             "state": state,
         }
 
@@ -825,7 +826,7 @@ def test_status_with_nothing_supervised(jupyter: Dirs, capsys: Any) -> None:
     assert result.out.endswith(
         "\nnone is supervised: `kernel-doctor install` adds a twin of python3\n"
     )
-    rows = json.loads(cli(capsys, "status", "--json").out)
+    rows = json.loads(cli(capsys, "status", "--json").out)["kernelspecs"]
     assert [r for r in rows if r["supervised"]] == []
 
 
@@ -848,3 +849,61 @@ def test_shell_guard_starts_the_kernel_when_the_supervisor_python_is_gone(
     assert done.stderr == (
         f"kernel-doctor: {gone} is not there any more; starting the kernel unsupervised\n"
     )
+
+
+def test_status_says_whether_the_server_supervises_every_kernel(jupyter: Dirs, capsys: Any) -> None:
+    """The admin's one line (``SupervisingProvisioner.supervise``), read from the server's
+    config files as the server reads them: JSON or Python, the file that set it named."""
+    config = jupyter.root / "config"
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps({"SupervisingProvisioner": {"supervise": False}})
+    )
+    write_spec(jupyter.path_kernels, "alpha", ipykernel_argv("python"))
+    own = {"kernel_provisioner": {"provisioner_name": "someone-elses"}}
+    write_spec(jupyter.path_kernels, "remote", ipykernel_argv("python"), metadata=own)
+
+    result = cli(capsys, "status")
+    assert (result.code, result.err) == (0, "")
+    assert "alpha: not supervised\n" in result.out
+    assert "Jupyter Server: only the twins (…-doctor kernelspecs) are supervised\n" in result.out
+    assert "add `c.SupervisingProvisioner.supervise = True` to the server's config" in result.out
+
+    # The admin's line, in the image's jupyter_server_config.py (it runs, as in the server).
+    (config / "jupyter_server_config.json").unlink()
+    (config / "jupyter_server_config.py").write_text("c.SupervisingProvisioner.supervise = True\n")
+    result = cli(capsys, "status")
+    assert (result.code, result.err) == (0, "")
+    assert (
+        "alpha: supervised when a Jupyter Server starts it (the server's setting)\n"
+    ) in result.out
+    assert "remote: not supervised (it names the provisioner 'someone-elses')\n" in result.out
+    assert (
+        "Jupyter Server: every kernel it starts is supervised, whatever kernelspec the user "
+        "picks; kernelspecs that name a provisioner of their own keep it\n"
+        f"    SupervisingProvisioner.supervise = True (in {config}/jupyter_server_config.py)\n"
+    ) in result.out
+    assert "none is supervised" not in result.out
+    server = json.loads(cli(capsys, "status", "--json").out)["server"]
+    assert server["supervises_every_kernel"] is True
+    assert server["supervise"] == {
+        "value": True,
+        "set_in": f"{config}/jupyter_server_config.py",
+    }
+
+    # Another default provisioner, chosen by the admin: ours does not wrap anything.
+    (config / "jupyter_config.json").write_text("{}")
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps({"KernelProvisionerFactory": {"default_provisioner_name": "local-provisioner"}})
+    )
+    result = cli(capsys, "status")
+    assert (
+        "    the default kernel provisioner is 'local-provisioner' "
+        f"(in {config}/jupyter_server_config.json), not 'kernel-doctor'\n"
+    ) in result.out
+
+    # A config file that cannot run: the server logs it and starts; status says so.
+    (config / "jupyter_server_config.json").unlink()
+    (config / "jupyter_server_config.py").write_text("c.SupervisingProvisioner.supervise = (\n")
+    result = cli(capsys, "status")
+    assert result.code == 0 and "Traceback" not in result.out
+    assert f"    warning: cannot read {config}/jupyter_server_config.py (" in result.out

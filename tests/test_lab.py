@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from conftest import CHROMIUM_ARGS
 from kernels import unguardable_fill
 from test_server import TWIN, Server, running_server
 
@@ -26,16 +27,6 @@ if CHROMIUM is None:
     pytest.skip("Debian's chromium is not installed", allow_module_level=True)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "lab"
-# Chromium's background connections are refused on a closed network, many at a time.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")

@@ -236,3 +236,77 @@ def test_the_entry_point_is_declared() -> None:
     pyproject = Path(__file__).parent.parent / "pyproject.toml"
     project = tomllib.loads(pyproject.read_text())["project"]
     assert project["entry-points"][GROUP] == {NAME: TARGET}
+
+
+def _plain_spec(data_dir: Path, name: str, **metadata: Any) -> None:
+    spec = data_dir / "kernels" / name
+    spec.mkdir()
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    document: dict[str, Any] = {"argv": argv, "display_name": name}
+    if metadata:
+        document["metadata"] = metadata
+    spec.joinpath("kernel.json").write_text(json.dumps(document))
+
+
+async def _launched(config: Any, name: str) -> list[str]:
+    """The command line a kernel manager with the server's ``config`` launched for the
+    kernelspec ``name`` (once the kernel answered)."""
+    km = AsyncKernelManager(kernel_name=name, config=config)
+    await km.start_kernel()
+    try:
+        await _kernel_info(km)
+        process: Any = km.provisioner.process  # type: ignore[union-attr]
+        return list(process.args)
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+def test_the_admins_line_supervises_every_kernelspec_but_those_naming_their_own(
+    supervising: KernelProvisionerFactory, data_dir: Path
+) -> None:
+    """``c.SupervisingProvisioner.supervise = True`` in the server's config, as the
+    server's kernel managers pass it on: a plain kernelspec runs under the supervisor; one
+    that names a provisioner of its own keeps it, unsupervised."""
+    from traitlets.config import Config
+
+    config = Config({"SupervisingProvisioner": {"supervise": True}})
+    _plain_spec(data_dir, "plain")
+    _plain_spec(data_dir, "own", kernel_provisioner={"provisioner_name": "local-provisioner"})
+
+    argv = asyncio.run(_launched(config, "plain"))
+    assert argv[:6] == [
+        sys.executable,
+        "-m",
+        "kernel_doctor.supervise",
+        "--kernel-name",
+        "plain",
+        "--",
+    ]
+    assert asyncio.run(_launched(config, "own"))[:3] == [
+        sys.executable,
+        "-m",
+        "ipykernel_launcher",
+    ]
+
+
+def test_a_kernel_that_cannot_be_supervised_starts_plain(
+    supervising: KernelProvisionerFactory,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from traitlets.config import Config
+
+    import kernel_doctor.launch
+
+    def broken(options: Any = None) -> list[str]:
+        raise OSError("no supervisor here")
+
+    monkeypatch.setattr(kernel_doctor.launch, "supervisor_command", broken)
+    _plain_spec(data_dir, "plain")
+
+    config = Config({"SupervisingProvisioner": {"supervise": True}})
+    with caplog.at_level("WARNING"):
+        argv = asyncio.run(_launched(config, "plain"))
+    assert argv[:3] == [sys.executable, "-m", "ipykernel_launcher"]
+    assert "kernel-doctor: starting the kernel unsupervised (no supervisor here)" in caplog.text

@@ -26,14 +26,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
-from conftest import remove_cgroup_tree
-from kernel_doctor._errors import CgroupUnavailable
+from conftest import limited_cgroup, remove_cgroup_tree
+from kernel_doctor.diagnosis.causes import CAUSES
 from kernel_doctor.kernelspecs import SpecInfo, twin_spec
-from kernel_doctor.probe.create import make_limited_cgroup
 from kernels import unguardable_fill
 
 pytest.importorskip("jupyter_server")
@@ -95,6 +94,9 @@ class Server:
             text = response.read()
         return json.loads(text) if text else None
 
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -122,15 +124,10 @@ def running_server(
 ) -> Iterator[Server]:
     """``python -m APP`` (jupyter_server, or jupyterlab) with the supervised twin
     kernelspec, in a fresh 400 MB memory cgroup that this test process never joins."""
-    try:
-        cgroup = make_limited_cgroup(LIMIT)
-    except CgroupUnavailable as exc:
-        pytest.skip(f"no memory cgroup for the server: {exc}")
-    if cgroup.path is None:
-        pytest.skip("memory cgroups only through systemd-run here; the server needs a directory")
+    cgroup = limited_cgroup(LIMIT, "the server")
     process = None
     try:
-        procs = Path(cgroup.path, "cgroup.procs")
+        procs = Path(cgroup, "cgroup.procs")
         root = tmp_path_factory.mktemp("server")
         dirs = {n: root / n for n in ("data", "config", "runtime", "notebooks", "ipython")}
         for path in dirs.values():
@@ -196,7 +193,7 @@ def running_server(
     finally:
         if process is not None:
             stop_server(process)
-        remove_cgroup_tree(cgroup.path)
+        remove_cgroup_tree(cgroup)
 
 
 @pytest.fixture(scope="module")
@@ -208,16 +205,26 @@ def server(cgroup_parent: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 # -- a notebook, as JupyterLab talks to its kernel -------------------------------------
 
 
+class Endpoint(Protocol):
+    """A Jupyter server as a notebook reaches it: directly, or through a hub's proxy."""
+
+    token: str
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any: ...
+
+    def ws_url(self, path: str) -> str: ...
+
+
 class Notebook:
     """A notebook session and its kernel's websocket; reconnects when the socket drops."""
 
-    def __init__(self, server: Server, path: str) -> None:
+    def __init__(self, server: Endpoint, path: str, kernel: str = TWIN) -> None:
         self.server = server
         self.path = path
         session = server.request(
             "POST",
             "/api/sessions",
-            {"path": path, "name": path, "type": "notebook", "kernel": {"name": TWIN}},
+            {"path": path, "name": path, "type": "notebook", "kernel": {"name": kernel}},
         )
         self.session_id = session["id"]
         self.kernel_id = session["kernel"]["id"]
@@ -230,8 +237,9 @@ class Notebook:
     def connect(self) -> None:
         self.close_socket()
         self.ws = websocket.create_connection(
-            f"ws://127.0.0.1:{self.server.port}/api/kernels/{self.kernel_id}/channels"
-            f"?session_id={self.client_session}",
+            self.server.ws_url(
+                f"/api/kernels/{self.kernel_id}/channels?session_id={self.client_session}"
+            ),
             header=[f"Authorization: token {self.server.token}"],
             timeout=REPLY_TIMEOUT,
         )
@@ -512,7 +520,8 @@ def test_deaths_are_counted_on_the_servers_metrics(server: Server) -> None:
     # The module's earlier tests killed kernels (an OOM kill, a segfault); the extension
     # counts each stored report under its cause within its 5 s poll.
     assert len(server.reports()) >= 2, "run with the module's earlier tests"
-    causes = {r["cause"] for r in server.reports()}
+    expected = {cause: sum(1 for r in server.reports() if r["cause"] == cause) for cause in CAUSES}
+    lines: list[str] = []
     deadline = time.monotonic() + 15
     text = ""
     while time.monotonic() < deadline:
@@ -522,12 +531,15 @@ def test_deaths_are_counted_on_the_servers_metrics(server: Server) -> None:
         )
         with urllib.request.urlopen(req, timeout=REPLY_TIMEOUT) as response:
             text = response.read().decode()
-        if all(f'kernel_doctor_deaths_total{{cause="{c}"}}' in text for c in causes):
+        # Every cause is there, at 0 until a death: increase() counts the first one.
+        lines = [
+            f'kernel_doctor_deaths_total{{cause="{c}"}} {float(n)}' for c, n in expected.items()
+        ]
+        if all(line in text.splitlines() for line in lines):
             break
         time.sleep(0.5)
-    for cause in causes:
-        count = sum(1 for r in server.reports() if r["cause"] == cause)
-        assert f'kernel_doctor_deaths_total{{cause="{cause}"}} {float(count)}' in text, text
+    for line in lines:
+        assert line in text.splitlines(), text
     assert "kernel_doctor_supervised_kernels" in text
     # Behind the server's normal authentication.
     with pytest.raises(urllib.error.HTTPError) as refused:

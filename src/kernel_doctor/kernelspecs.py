@@ -66,6 +66,7 @@ class SpecInfo:
     argv: tuple[str, ...]
     twin_of: str | None  # the source kernelspec's name, for a twin written by us
     supervised: bool  # a twin, or any spec whose argv runs the supervisor
+    provisioner: str | None = None  # the kernel provisioner its metadata names, if any
 
 
 def _manager() -> Any:
@@ -110,7 +111,9 @@ def supervisor_at(argv: list[str] | tuple[str, ...]) -> int:
 
 def _info(name: str, resource_dir: str) -> SpecInfo:
     spec = _load(resource_dir)
-    mark = (spec.get("metadata") or {}).get(MARK)
+    metadata = spec.get("metadata") or {}
+    mark = metadata.get(MARK)
+    named = metadata.get("kernel_provisioner")
     argv = tuple(str(a) for a in spec["argv"])
     runs_supervisor = any("kernel_doctor" in part for part in argv[:4])
     return SpecInfo(
@@ -120,6 +123,7 @@ def _info(name: str, resource_dir: str) -> SpecInfo:
         argv=argv,
         twin_of=str(mark.get("source")) if isinstance(mark, dict) else None,
         supervised=isinstance(mark, dict) or runs_supervisor,
+        provisioner=str(named.get("provisioner_name")) if isinstance(named, dict) else None,
     )
 
 

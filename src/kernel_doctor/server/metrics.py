@@ -8,12 +8,16 @@ kernel's memory against its limit.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from ..agent.protocol import read_events
+from ..diagnosis.causes import CAUSES
+
+CHILD_CAUSES = ("out_of_memory", "native_crash")  # what supervisor/children.py reports
 
 POLL = 5.0
 
@@ -40,6 +44,12 @@ LIMIT = Gauge(
     "The memory limit that applies to a supervised kernel",
     ["kernel_id"],
 )
+# Each cause's series exists from the start, at 0: Prometheus's increase() and rate()
+# need a sample before the first death to count it (a series born at 1 reads as 0).
+for _cause in CAUSES:
+    DEATHS.labels(cause=_cause)
+for _cause in CHILD_CAUSES:
+    CHILD_DEATHS.labels(cause=_cause)
 
 
 class Poller:
@@ -99,8 +109,10 @@ class Poller:
                 self.ignored.add((kernel_id, ignored["seq"]))
                 IGNORED_INTERRUPTS.inc()
         for gone in self.labelled - current:  # ended kernels leave no stale series
-            MEMORY.remove(gone)
-            LIMIT.remove(gone)
+            for gauge in (MEMORY, LIMIT):
+                # A kernel with no reading has no series; older prometheus_clients raise.
+                with contextlib.suppress(KeyError):
+                    gauge.remove(gone)
         self.labelled = current
 
 
