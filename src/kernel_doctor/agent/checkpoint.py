@@ -129,7 +129,7 @@ class Checkpointer:
         tree = self.keeper.take()
         if not self.enabled:
             return
-        self._sources.append((count, source, list(self.shell.user_ns), tree))
+        self._sources.append((count, source, tree))
         self._ended = time.monotonic()
         if not self._wake.is_set():
             self._wake.set()
@@ -162,7 +162,9 @@ class Checkpointer:
             if sources:
                 self.cells.learn(sources)
                 self._dirty |= self.cells.named(sources)
-                self._after = (sources[-1][0], sources[-1][2])
+                # The namespace's names, listed here rather than after each cell: the
+                # list costs the cell's thread more as IPython's _iN names pile up.
+                self._after = (sources[-1][0], list(self.shell.user_ns))
             if self._after is None:
                 continue
             cell = self.agent._cell  # the one running now, if any
@@ -300,7 +302,7 @@ class Checkpointer:
         used = 0
         running = set()
         if self._running is not None:  # its tree, once IPython has parsed it
-            running = self.cells.named([(None, self._running[1], [], self.keeper.tree)])
+            running = self.cells.named([(None, self._running[1], self.keeper.tree)])
         for name in names:
             self._check_idle()
             if name not in namespace:
