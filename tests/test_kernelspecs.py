@@ -870,9 +870,11 @@ def test_status_says_whether_the_server_supervises_every_kernel(jupyter: Dirs, c
 
     # The admin's line, in the image's jupyter_server_config.py (it runs, as in the server).
     (config / "jupyter_server_config.json").unlink()
-    (config / "jupyter_server_config.py").write_text("c.SupervisingProvisioner.supervise = True\n")
+    (config / "jupyter_server_config.py").write_text(
+        "c.SupervisingProvisioner.supervise = True\nprint('a config that talks')\n"
+    )
     result = cli(capsys, "status")
-    assert (result.code, result.err) == (0, "")
+    assert (result.code, result.err) == (0, "a config that talks\n")
     assert (
         "alpha: supervised when a Jupyter Server starts it (the server's setting)\n"
     ) in result.out
@@ -883,6 +885,7 @@ def test_status_says_whether_the_server_supervises_every_kernel(jupyter: Dirs, c
         f"    SupervisingProvisioner.supervise = True (in {config}/jupyter_server_config.py)\n"
     ) in result.out
     assert "none is supervised" not in result.out
+    # What the config prints goes to stderr: --json stays JSON.
     server = json.loads(cli(capsys, "status", "--json").out)["server"]
     assert server["supervises_every_kernel"] is True
     assert server["supervise"] == {

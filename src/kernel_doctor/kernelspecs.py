@@ -123,7 +123,10 @@ def _info(name: str, resource_dir: str) -> SpecInfo:
         argv=argv,
         twin_of=str(mark.get("source")) if isinstance(mark, dict) else None,
         supervised=isinstance(mark, dict) or runs_supervisor,
-        provisioner=str(named.get("provisioner_name")) if isinstance(named, dict) else None,
+        # Without a name jupyter_client uses the server's default provisioner.
+        provisioner=str(named["provisioner_name"])
+        if isinstance(named, dict) and named.get("provisioner_name")
+        else None,
     )
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 HIDDEN = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
 _IDENTIFIER = re.compile(r"[^\W\d]\w*")
-# execution count, source, the namespace's names after it, the tree IPython parsed of it
-Source = tuple[int | None, str, "ast.Module | None"]  # a cell: count, source, tree
+# execution count, source, the namespace's names after it (listed then only where a
+# checkpoint may be taken while cells run), the tree IPython parsed of it
+Source = tuple[int | None, str, "list[str] | None", "ast.Module | None"]
 
 
 class TreeKeeper:
@@ -55,7 +56,7 @@ class CellBook:
     def learn(self, sources: list[Source]) -> None:
         """Note the statements that define things, the cells that bind names, and the
         order cells ran in (``kernel-doctor run --resume`` finds its place by it)."""
-        for count, source, tree in sources:
+        for count, source, _, tree in sources:
             self.history.append(source_hash(source))
             if tree is None:
                 continue  # a cell that did not compile bound nothing
@@ -71,7 +72,7 @@ class CellBook:
         """Names the cells mention, and the globals of notebook functions they call: a
         variable any of these may have changed in place."""
         names: set[str] = set()
-        for _, source, tree in sources:
+        for _, source, _, tree in sources:
             names |= mentioned(source, tree)
         namespace = self.shell.user_ns
         todo = list(names)

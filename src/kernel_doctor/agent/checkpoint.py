@@ -97,12 +97,12 @@ class Checkpointer:
         self.enabled = True
         self.status = "no checkpoint yet"
         self.last: store.Generation | None = None
-        # (execution count, source, the namespace's names after it) of each cell that
-        # ended since the last checkpoint started
+        # Each cell that ended since the last checkpoint started (cells.Source)
         self._sources: list[Source] = []
         self._count: int | None = None  # the execution count of the state being written
         self._running: tuple[int, str] | None = None  # (seq, source) of a cell running
-        self._after: tuple[int | None, list[str]] | None = None  # the state to write
+        # The state to write: a count, and the namespace's names after it (None: not listed)
+        self._after: tuple[int | None, list[str] | None] | None = None
         self._ended = 0.0
         self._wake = threading.Event()
         self._stopping = False
@@ -129,7 +129,10 @@ class Checkpointer:
         tree = self.keeper.take()
         if not self.enabled:
             return
-        self._sources.append((count, source, tree))
+        # Listing the names costs the cell more as IPython's _iN names pile up: only
+        # where checkpoints are taken while cells run; else the thread lists them.
+        names = list(self.shell.user_ns) if self.always else None
+        self._sources.append((count, source, names, tree))
         self._ended = time.monotonic()
         if not self._wake.is_set():
             self._wake.set()
@@ -162,16 +165,21 @@ class Checkpointer:
             if sources:
                 self.cells.learn(sources)
                 self._dirty |= self.cells.named(sources)
-                # The namespace's names, listed here rather than after each cell: the
-                # list costs the cell's thread more as IPython's _iN names pile up.
-                self._after = (sources[-1][0], list(self.shell.user_ns))
+                self._after = (sources[-1][0], sources[-1][2])
             if self._after is None:
                 continue
+            count, names = self._after
+            if names is None:  # the kernel is quiet: the names after its last cell
+                names = list(self.shell.user_ns)
+                if self.agent._cell is not None:
+                    self._wake.set()  # a cell started meanwhile: once it has ended
+                    continue
+                self._after = (count, names)
             cell = self.agent._cell  # the one running now, if any
             self._running = (cell["seq"], cell["source"]) if cell is not None else None
             self._count = self._after[0]
             try:
-                self._checkpoint(self._after[1])
+                self._checkpoint(names)
             except Stopped:
                 self._wake.set()  # again, after the cell that stopped it (_dirty says what)
             except Exception as exc:  # never the kernel's problem
@@ -302,7 +310,7 @@ class Checkpointer:
         used = 0
         running = set()
         if self._running is not None:  # its tree, once IPython has parsed it
-            running = self.cells.named([(None, self._running[1], self.keeper.tree)])
+            running = self.cells.named([(None, self._running[1], None, self.keeper.tree)])
         for name in names:
             self._check_idle()
             if name not in namespace:

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "reports": (reports_cmd, "list stored death reports, newest first"),
     "install": (install, "install supervised twins of kernelspecs"),
     "uninstall": (uninstall, "remove the kernelspecs that install wrote"),
-    "status": (status, "show which kernelspecs are supervised and whether the agent loads"),
+    "status": (status, "show what is supervised: kernelspecs, agent, server setting"),
     "where": (where, "show where a running supervised kernel is stuck, every thread"),
     "top": (top, "live view of the kernels on this machine (q quits)"),
 }

@@ -16,13 +16,18 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import kernelspecs
     from ..provisioner import NAME
-    from ..server.setting import read_setting
+    from ..server.setting import ServerSetting, read_setting
 
-    setting = read_setting()
+    try:
+        setting: ServerSetting | None = read_setting()
+    except Exception as exc:  # the kernelspecs' status is still worth printing
+        sys.stderr.write(f"kernel-doctor: cannot read the Jupyter Server's config ({exc})\n")
+        setting = None
+    every = setting is not None and setting.supervises_every_kernel
     rows = []
     for spec in kernelspecs.all_specs():
         state = kernelspecs.check(spec)
-        if not spec.supervised and setting.supervises_every_kernel:
+        if not spec.supervised and every:
             # The server's provisioner wraps it, unless the spec names another one.
             if spec.provisioner in (None, NAME):
                 state = "supervised when a Jupyter Server starts it (the server's setting)"
@@ -40,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        document = {"kernelspecs": rows, "server": setting.as_dict()}
+        server = setting.as_dict() if setting is not None else None
+        document = {"kernelspecs": rows, "server": server}
         sys.stdout.write(json.dumps(document, indent=1) + "\n")
         return 0
     if not rows:
@@ -48,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         twin = f" (twin of {row['twin_of']})" if row["twin_of"] else ""
         sys.stdout.write(f"{row['name']}{twin}: {row['state']}\n    {row['resource_dir']}\n")
-    sys.stdout.write("\n" + setting.describe() + "\n")
-    if not setting.supervises_every_kernel and not any(row["supervised"] for row in rows):
+    if setting is not None:
+        sys.stdout.write("\n" + setting.describe() + "\n")
+    if not every and not any(row["supervised"] for row in rows):
         sys.stdout.write("\nnone is supervised: `kernel-doctor install` adds a twin of python3\n")
     return 0

@@ -7,16 +7,20 @@ kernel (``c.SupervisingProvisioner.supervise = True``, the admin's one line).
 The config files are loaded with traitlets' own loaders, in the server's order (each
 ``jupyter_config`` then each ``jupyter_server_config`` along ``jupyter --paths``'s
 config path, lowest priority first; ``.py`` before ``.json`` in a folder), so a
-``jupyter_server_config.py`` runs here as it does when the server starts. What is set
-on the server's command line (``--SupervisingProvisioner.supervise=True``) cannot be
-seen from here.
+``jupyter_server_config.py`` runs here as it does when the server starts (what it
+prints goes to stderr). Not seen from here: the server's command line
+(``--SupervisingProvisioner.supervise=True``) and the configs of extension apps
+(``jupyter_lab_config``), which the server merges in as they load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,11 +110,11 @@ def read_setting() -> ServerSetting:
     extension = _extension(paths, config, sources)
     env = os.environ.get("JUPYTER_DEFAULT_PROVISIONER_NAME")
     chosen = config.get("KernelProvisionerFactory", {}).get("default_provisioner_name")
-    if env:
-        provisioner = Chosen(env, "JUPYTER_DEFAULT_PROVISIONER_NAME")
-    elif chosen is not None:
+    if chosen is not None:  # the config wins: the variable only feeds the default
         source = sources.get(("KernelProvisionerFactory", "default_provisioner_name"))
         provisioner = Chosen(chosen, source)
+    elif env:
+        provisioner = Chosen(env, "JUPYTER_DEFAULT_PROVISIONER_NAME")
     else:  # the extension makes ours the default where nobody chose one
         provisioner = Chosen(NAME if extension.value else LOCAL, None)
     supervise = Chosen(
@@ -139,10 +143,14 @@ def _load(
             for loader_class, ext in ((PyFileConfigLoader, ".py"), (JSONFileConfigLoader, ".json")):
                 loader = loader_class(base + ext, path=folder)
                 try:
-                    loaded = loader.load_config()
+                    # What a config.py prints is not ours to print on stdout (--json).
+                    with contextlib.redirect_stdout(sys.stderr):
+                        loaded = loader.load_config()
                 except ConfigFileNotFound:
                     continue
-                except Exception as exc:  # the server logs it and goes on: so do we
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # sys.exit() too: the server goes on; so do we
                     name = os.path.join(folder, base + ext)
                     problems.append(f"cannot read {name} ({type(exc).__name__}: {exc})")
                     continue
@@ -162,7 +170,9 @@ def _extension(
     ``ServerApp.jpserver_extensions`` first, else the ``jupyter_server_config.d`` JSON
     files (where ``pip install`` enables it), as ``ServerApp.find_server_extensions``."""
     listed = config.get("ServerApp", {}).get("jpserver_extensions", {})
-    if EXTENSION in listed:
+    if hasattr(listed, "get_value"):  # c.ServerApp.jpserver_extensions.update({...})
+        listed = listed.get_value({})
+    if isinstance(listed, Mapping) and EXTENSION in listed:
         return Chosen(bool(listed[EXTENSION]), sources.get(("ServerApp", "jpserver_extensions")))
     found = Chosen(False, None)
     for folder in reversed(paths):
