@@ -252,9 +252,12 @@ def _python_for_users(uid: int, shared: Path) -> list[str]:
     if _users_can_run(uid, []):
         return []
     home = Path("/root")
-    if not Path(sys.prefix).is_relative_to(home) or shutil.which("unshare") is None:
+    # The Python itself (a venv's base too) and the environment, where under /root.
+    inside = {Path(p) for p in (sys.prefix, sys.base_prefix) if Path(p).is_relative_to(home)}
+    tops = {home / p.relative_to(home).parts[0] for p in inside}  # e.g. /root/.pyenv
+    if len(tops) != 1 or shutil.which("unshare") is None:
         pytest.skip(f"{sys.executable} cannot be run by other users here")
-    top = home / Path(sys.prefix).relative_to(home).parts[0]  # e.g. /root/.pyenv
+    (top,) = tops
     mountpoint = shared / "python-root"
     mountpoint.mkdir()
     prefix = [*UNSHARE, str(top), str(mountpoint), "--"]
