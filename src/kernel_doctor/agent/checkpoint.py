@@ -177,7 +177,7 @@ class Checkpointer:
                 self._after = (count, names)
             cell = self.agent._cell  # the one running now, if any
             self._running = (cell["seq"], cell["source"]) if cell is not None else None
-            self._count = self._after[0]
+            self._count = count
             try:
                 self._checkpoint(names)
             except Stopped:

@@ -16,8 +16,6 @@ prints goes to stderr). Not seen from here: the server's command line
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -168,23 +166,20 @@ def _extension(
 ) -> Chosen:
     """Whether the server loads kernel_doctor.server: the config's
     ``ServerApp.jpserver_extensions`` first, else the ``jupyter_server_config.d`` JSON
-    files (where ``pip install`` enables it), as ``ServerApp.find_server_extensions``."""
+    files (where ``pip install`` enables it), read as ``ServerApp.find_server_extensions``
+    reads them."""
     listed = config.get("ServerApp", {}).get("jpserver_extensions", {})
     if hasattr(listed, "get_value"):  # c.ServerApp.jpserver_extensions.update({...})
         listed = listed.get_value({})
     if isinstance(listed, Mapping) and EXTENSION in listed:
         return Chosen(bool(listed[EXTENSION]), sources.get(("ServerApp", "jpserver_extensions")))
-    found = Chosen(False, None)
-    for folder in reversed(paths):
-        for name in sorted(glob.glob(os.path.join(folder, "jupyter_server_config.d", "*.json"))):
-            try:
-                with open(name, encoding="utf-8") as f:
-                    data = json.load(f)
-                enabled = data["ServerApp"]["jpserver_extensions"][EXTENSION]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            found = Chosen(bool(enabled), name)
-    return found
+    try:  # the server's own reader of the switches that pip install writes
+        from jupyter_server.extension.config import ExtensionConfigManager
+    except ImportError:  # no jupyter_server here: no server to load it
+        return Chosen(False, None)
+    manager = ExtensionConfigManager(read_config_path=paths)
+    enabled = manager.get_jpserver_extensions().get(EXTENSION)  # type: ignore[no-untyped-call]
+    return Chosen(bool(enabled), "jupyter_server_config.d" if enabled is not None else None)
 
 
 def _registered() -> bool:
