@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from kernels import execute, expression, kernel_in_cgroup, unguardable_fill
+from kernels import SLOWDOWN, execute, expression, kernel_in_cgroup, unguardable_fill
 
 MiB = 1024**2
 LIMIT = 400 * MiB
@@ -76,7 +76,7 @@ def generations(count: int | None = None) -> list[dict[str, Any]]:
 
 
 def wait_checkpoint(count: int, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWDOWN
     while time.monotonic() < deadline:
         found = generations(count)
         if found:
@@ -181,7 +181,7 @@ def wait_report(pid: int, timeout: float = 20.0) -> None:
     """Until the supervisor has stored the death's report (before the test's kernel
     manager ends it)."""
     reports = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernel-doctor" / "reports"
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWDOWN
     while time.monotonic() < deadline:
         if any(p.name.endswith(f"-{pid}.json") for p in reports.glob("*.json")):
             return

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from junit import read_junit
-from vm.run import REPO, VM_TESTS, VmResult, run_in_vm, unavailable
+from vm.run import GUEST_TIMEOUT, REPO, VM_TESTS, VmResult, run_in_vm, unavailable
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def guest() -> Iterator[VmResult]:
 
 
 @pytest.mark.vm
-@pytest.mark.timeout(1800)  # the first one waits for the whole guest run
+@pytest.mark.timeout(GUEST_TIMEOUT + 300)  # the first one waits for the whole guest run
 @pytest.mark.parametrize("selection", VM_TESTS)
 def test_in_the_guest(guest: VmResult, selection: str) -> None:
     cases = [c for c in guest.cases if c.test == selection or c.test.startswith(selection + "::")]

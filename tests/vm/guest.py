@@ -16,6 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ENV_RESULTS = "KERNEL_DOCTOR_VM_RESULTS"  # tests append their reports' gist here
 ENV_IN_VM = "KERNEL_DOCTOR_IN_VM"
+ENV_SLOWDOWN = "KERNEL_DOCTOR_TEST_SLOWDOWN"  # tests/kernels.py scales its waits by it
 SCRATCH = "/tmp"
 
 
@@ -34,7 +35,8 @@ def prepare() -> dict[str, str]:
         MPLCONFIGDIR=str(home / ".matplotlib"),
         JUPYTER_DATA_DIR=str(home / ".local/share/jupyter"),
         JUPYTER_RUNTIME_DIR=str(home / ".local/share/jupyter/runtime"),
-        PYTHONPATH=str(REPO / "src"),
+        # shims/: what would only slow the guest down (see each module there).
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests/vm/shims"), str(REPO / "src")]),
         # The repository and the environment are read-only here.
         PYTHONDONTWRITEBYTECODE="1",
         HYPOTHESIS_STORAGE_DIRECTORY=str(home / ".hypothesis"),
@@ -65,6 +67,7 @@ def main(results: Path) -> int:
     env = prepare()
     env[ENV_RESULTS] = str(results)
     env[ENV_IN_VM] = "1"
+    env[ENV_SLOWDOWN] = "10"
     argv = [
         sys.executable,
         "-m",
