@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,17 @@ class Supervised(KernelManager):
         return [*supervisor_command(), *super().format_kernel_cmd(extra_arguments)]
 
 
-def start(kind: str) -> tuple[KernelManager, Any, float]:
+def start(kind: str, extra: list[str] | None = None) -> tuple[KernelManager, Any, float]:
     for attempt in range(3):
         km = (KernelManager if kind == "plain" else Supervised)(kernel_name="python3")
         t0 = time.perf_counter()
+        arguments = {"extra_arguments": extra} if extra else {}
         if kind == "no agent":  # the supervisor alone: splits its cost from the agent's
-            km.start_kernel(env={**os.environ, "KERNEL_DOCTOR_AGENT": "0"})
+            km.start_kernel(env={**os.environ, "KERNEL_DOCTOR_AGENT": "0"}, **arguments)
         elif kind == "guard off":  # everything but the memory guard: the guard's cost
-            km.start_kernel(env={**os.environ, "KERNEL_DOCTOR_GUARD": "off"})
+            km.start_kernel(env={**os.environ, "KERNEL_DOCTOR_GUARD": "off"}, **arguments)
         else:
-            km.start_kernel()
+            km.start_kernel(**arguments)
         kc = km.client()
         kc.start_channels()
         try:
@@ -82,12 +84,13 @@ def bench_start(rounds: int) -> dict[str, list[float]]:
 
 
 def round_trips(kc: Any, cells: int) -> list[float]:
-    out = []
-    for _ in range(cells):
-        t0 = time.perf_counter()
-        kc.execute_interactive("pass", timeout=30, output_hook=lambda msg: None)
-        out.append(time.perf_counter() - t0)
-    return out
+    return [round_trip(kc) for _ in range(cells)]
+
+
+def round_trip(kc: Any) -> float:
+    t0 = time.perf_counter()
+    kc.execute_interactive("pass", timeout=30, output_hook=lambda msg: None)
+    return time.perf_counter() - t0
 
 
 # Kernels of each kind in the round-trip measurement. One kernel's round trip differs
@@ -95,23 +98,66 @@ def round_trips(kc: Any, cells: int) -> list[float]:
 # it runs, its memory layout): with one kernel a kind, a ratio mostly measured which
 # kernel drew the better luck, and moved by as much between runs.
 KERNELS_PER_KIND = 3
+ROUND_TRIP_KINDS = ("supervised", "no agent", "guard off")
+# IPython's history database commits every cell to one SQLite file that all these
+# kernels share: the largest source of noise (one kernel's 100-cell medians ranged
+# from 4 to 11 ms within a run). In memory for both kinds alike, which also makes the
+# plain round trip shorter and so the ratio stricter.
+HISTORY_IN_MEMORY = ["--HistoryManager.hist_file=:memory:"]
 
 
-def bench_round_trip(batches: int, cells: int) -> dict[str, list[float]]:
-    """``batches`` batch medians a kind, spread over KERNELS_PER_KIND kernels each."""
-    kinds = ("plain", "supervised", "no agent", "guard off")
-    kernels = [(kind, start(kind)) for _ in range(KERNELS_PER_KIND) for kind in kinds]
-    medians: dict[str, list[float]] = {kind: [] for kind in kinds}
+@dataclass(frozen=True)
+class RoundTrips:
+    times: dict[str, list[float]]  # every cell's round trip, by kind (plain included)
+    ratios: dict[str, list[float]]  # per block: its kind's median over plain's
+
+
+def bench_round_trip(blocks: int, cells: int) -> RoundTrips:
+    """``blocks`` blocks a kind. A block pairs a plain kernel with one of the kind (each
+    drawn from KERNELS_PER_KIND) and alternates single cells between the two, ``cells``
+    each: this machine's round trip drifts by 2x within minutes, and only cells run
+    side by side see the same machine (batch medians taken in turn gave 95 % intervals
+    of ±5-10 %; paired blocks, ±1.5 %)."""
+    kinds = ("plain", *ROUND_TRIP_KINDS)
+    kernels = {
+        kind: [start(kind, HISTORY_IN_MEMORY) for _ in range(KERNELS_PER_KIND)] for kind in kinds
+    }
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    ratios: dict[str, list[float]] = {kind: [] for kind in ROUND_TRIP_KINDS}
     try:
-        for _, (_, kc, _) in kernels:
+        for _, kc, _ in (k for started in kernels.values() for k in started):
             round_trips(kc, 20)  # warm up
-        for _ in range(max(1, batches // KERNELS_PER_KIND)):
-            for kind, (_, kc, _) in random.sample(kernels, len(kernels)):
-                medians[kind].append(statistics.median(round_trips(kc, cells)))
+        for _ in range(blocks):
+            for kind in random.sample(ROUND_TRIP_KINDS, len(ROUND_TRIP_KINDS)):
+                plain, other = random.choice(kernels["plain"])[1], random.choice(kernels[kind])[1]
+                pair: dict[str, list[float]] = {"plain": [], kind: []}
+                for i in range(cells):
+                    order = [("plain", plain), (kind, other)]
+                    for name, kc in order if i % 2 else order[::-1]:
+                        pair[name].append(round_trip(kc))
+                times["plain"] += pair["plain"]
+                times[kind] += pair[kind]
+                ours, plains = statistics.median(pair[kind]), statistics.median(pair["plain"])
+                ratios[kind].append(ours / plains)
     finally:
-        for _, (km, kc, _) in kernels:
+        for km, kc, _ in (k for started in kernels.values() for k in started):
             stop(km, kc)
-    return medians
+    return RoundTrips(times, ratios)
+
+
+def block_ratio(
+    trips: RoundTrips, kind: str = "supervised", base: str | None = None
+) -> tuple[float, float, float]:
+    """Median of the blocks' ratios to plain (or, with ``base``, of ``kind``'s over
+    ``base``'s) and a bootstrap 95 % interval over the blocks."""
+    ours, theirs = trips.ratios[kind], trips.ratios[base] if base else [1.0]
+    point = statistics.median(ours) / statistics.median(theirs)
+    boots = sorted(
+        statistics.median(random.choices(ours, k=len(ours)))
+        / statistics.median(random.choices(theirs, k=len(theirs)))
+        for _ in range(2000)
+    )
+    return point, boots[50], boots[1949]
 
 
 AGENT_COST = """
@@ -277,25 +323,29 @@ def run(args: argparse.Namespace) -> int:
         if args.only == "capture":
             print(line_capture(3 if args.quick else 20))
             return 0
-        values = bench_start(12) if args.only == "start" else bench_round_trip(30, 100)
-        median = {k: statistics.median(v) * 1000 for k, v in values.items()}
-        print(f"{args.only}: {median} ms, ratio {ratio(values)}")
-        if "no agent" in values:
-            print(f"without the agent: ratio {ratio(values, 'no agent')}")
-            print(f"guard on / guard off: ratio {ratio(values, 'supervised', 'guard off')}")
+        if args.only == "start":
+            values = bench_start(12)
+            median = {k: statistics.median(v) * 1000 for k, v in values.items()}
+            print(f"start: {median} ms, ratio {ratio(values)}")
+            return 0
+        trips = bench_round_trip(8 if args.quick else 80, 50)
+        median = {k: round(statistics.median(v) * 1000, 3) for k, v in trips.times.items()}
+        print(f"roundtrip: {median} ms, ratio {block_ratio(trips)}")
+        print(f"without the agent: ratio {block_ratio(trips, 'no agent')}")
+        print(f"guard on / guard off: ratio {block_ratio(trips, 'supervised', 'guard off')}")
         return 0
     compileall.compile_dir(os.path.dirname(kernel_doctor.__file__), quiet=1)
     q = args.quick
     starts = bench_start(4 if q else 12)
-    trips = bench_round_trip(6 if q else 60, 50 if q else 100)
+    trips = bench_round_trip(8 if q else 80, 50)
     agent = agent_cost()
     sup = supervisor_cost(5 if q else 20, 3 if q else 5)
     deaths = death_to_report(3 if q else 10)
     interpreter = python_start(5 if q else 20)
     capture_runs = 3 if q else 20
     captured = line_capture(capture_runs)
-    s_ratio, t_ratio, n_ratio = ratio(starts), ratio(trips), ratio(trips, "no agent")
-    g_ratio = ratio(trips, "supervised", "guard off")
+    s_ratio, t_ratio, n_ratio = ratio(starts), block_ratio(trips), block_ratio(trips, "no agent")
+    g_ratio = block_ratio(trips, "supervised", "guard off")
     ms = lambda v: statistics.median(v) * 1000  # noqa: E731
     lines = [
         "# Benchmark results",
@@ -310,14 +360,14 @@ def run(args: argparse.Namespace) -> int:
         f"| kernel start to first reply (median of {len(starts['plain'])}) | "
         f"{ms(starts['plain']):.0f} ms | {ms(starts['supervised']):.0f} ms | "
         f"{s_ratio[0]:.3f} ({s_ratio[1]:.3f}–{s_ratio[2]:.3f}) | ≤ 1.15 |",
-        f"| trivial cell round trip (median of {len(trips['plain'])} batch medians) | "
-        f"{ms(trips['plain']):.2f} ms | {ms(trips['supervised']):.2f} ms | "
+        f"| trivial cell round trip (median of {len(trips.ratios['supervised'])} paired blocks) | "
+        f"{ms(trips.times['plain']):.2f} ms | {ms(trips.times['supervised']):.2f} ms | "
         f"{t_ratio[0]:.3f} ({t_ratio[1]:.3f}–{t_ratio[2]:.3f}) | ≤ 1.02 |",
-        f"| … the supervisor alone (`KERNEL_DOCTOR_AGENT=0`) | {ms(trips['plain']):.2f} ms | "
-        f"{ms(trips['no agent']):.2f} ms | {n_ratio[0]:.3f} ({n_ratio[1]:.3f}–{n_ratio[2]:.3f})"
-        " | – |",
+        f"| … the supervisor alone (`KERNEL_DOCTOR_AGENT=0`) | {ms(trips.times['plain']):.2f} ms | "
+        f"{ms(trips.times['no agent']):.2f} ms | "
+        f"{n_ratio[0]:.3f} ({n_ratio[1]:.3f}–{n_ratio[2]:.3f}) | – |",
         f"| … the memory guard: supervised against supervised with the guard off | "
-        f"{ms(trips['guard off']):.2f} ms | {ms(trips['supervised']):.2f} ms | "
+        f"{ms(trips.times['guard off']):.2f} ms | {ms(trips.times['supervised']):.2f} ms | "
         f"{g_ratio[0]:.3f} ({g_ratio[1]:.3f}–{g_ratio[2]:.3f}) | – |",
         f"| agent's own cost per cell, measured in the kernel | – | {agent:.1f} µs | – | ≤ 85 µs |",
         f"| supervisor RSS / PSS with sentinel | – | {sup['rss_mib']:.1f} MiB / "
