@@ -26,7 +26,7 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 KERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 SUPERVISE = [sys.executable, "-m", "kernel_doctor.supervise", "--"]
 # How many times slower than this machine the tests run: the VM set's guest
-# (tests/vm/guest.py) sets 10, because under QEMU's TCG a kernel takes a minute or
+# (tests/vm/guest.py) sets 10, because under QEMU's TCG a kernel takes 80 s or
 # more to start, close to the 60 s a start is allowed here.
 SLOWDOWN = float(os.environ.get("KERNEL_DOCTOR_TEST_SLOWDOWN", "1"))
 STARTUP_TIMEOUT = 60.0 * SLOWDOWN

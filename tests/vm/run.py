@@ -36,7 +36,7 @@ from junit import CaseResult, read_junit  # noqa: E402
 
 UNAVAILABLE = 4  # no QEMU, vng or kernel image: nothing was run
 GUEST_FAILED = 5  # the guest did not boot, or hung, or died before pytest reported
-# The VM set took 10-20 min here (a kernel start alone is 80 s under TCG): room for a
+# The VM set took 20-26 min here (a kernel start alone is 80 s under TCG): room for a
 # CI machine half as fast.
 GUEST_TIMEOUT = 2700.0
 
