@@ -264,11 +264,15 @@ def test_each_cell_pokes_the_wake_pipe_without_ever_blocking(
         # Ready (the supervisor sets the allocation layer's ceiling), each start, and the
         # end of a cell that could grow.
         assert os.read(r, 100) == b"rcce"
-        # A burst of cells: one poke for its first start, none for the rest.
+        # A burst of cells: one poke for its first start, then one a POKE_GAP at most
+        # (50 cells take 30 ms here on a good day, 60 ms and more on a slow one).
         time.sleep(recorder.POKE_GAP)
+        started = time.monotonic()
         for i in range(50):
             ip.run_cell(f"b = {i}", store_history=True)
-        assert os.read(r, 1000).count(b"c") == 1  # (and an end poke for any slow cell)
+        gaps = int((time.monotonic() - started) / recorder.POKE_GAP)
+        pokes = os.read(r, 1000).count(b"c")  # (and an end poke for any slow cell)
+        assert 1 <= pokes <= 1 + gaps < 50, (pokes, gaps)
         # Nobody reads: the pipe fills, and cells keep running.
         monkeypatch.setattr(recorder, "POKE_GAP", 0.0)
         for i in range(20_000):
