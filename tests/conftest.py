@@ -21,7 +21,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from kernel_doctor.probe.create import ENV_PARENT, default_parent
-from kernels import SLOWDOWN
+from kernels import STARTUP_TIMEOUT
 
 PY311 = sys.version_info[:2] == (3, 11)
 
@@ -145,8 +145,8 @@ def run_cli(args: list[str], report: Path | None = None) -> tuple[int, dict[str,
     from kernel_doctor.commands import main
 
     argv = list(args)
-    if argv[:1] == ["run"] and SLOWDOWN != 1 and "--start-timeout" not in argv:
-        argv += ["--start-timeout", str(60 * SLOWDOWN)]  # run's own default is 60 s
+    if argv[:1] == ["run"] and "--start-timeout" not in argv:
+        argv += ["--start-timeout", str(STARTUP_TIMEOUT)]  # run's default is the host's 60 s
     if report is not None:
         argv += ["--report-json", str(report)]
     code = main(argv)
