@@ -131,6 +131,62 @@ def test_a_limit_set_between_reading_and_writing_is_kept(process: int) -> None:
     assert ceiling.error is None
 
 
+def test_the_ceiling_stays_while_a_thread_starts(process: int) -> None:
+    # A new thread that finds no room for its first frames dies before it says it
+    # runs, and Thread.start waits for it forever: nothing moves while one starts.
+    ceiling = Ceiling(process, 300 * MiB)
+    starting = [0]
+    ceiling.starts = lambda: starting[0]
+    ceiling.update(100 * MiB, 200 * MiB)
+    first = limits(process)
+    starting[0] = 1
+    ceiling.update(100 * MiB, 250 * MiB)  # room shrank: not lowered while it starts
+    assert limits(process) == first
+    resource.prlimit(process, DATA, ORIGINAL)  # the agent's lift for the start
+    ceiling.update(100 * MiB, 250 * MiB)
+    time.sleep(LIFT_HOLD)
+    ceiling.update(100 * MiB, 250 * MiB)  # past LIFT_HOLD, but still starting
+    assert limits(process) == ORIGINAL
+    starting[0] = 0
+    ceiling.update(100 * MiB, 250 * MiB)  # over: the lift held LIFT_HOLD from now
+    assert limits(process) == ORIGINAL
+    time.sleep(LIFT_HOLD)
+    ceiling.update(100 * MiB, 250 * MiB)
+    assert limits(process) == (150 * MiB + ceiling.reserve, ORIGINAL[1])
+    assert ceiling.bound == ORIGINAL
+
+    # A start that begins between the look and the write gets back what it saw.
+    checks = iter([0, 1])
+    ceiling.starts = lambda: next(checks, 0)
+    before = limits(process)
+    ceiling.update(100 * MiB, 280 * MiB)
+    assert limits(process) == before
+
+
+def test_a_lower_ceiling_counts_what_was_mapped_since_the_sample(tmp_path: Path) -> None:
+    # The sample read the kernel's mappings before its newest threads' stacks: a
+    # ceiling from that figure would be below what it has mapped by the time it is set.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; x = bytearray(64 << 20); print(); time.sleep(30)"],
+        stdout=subprocess.PIPE,
+        preexec_fn=set_original,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline()
+        with open(f"/proc/{child.pid}/statm") as f:
+            mapped = int(f.read().split()[5]) * resource.getpagesize()
+        assert mapped > 64 * MiB
+        ceiling = Ceiling(child.pid, 300 * MiB)
+        ceiling.update(mapped, 100 * MiB)
+        assert limits(child.pid)[0] == mapped + 200 * MiB + ceiling.reserve
+        ceiling.update(MiB, 290 * MiB)  # lower, from a stale sample: the mappings now
+        assert limits(child.pid)[0] == mapped + 10 * MiB + ceiling.reserve
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+
+
 def test_a_held_ceiling_keeps_half_the_room_until_released(process: int) -> None:
     # After a trip: the stopped cell's other threads may take half of what is left.
     ceiling = Ceiling(process, 300 * MiB)
@@ -239,6 +295,47 @@ def test_every_child_of_the_kernel_gets_the_users_limit(tmp_path: Path) -> None:
     assert got.pop("reserve") == "reserved"  # 40 GiB, which the ceiling would refuse
     assert got == dict.fromkeys(got, str(ORIGINAL)), got
     assert shell == [f"fork+execv {ORIGINAL}", f"system {ORIGINAL}"], done.stdout
+
+
+# A thread start is counted in the state mapping from before the agent's look at the
+# ceiling until Thread.start returns (the new thread has run its first lines), as seen
+# by the new thread itself before it says it runs, and by the supervisor's reader.
+COUNTED = """\
+import os, resource, sys, threading, types
+from kernel_doctor.agent import ceiling as guard
+from kernel_doctor.agent.protocol import StateFile
+
+os.environ["KERNEL_DOCTOR_DATA_LIMIT"] = str(resource.getrlimit(resource.RLIMIT_DATA)[0])
+state = StateFile(sys.argv[1], writable=True)
+reader = StateFile(sys.argv[1], writable=False)
+guard.keep_children_limit(types.SimpleNamespace(_state=state))
+seen = []
+
+class Thread(threading.Thread):
+    def _set_ident(self):  # in the new thread, before Thread.start may return
+        seen.append(reader.thread_starts())
+        super()._set_ident()
+
+threads = [Thread(target=len, args=((),)) for _ in range(3)]
+for thread in threads:
+    thread.start()
+    seen.append(reader.thread_starts())
+print(seen)
+"""
+
+
+def test_a_thread_start_is_counted_until_it_returns(tmp_path: Path) -> None:
+    script = tmp_path / "counted.py"
+    script.write_text(COUNTED)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=set_original,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([1, 0] * 3)
 
 
 # -- both, in a supervised kernel ------------------------------------------------------

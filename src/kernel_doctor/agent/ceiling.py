@@ -20,9 +20,13 @@ start, 12 of 12, native threads included. So:
   under the ceiling) and the next threads take them, whoever starts them;
 * a Python thread's start whose stack would not fit under the ceiling lifts it to the
   user's limit and leaves it there; the supervisor puts its ceiling back, now counting
-  the new stack, once it has seen the lift for LIFT_HOLD (0.1 s). Putting it back
-  within a few ms left 1 in 10 runs of 200 threads at 91 % hanging: a thread whose
-  start had returned never ran, and ``Thread.start`` waited for it forever.
+  the new stack, once no start is under way (a count in the state mapping, kept
+  around every start) and it has seen the lift for LIFT_HOLD (0.1 s) since.
+  A new thread that finds no room for its first frames dies before it says it runs,
+  and ``Thread.start`` waits for it forever: with the lift undone after a fixed
+  0.1 s, 2 of 2 runs of 200 threads at 91 % hung here under load (181 and 121 of
+  200 started); a ceiling computed from a sample's mappings read before the newest
+  stacks did the same without any lift.
 """
 
 from __future__ import annotations
@@ -140,6 +144,16 @@ class _DataLimits:
                     self.lifted = (soft, target)  # the newest ceiling, for overlaps
             except (OSError, ValueError):
                 pass
+
+    def starting(self, delta: int) -> None:
+        """A thread start begins (+1) or ends (-1): the supervisor leaves the ceiling
+        alone meanwhile, so the new thread's stack and first frames get the room its
+        start was given."""
+        with self.lock:
+            try:
+                self.agent._state.add_thread_starts(delta)
+            except (AttributeError, ValueError):
+                pass  # the agent unloaded (its mapping closed)
 
     def lift_for_thread(self) -> bool:
         """Lift to the user's limit where a new stack would not fit under the ceiling,
@@ -365,9 +379,14 @@ def _thread_starter(real: Any) -> Any:
 
     def start(*args: Any, **kwargs: Any) -> Any:
         limits = _ours()
-        if limits is not None:
+        if limits is None:
+            return real(*args, **kwargs)
+        limits.starting(1)  # before the look below: the ceiling must not move after it
+        try:
             limits.lift_for_thread()
-        return real(*args, **kwargs)
+            return real(*args, **kwargs)
+        finally:
+            limits.starting(-1)
 
     return start
 

@@ -14,7 +14,7 @@ A session directory (0700) holds:
                  when it ends, written unbuffered so a SIGKILL loses nothing.
 ``state``        a fixed-size memory-mapped record of what the kernel is doing right
                  now (busy, running cell, its current line), rewritten while a cell
-                 runs; see ``StateFile``.
+                 runs, and how many threads it is starting; see ``StateFile``.
 ``dumps.txt``    faulthandler stack dumps asked for by the supervisor's dump signal.
 ``fatal.txt``    faulthandler's dump at a fatal signal (SIGSEGV, SIGABRT, ...).
 ``samples.bin``  the supervisor's memory samples (see ``SAMPLE``).
@@ -173,6 +173,11 @@ def read_meta(directory: str) -> Meta | None:
 STATE_SIZE = 8192
 _HEADER = struct.Struct("<4sII")  # magic, sequence, payload length
 _MAGIC = b"KDS1"
+# The mapping's last bytes: how many thread starts are under way in the kernel, kept
+# apart from the record because any thread writes it, not the main thread alone.
+_STARTS = struct.Struct("<I")
+_STARTS_AT = STATE_SIZE - _STARTS.size
+_PAYLOAD = _STARTS_AT - _HEADER.size
 
 
 class StateFile:
@@ -191,7 +196,7 @@ class StateFile:
 
     def write_bytes(self, data: bytes) -> None:
         """Write an encoded JSON object."""
-        if len(data) > STATE_SIZE - _HEADER.size:
+        if len(data) > _PAYLOAD:
             data = b'{"truncated":true}'
         self._seq += 1
         self._map[0 : _HEADER.size] = _HEADER.pack(_MAGIC, self._seq * 2 - 1, len(data))
@@ -201,7 +206,7 @@ class StateFile:
     def read(self) -> State | None:
         for _ in range(20):
             magic, seq, length = _HEADER.unpack_from(self._map, 0)
-            if magic != _MAGIC or length > STATE_SIZE - _HEADER.size:
+            if magic != _MAGIC or length > _PAYLOAD:
                 return None
             data = self._map[_HEADER.size : _HEADER.size + length]
             if seq % 2 == 0 and _HEADER.unpack_from(self._map, 0)[1] == seq:
@@ -209,6 +214,20 @@ class StateFile:
                     self._read_data, self._read = data, State.from_json(_load(data))
                 return self._read
         return None
+
+    def add_thread_starts(self, delta: int) -> None:
+        """The writer (the caller holds a lock): a thread start begins (+1) or ends (-1).
+        The supervisor leaves the kernel's RLIMIT_DATA alone while one is under way."""
+        count = _STARTS.unpack_from(self._map, _STARTS_AT)[0]
+        _STARTS.pack_into(self._map, _STARTS_AT, max(0, count + delta))
+
+    def thread_starts(self) -> int:
+        """Thread starts under way in the kernel now (a single aligned load)."""
+        try:
+            count: int = _STARTS.unpack_from(self._map, _STARTS_AT)[0]
+        except ValueError:  # closed
+            return 0
+        return count
 
     def close(self) -> None:
         self._map.close()

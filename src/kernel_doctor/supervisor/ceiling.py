@@ -50,16 +50,19 @@ import os
 import resource
 import time
 from collections import deque
+from collections.abc import Callable
 
 from ..agent.ceiling import thread_stack_size
+from ..probe.files import Reader
+from ..probe.procfs import PAGE_SIZE
 
 # Thread stacks the reserve leaves room for where glibc's stack cache is not ours.
 RESERVED_STACKS = 128
 # A new ceiling is set only when it moved this much: one prlimit call, not one a sample.
 STEP = 1024**2
-# How long a value at the user's limit is left alone before it counts as theirs: an
-# agent's lift for a thread start, undone by us too soon (a few ms), left the new thread
-# unable to run (1 in 10 runs of 200 threads at 91 %; Thread.start then waits forever).
+# How long a value at the user's limit is left alone before it counts as theirs, once
+# no thread start is under way: the agent's lift for a spawn, or for a thread started
+# without ``threading`` (whose start returns before the thread runs).
 LIFT_HOLD = 0.1
 # Ceilings set lately, still recognised as ours when read back: the agent puts the one
 # it lifted back after a spawn, which may be older than the last we set.
@@ -90,6 +93,10 @@ def _num(value: int) -> int:
     return 1 << 64 if value == resource.RLIM_INFINITY else value
 
 
+def _none() -> int:
+    return 0  # no agent to count thread starts (yet)
+
+
 class Ceiling:
     """The kernel process's RLIMIT_DATA, moved with the kernel; restored on release."""
 
@@ -107,24 +114,55 @@ class Ceiling:
         self._raised: int | None = None  # a value at or above the bound, seen once
         self._raised_at = 0.0  # when it was first seen
         self.hold: int | None = None  # the most it may be while a stopped cell unwinds
+        # Thread starts under way in the kernel (the agent's count, in its state record).
+        self.starts: Callable[[], int] = _none
+        self._statm = Reader(f"/proc/{pid}/statm")
 
     def update(self, data_bytes: int, counted: int) -> None:
-        """``data_bytes``: the kernel's private writable mappings now (statm's data);
-        ``counted``: what the limit counts now that reclaim cannot give back (the whole
-        cgroup's, less its file cache)."""
+        """``data_bytes``: the kernel's private writable mappings at this sample
+        (statm's data); ``counted``: what the limit counts now that reclaim cannot give
+        back (the whole cgroup's, less its file cache)."""
         if self.error is not None:
+            return
+        if self.starts():
+            # A thread is starting under what its start saw: a new thread that finds no
+            # room for its first frames dies before it says it runs, and Thread.start
+            # waits for it forever. A lift seen now is timed from the start's end.
+            self._raised = None
             return
         seen = self._read()
         if seen is None or not self._settle(seen):
             return
         room = max(0, self.limit_bytes - counted)
+        ceiling = self._ceiling(data_bytes, room)
+        if seen[0] == self.current and abs(ceiling - self.current) < STEP:
+            return
+        lower = _num(ceiling) < _num(seen[0])
+        if lower:
+            # From the mappings now where they grew since the sample: new threads'
+            # stacks mapped meanwhile would be left out, and the ceiling put below what
+            # the kernel has mapped.
+            ceiling = self._ceiling(max(data_bytes, self._data_now() or 0), room)
+        self._set(ceiling, seen)
+        if lower and self.current is not None and self.starts():
+            # A start began between the look above and the write: give it back what it
+            # saw (the next sample decides again), unless it has lifted since.
+            old = self._write(seen)
+            if old is not None and old[0] != self.current:
+                self._write(old)
+
+    def _ceiling(self, data_bytes: int, room: int) -> int:
         ceiling = data_bytes + room + self.reserve
         if self.hold is not None:
             ceiling = min(ceiling, self.hold)
-        ceiling = self._clamp(ceiling)
-        if seen[0] == self.current and abs(ceiling - self.current) < STEP:
-            return
-        self._set(ceiling, seen)
+        return self._clamp(ceiling)
+
+    def _data_now(self) -> int | None:
+        statm = self._statm.read()
+        try:
+            return int(statm.split()[5]) * PAGE_SIZE if statm else None
+        except (IndexError, ValueError):
+            return None
 
     def release(self) -> None:
         """Give the kernel the user's limit back, unless the user has set one since."""

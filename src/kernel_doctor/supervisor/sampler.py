@@ -87,6 +87,9 @@ class Sampler:
                 self.state = StateFile(path, writable=False)
             except (OSError, ValueError):
                 self.state = None
+                return
+            if self.guard is not None and self.guard.ceiling is not None:
+                self.guard.ceiling.starts = self.state.thread_starts
 
     def interval(self) -> float:
         if self.state is None:
