@@ -13,7 +13,7 @@ import pytest
 
 from kernel_doctor._errors import CgroupUnavailable
 from kernel_doctor.probe import create
-from kernel_doctor.probe.base import MemorySource, Watch, parse_keyed, read_int
+from kernel_doctor.probe.base import MemorySource, Watch, keyed, parse_keyed, read_int
 from kernel_doctor.probe.cgroup import (
     UNLIMITED,
     CgroupV1,
@@ -164,6 +164,9 @@ def test_parse_keyed_and_read_int(tmp_path: Path) -> None:
         "oom_kill": 3,
     }
     assert parse_keyed(None) == {}
+    text = "total_inactive_file 7\ninactive_file 5\noom_kill max\noom_kill 3\n"
+    assert keyed(text, "inactive_file", "oom_kill", "kill", "missing") == [5, 3, None, None]
+    assert keyed(None, "oom_kill") == [None]
     assert read_int(str(write(tmp_path / "n", " 42\n"))) == 42
     assert read_int(str(write(tmp_path / "m", "max\n"))) is None
     assert read_int(str(tmp_path / "missing")) is None

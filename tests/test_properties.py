@@ -22,7 +22,7 @@ from kernel_doctor.agent.protocol import State
 from kernel_doctor.diagnosis import diagnose
 from kernel_doctor.diagnosis.causes import BLIND_STARTUP, CAUSES, CRASH_SIGNALS
 from kernel_doctor.evidence import CellRun, Evidence, Frame, MemoryEvidence, StackDump
-from kernel_doctor.probe.base import MemoryLimit, parse_keyed
+from kernel_doctor.probe.base import MemoryLimit, keyed, parse_keyed
 from kernel_doctor.probe.cgroup import UNLIMITED, CgroupV1, CgroupV2
 from kernel_doctor.probe.procfs import signal_name
 from kernel_doctor.probe.system import SystemMemory
@@ -141,6 +141,12 @@ def test_parse_keyed_reads_good_lines_and_skips_the_rest(
         lines.insert(data.draw(st.integers(0, len(lines)), label="at"), line)
     text = newline.join(lines) + data.draw(st.sampled_from(["", newline]), label="end")
     assert parse_keyed(text) == dict(good)
+    # The supervisor's hot path finds single keys without parsing the rest: the same
+    # values, where a key has one good line (as in the kernel's files).
+    keys = [k for k, _ in good]
+    more = data.draw(st.lists(_key, max_size=3), label="asked")
+    asked = [k for k in [*dict(good), *more] if keys.count(k) <= 1]
+    assert keyed(text, *asked) == [parse_keyed(text).get(k) for k in asked]
 
 
 # ------------------------------------------------------------------ cgroup files

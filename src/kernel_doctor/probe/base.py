@@ -13,9 +13,17 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .files import parse_keyed, read_int, read_text
+from .files import keyed, parse_keyed, read_int, read_text
 
-__all__ = ["MemoryLimit", "MemorySource", "Watch", "parse_keyed", "read_int", "read_text"]
+__all__ = [
+    "MemoryLimit",
+    "MemorySource",
+    "Watch",
+    "keyed",
+    "parse_keyed",
+    "read_int",
+    "read_text",
+]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import select
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .base import MemoryLimit, MemorySource, Watch, parse_keyed, read_int, read_text
+from .base import MemoryLimit, MemorySource, Watch, keyed, parse_keyed, read_int, read_text
 from .files import Reader
 
 # v1 reports "no limit" as the page counter's maximum (9223372036854771712 with 4 KiB
@@ -89,6 +89,7 @@ class CgroupV1(MemorySource):
         self._fds: list[int] = []
         self._usage = Reader(os.path.join(directory, "memory.usage_in_bytes"))
         self._stat = Reader(os.path.join(directory, "memory.stat"))
+        self._oom = Reader(os.path.join(directory, "memory.oom_control"))
 
     @classmethod
     def probe(cls, leaf: str, mountpoint: str) -> CgroupV1 | None:
@@ -115,14 +116,19 @@ class CgroupV1(MemorySource):
         usage = self._usage.read_int()
         if usage is None:
             return None
-        stat = parse_keyed(self._stat.read())
-        inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
-        self.active_file = stat.get("total_active_file", stat.get("active_file", 0))
-        return max(0, usage - inactive)
+        # The hierarchy's totals where there are any (use_hierarchy), else this group's.
+        total_inactive, total_active, inactive, active = keyed(
+            self._stat.read(),
+            "total_inactive_file",
+            "total_active_file",
+            "inactive_file",
+            "active_file",
+        )
+        self.active_file = _first(total_active, active)
+        return max(0, usage - _first(total_inactive, inactive))
 
     def oom_kills(self) -> int | None:
-        values = parse_keyed(read_text(os.path.join(self.directory, "memory.oom_control")))
-        return values.get("oom_kill")
+        return keyed(self._oom.read(), "oom_kill")[0]
 
     def peak(self) -> int | None:
         return read_int(os.path.join(self.directory, "memory.max_usage_in_bytes"))
@@ -161,6 +167,7 @@ class CgroupV1(MemorySource):
     def close(self) -> None:
         self._usage.close()
         self._stat.close()
+        self._oom.close()
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -174,6 +181,7 @@ class CgroupV2(MemorySource):
         self._events_fd: int | None = None
         self._current = Reader(os.path.join(directory, "memory.current"))
         self._stat = Reader(os.path.join(directory, "memory.stat"))
+        self._events = Reader(os.path.join(directory, "memory.events"))
 
     @classmethod
     def probe(cls, leaf: str, mountpoint: str) -> CgroupV2 | None:
@@ -198,13 +206,12 @@ class CgroupV2(MemorySource):
         current = self._current.read_int()
         if current is None:
             return None
-        stat = parse_keyed(self._stat.read())
-        self.active_file = stat.get("active_file", 0)
-        return max(0, current - stat.get("inactive_file", 0))
+        inactive, active = keyed(self._stat.read(), "inactive_file", "active_file")
+        self.active_file = active or 0
+        return max(0, current - (inactive or 0))
 
     def oom_kills(self) -> int | None:
-        values = parse_keyed(read_text(os.path.join(self.directory, "memory.events")))
-        return values.get("oom_kill")
+        return keyed(self._events.read(), "oom_kill")[0]
 
     def peak(self) -> int | None:
         return read_int(os.path.join(self.directory, "memory.peak"))
@@ -232,6 +239,12 @@ class CgroupV2(MemorySource):
     def close(self) -> None:
         self._current.close()
         self._stat.close()
+        self._events.close()
         if self._events_fd is not None:
             os.close(self._events_fd)
             self._events_fd = None
+
+
+def _first(*values: int | None) -> int:
+    """The first value present (0 where none is)."""
+    return next((value for value in values if value is not None), 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import resource
 
-from .base import MemoryLimit, MemorySource, parse_keyed, read_text
+from .base import MemoryLimit, MemorySource, keyed, parse_keyed, read_text
 from .files import Reader
 
 
@@ -16,18 +16,20 @@ class SystemMemory(MemorySource):
         total = (info.get("MemTotal", 0) + info.get("SwapTotal", 0)) * 1024
         self.limit = MemoryLimit(total, "system", "system RAM + swap")
         self._meminfo = Reader(os.path.join(proc, "meminfo"))
+        self._vmstat = Reader(os.path.join(proc, "vmstat"))
 
     def counted(self) -> int | None:
-        info = parse_keyed(self._meminfo.read())
-        if "MemTotal" not in info or "MemAvailable" not in info:
+        total, available = keyed(self._meminfo.read(), "MemTotal", "MemAvailable")
+        if total is None or available is None:
             return None
-        return (info["MemTotal"] - info["MemAvailable"]) * 1024
+        return (total - available) * 1024
 
     def oom_kills(self) -> int | None:
-        return parse_keyed(read_text(os.path.join(self.proc, "vmstat"))).get("oom_kill")
+        return keyed(self._vmstat.read(), "oom_kill")[0]
 
     def close(self) -> None:
         self._meminfo.close()
+        self._vmstat.close()
 
 
 def address_space_limits() -> dict[str, int]:

@@ -113,6 +113,13 @@ class Sampler:
             return NEAR_BUSY_INTERVAL if near else BURST_LOOK
         return IDLE_INTERVAL
 
+    def _young(self) -> float:
+        """How long the running cell has left before it is CELL_LOOK old (0 if none)."""
+        state = self.last_state
+        if not state.busy or state.started is None:
+            return 0.0
+        return max(0.0, CELL_LOOK - (time.time() - state.started))
+
     def _wake_watcher(self, state: State) -> None:
         """Once a cell has run for CELL_LOOK, the agent's watcher ticks until it ends.
         A younger cell at a burst's look is most likely over within microseconds."""
@@ -152,6 +159,14 @@ class Sampler:
                 # Woken for a cell that has already ended: keep the idle rhythm (in a
                 # burst of cells, the burst's).
                 self.next_due = min(self._idle_due, now + self._idle_interval(self._near_guard()))
+                return
+            young = self._young()
+            if not force and young and not self._near_guard():
+                # A burst's look at a cell younger than CELL_LOOK: most likely over
+                # within microseconds. Sampled when it is CELL_LOOK old, as a cell the
+                # agent announced is (a whole sample each time cost the supervisor
+                # more than the rest of a trivial cell's looks together).
+                self.next_due = now + young
                 return
         statm = self._statm.read()
         fields = statm.split() if statm else []
