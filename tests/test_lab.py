@@ -224,7 +224,17 @@ def test_an_unsupervised_kernel_keeps_jupyterlabs_own_dialog(lab: Server) -> Non
         page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
         page.keyboard.press("Shift+Enter")
         dialog = page.locator(".jp-Dialog").filter(has_text="appears to have died")
-        wait_or_say(page, dialog, 30_000, "7-plain-dialog-timeout.png", "no core dialog")
+        try:
+            dialog.wait_for(timeout=30_000)
+        except sync_api.TimeoutError:
+            # JupyterLab opens it on the 'autorestarting' status its kernel connection
+            # makes of the server's 'restarting' message. Once in a full run under load
+            # the kernel died and came back (the cell's prompt reset) with no dialog and
+            # no other one shown: the page is kept, and the kill tried once more.
+            page.screenshot(path=str(ARTIFACTS / "7-plain-dialog-missed.png"))
+            page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(0).click()
+            page.keyboard.press("Shift+Enter")
+            wait_or_say(page, dialog, 30_000, "7-plain-dialog-timeout.png", "no core dialog")
         page.wait_for_timeout(2000)  # a replacement would have closed it by now
         assert dialog.is_visible()
         toasts = page.locator(".Toastify__toast").all_inner_texts()
