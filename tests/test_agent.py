@@ -430,7 +430,14 @@ def test_the_watcher_ticks_only_when_the_supervisor_asks(
     with shell_with_pipe(tmp_path, monkeypatch, ENV_WATCH_FD, "read") as (ip, w):
 
         def supervisor() -> None:  # looks twice while the cell sleeps in a function
-            time.sleep(0.3)
+            deadline = time.monotonic() + 10
+            state = read_state(str(tmp_path))
+            # Until the cell runs (in a full run under load, run_cell took over 0.3 s
+            # to get there), and a little longer: its nap has started.
+            while (state is None or not state.busy) and time.monotonic() < deadline:
+                time.sleep(0.01)
+                state = read_state(str(tmp_path))
+            time.sleep(0.1)
             seen.append(read_state(str(tmp_path)))  # nobody asked the watcher yet
             os.write(w, b"w")
             time.sleep(0.3)
