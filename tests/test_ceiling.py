@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 
-from kernel_doctor.supervisor.ceiling import LIFT_HOLD, Ceiling
+from kernel_doctor.supervisor.ceiling import LIFT_HOLD, START_HOLD_MAX, Ceiling
 from kernels import execute, expression, kernel_in_cgroup
 
 MiB = 1024**2
@@ -154,6 +154,16 @@ def test_the_ceiling_stays_while_a_thread_starts(process: int) -> None:
     ceiling.update(100 * MiB, 250 * MiB)
     assert limits(process) == (150 * MiB + ceiling.reserve, ORIGINAL[1])
     assert ceiling.bound == ORIGINAL
+
+    # A count that never goes back to zero (an agent unloaded mid-start) holds the
+    # ceiling for START_HOLD_MAX at most.
+    starting[0] = 1
+    ceiling.update(100 * MiB, 260 * MiB)
+    assert limits(process) == (150 * MiB + ceiling.reserve, ORIGINAL[1])  # held
+    ceiling._starting_since -= START_HOLD_MAX
+    ceiling.update(100 * MiB, 260 * MiB)
+    assert limits(process) == (140 * MiB + ceiling.reserve, ORIGINAL[1])
+    starting[0] = 0
 
     # A start that begins between the look and the write gets back what it saw.
     checks = iter([0, 1])

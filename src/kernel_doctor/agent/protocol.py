@@ -96,11 +96,6 @@ ENV_WAKE_FD = "KERNEL_DOCTOR_WAKE_FD"
 # is still running at its first look, so only such cells wake the thread (a wake-up on
 # 2 cores costs a trivial cell's round trip more than the watcher's work).
 ENV_WATCH_FD = "KERNEL_DOCTOR_WATCH_FD"
-# A timerfd the agent arms as a cell starts and disarms as it ends: the supervisor polls
-# it, and so wakes for the cells that run CELL_LOOK only (agent/timer.py).
-ENV_TIMER_FD = "KERNEL_DOCTOR_TIMER_FD"
-# How long a cell runs before the supervisor looks at it (supervisor/sampler.py).
-CELL_LOOK = 0.01
 ENV_REPORTS = "KERNEL_DOCTOR_REPORTS"  # where stored reports are, for %doctor
 # RLIMIT_DATA's soft value before the memory guard's ceiling, which the supervisor may
 # set before the agent loads (so a refusal can be told from an ordinary MemoryError).

@@ -24,12 +24,10 @@ from .held import HELD, HeldLines
 from .hooks import install_audit_hook, ipython_major, take_wake_fd, take_watch_fd
 from .naming import is_cell_file
 from .protocol import (
-    CELL_LOOK,
     CELLS,
     DUMPS,
     ENV_DUMP_SIGNAL,
     ENV_SESSION,
-    ENV_TIMER_FD,
     FATAL,
     STATE,
     VARIABLES_GONE,
@@ -40,8 +38,6 @@ from .protocol import (
     poke,
     take_notice,
 )
-from .timer import CellTimer
-from .timer import take as take_timer
 from .where import answer, note_tracebacks
 
 # While a cell runs the watcher looks at the main thread this often. A tick costs a
@@ -52,14 +48,9 @@ WATCH_INTERVAL = 0.02
 # memory-write speed): its end needs no look from the supervisor.
 SHORTEST_GROWTH = 0.002
 # A cell start wakes the supervisor only this long after the last one did: each wake-up
-# cost it ~70 µs of CPU, a few per cent of a trivial cell's round trip on 2 cores.
-# Without the cell timer, in a burst of cells it looks every 20 ms itself
-# (supervisor/sampler.py, BURST_LOOK).
+# cost it ~70 µs of CPU, a few per cent of a trivial cell's round trip on 2 cores. In a
+# burst of cells it looks every 20 ms itself (supervisor/sampler.py, BURST_LOOK).
 POKE_GAP = 0.05
-# With the cell timer (agent/timer.py), which wakes the supervisor for any cell that runs
-# CELL_LOOK, a poke only keeps its faster looks going near the guard's threshold, for a
-# second after each (supervisor/sampler.py, BURST): every half second is enough.
-TIMED_POKE_GAP = 0.5
 # The watcher sleeps until the supervisor finds a cell still running at one of its
 # looks (10 ms after a cell starts, supervisor/sampler.py), and ticks until that cell
 # ends. Every wake-up of this thread costs the kernel a GIL hand-over: waking it at
@@ -97,7 +88,6 @@ class Agent:
         self._fatal: IO[bytes] = os.fdopen(open_append(session_dir, FATAL), "ab")
         self._seq = 0
         self._poked_at = -POKE_GAP
-        self.timer: CellTimer | None = None  # wakes the supervisor once a cell ran CELL_LOOK
         self._pid = os.getpid()
         try:  # records wait here for the watcher to append them to the log
             self._held: HeldLines | None = HeldLines(os.path.join(session_dir, HELD), writable=True)
@@ -151,8 +141,6 @@ class Agent:
         sig_text = os.environ.get(ENV_DUMP_SIGNAL, "")
         dump_signal = int(sig_text) if sig_text.isdigit() else None
         agent = cls(shell, session_dir, dump_signal, take_wake_fd(), take_watch_fd())
-        if agent.wake_fd is not None:
-            agent.timer = take_timer(ENV_TIMER_FD, CELL_LOOK)
         agent._install()
         return agent
 
@@ -185,9 +173,7 @@ class Agent:
         # The supervisor checks SigCgt before it sends a dump signal; this record
         # says the handler is in place and which thread is the main one.
         self._append(CellRecord("ready", time.time(), pid=os.getpid()))
-        # The supervisor sets the allocation layer's ceiling now, and leaves the looks
-        # at cells to the timer where there is one.
-        self._poke(b"rt" if self.timer is not None else b"r")
+        self._poke(b"r")  # the supervisor sets the allocation layer's ceiling now
 
     def stop(self) -> None:
         install_audit_hook(None)
@@ -206,9 +192,6 @@ class Agent:
             self._held.close()
         for fd in (self._nudge_r, self._nudge_w):
             os.close(fd)
-        if self.timer is not None:
-            self.timer.close()
-            self.timer = None
         os.close(self._cells)
         self._state.close()
         if self.dump_signal is None:
@@ -264,10 +247,8 @@ class Agent:
             self._cell_frame = None
             self._write_state(busy=True)
             self._record(data)
-        if self.timer is not None:
-            self.timer.arm()
         now = time.monotonic()
-        if now - self._poked_at >= (POKE_GAP if self.timer is None else TIMED_POKE_GAP):
+        if now - self._poked_at >= POKE_GAP:
             self._poked_at = now
             self._poke(b"c")
         if self.watch_fd is None:
@@ -304,22 +285,13 @@ class Agent:
         broke = broken_by(error) if error is not None else None
         if broke and self.dump_signal is not None:
             await_child_death(self, broke)
-        if self.timer is not None:
-            self.timer.disarm()
         with self._lock:
             self._cell = None
             self._cell_frame = None
             self._write_state(busy=False)
         now = time.time()
         if now - cell["t"] >= SHORTEST_GROWTH:
-            # Only near the guard's threshold does the supervisor sample at a cell's
-            # end; with the cell timer it looks every 10 ms there for a second after a
-            # poke, so this end is told only at the start's rate.
-            if self.timer is None:
-                self._poke(b"e")
-            elif (ended := time.monotonic()) - self._poked_at >= TIMED_POKE_GAP:
-                self._poked_at = ended
-                self._poke(b"e")
+            self._poke(b"e")
         filename = self._cell_filename(cell)
         described = None
         if error is not None:

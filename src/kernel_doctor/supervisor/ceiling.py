@@ -64,6 +64,10 @@ STEP = 1024**2
 # no thread start is under way: the agent's lift for a spawn, or for a thread started
 # without ``threading`` (whose start returns before the thread runs).
 LIFT_HOLD = 0.1
+# A thread start takes microseconds to milliseconds; a count still above zero after this
+# long is a start that will not end (the agent unloaded meanwhile, its count left
+# behind), and the ceiling moves again rather than staying where it was for good.
+START_HOLD_MAX = 5.0
 # Ceilings set lately, still recognised as ours when read back: the agent puts the one
 # it lifted back after a spawn, which may be older than the last we set.
 KEPT = 8
@@ -116,6 +120,7 @@ class Ceiling:
         self.hold: int | None = None  # the most it may be while a stopped cell unwinds
         # Thread starts under way in the kernel (the agent's count, in its state record).
         self.starts: Callable[[], int] = _none
+        self._starting_since = 0.0  # when a count above zero was first seen
         self._statm = Reader(f"/proc/{pid}/statm")
 
     def update(self, data_bytes: int, counted: int) -> None:
@@ -128,8 +133,13 @@ class Ceiling:
             # A thread is starting under what its start saw: a new thread that finds no
             # room for its first frames dies before it says it runs, and Thread.start
             # waits for it forever. A lift seen now is timed from the start's end.
-            self._raised = None
-            return
+            now = time.monotonic()
+            self._starting_since = self._starting_since or now
+            if now - self._starting_since < START_HOLD_MAX:
+                self._raised = None
+                return
+        else:
+            self._starting_since = 0.0
         seen = self._read()
         if seen is None or not self._settle(seen):
             return
@@ -144,7 +154,7 @@ class Ceiling:
             # the kernel has mapped.
             ceiling = self._ceiling(max(data_bytes, self._data_now() or 0), room)
         self._set(ceiling, seen)
-        if lower and self.current is not None and self.starts():
+        if lower and self.current is not None and not self._starting_since and self.starts():
             # A start began between the look above and the write: give it back what it
             # saw (the next sample decides again), unless it has lifted since.
             old = self._write(seen)

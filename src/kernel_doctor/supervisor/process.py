@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..agent.protocol import STATE, dump_signal
-from ..agent.timer import expired
 from ..probe import procfs
 from .monitor import Monitor, Watched, why
 from .signals import FORWARDED, Forwarder
@@ -180,8 +179,6 @@ class Supervisor:
             poller.register(events.fd, events.events)
         if self.agent:
             poller.register(kernel.cell_r, select.POLLIN)
-            if kernel.timer_fd is not None:
-                poller.register(kernel.timer_fd, select.POLLIN)
         if control.fd is not None:
             poller.register(control.fd, select.POLLIN)
         state_path = os.path.join(self.session.directory, STATE)
@@ -199,9 +196,6 @@ class Supervisor:
                     forced = True
                 elif fd == control.fd:  # kernel-doctor where
                     control.on_control()
-                elif fd == kernel.timer_fd:  # a cell has run CELL_LOOK
-                    expired(fd)
-                    sampler.timer_fired()
                 elif fd == kernel.cell_r:  # a cell started or ended
                     try:
                         pokes = os.read(kernel.cell_r, 4096)

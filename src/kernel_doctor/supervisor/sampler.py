@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..agent.protocol import CELL_LOOK, DUMPS, State, StateFile, guard_signal, poke
+from ..agent.protocol import DUMPS, State, StateFile, guard_signal, poke
 from ..probe import procfs
 from ..probe.base import MemorySource
 from ..probe.files import Reader
@@ -25,16 +25,15 @@ NEAR_INTERVAL = 0.002
 NEAR_BUSY_INTERVAL = 0.01
 IDLE_INTERVAL = 1.0  # the kernel waits for the user, however full memory is
 BLIND_INTERVAL = 0.25  # no agent (non-Python kernels): we cannot tell busy from idle
-# A cell is looked at once it has run CELL_LOOK (agent/protocol.py): the agent's cell
-# timer (agent/timer.py) wakes us then. Most cells are over by then, and a sample at
-# every cell start would cost a few per cent of a trivial cell's round trip.
-# Without the timer, the agent pokes us when a cell starts and we look CELL_LOOK later.
+# The agent pokes us when a cell starts; we look this much later. Most cells are over
+# by then, and a look at an idle kernel costs one read of the state file, where a
+# sample at every cell start would cost a few per cent of a trivial cell's round trip.
+CELL_LOOK = 0.01
 # The agent pokes at most every POKE_GAP (agent/recorder.py): for BURST after a poke,
 # cells may start unannounced, so an idle kernel is looked at every BURST_LOOK (near
-# the guard's threshold, NEAR_BUSY_INTERVAL) instead of every IDLE_INTERVAL, where the
-# timer does not say when one has run CELL_LOOK. 20 ms, not the 50 ms of the poke gap:
-# an unannounced cell that fills memory at full speed must not go unseen much longer
-# than an announced one.
+# the guard's threshold, NEAR_BUSY_INTERVAL) instead of every IDLE_INTERVAL. 20 ms, not
+# the 50 ms of the poke gap: an unannounced cell that fills memory at full speed must
+# not go unseen much longer than an announced one (CELL_LOOK).
 BURST = 1.0
 BURST_LOOK = 0.02
 # Fractions of the limit at which the agent is asked for a stack dump, so that the
@@ -80,7 +79,6 @@ class Sampler:
         self.next_due = 0.0
         self._idle_due = 0.0
         self._poked_at = -BURST
-        self.timed = False  # the agent's cell timer wakes us for cells that run CELL_LOOK
         self._statm = Reader(f"/proc/{kernel_pid}/statm")
 
     def attach_state(self, path: str) -> None:
@@ -111,13 +109,9 @@ class Sampler:
         return guard is not None and guard.enabled and self.last_counted >= guard.near
 
     def _idle_interval(self, near: bool) -> float:
-        if time.monotonic() - self._poked_at < BURST and (near or not self.timed):
+        if time.monotonic() - self._poked_at < BURST:
             return NEAR_BUSY_INTERVAL if near else BURST_LOOK
         return IDLE_INTERVAL
-
-    def timer_fired(self) -> None:
-        """The agent's cell timer: a cell has run CELL_LOOK (or had, and just ended)."""
-        self.next_due = 0.0
 
     def _young(self) -> float:
         """How long the running cell has left before it is CELL_LOOK old (0 if none)."""
@@ -138,8 +132,6 @@ class Sampler:
     def poked(self, data: bytes) -> None:
         """The agent writes b"r" once it is ready, b"c" as a cell starts and b"e" as
         it ends."""
-        if b"t" in data:
-            self.timed = True  # the agent arms the cell timer: no looks of our own
         if b"r" in data:
             self.sample(force=True)  # the ceiling, before the first cell
         if b"k" in data:
@@ -153,9 +145,8 @@ class Sampler:
             self.sample(force=True)
         if b"c" in data:
             self._poked_at = time.monotonic()
-            if near or not self.timed:
-                look = NEAR_INTERVAL if near else CELL_LOOK
-                self.next_due = min(self.next_due, time.monotonic() + look)
+            look = NEAR_INTERVAL if near else CELL_LOOK
+            self.next_due = min(self.next_due, time.monotonic() + look)
 
     def sample(self, force: bool = False, tree: bool = False) -> None:
         now = time.monotonic()

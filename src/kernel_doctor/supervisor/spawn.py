@@ -9,7 +9,6 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from ..agent import timer
 from ..agent.ceiling import TUNABLES, with_stack_cache
 from ..agent.private import append_private
 from ..agent.protocol import (
@@ -18,7 +17,6 @@ from ..agent.protocol import (
     ENV_KERNEL_OUTPUT,
     ENV_REPORTS,
     ENV_SESSION,
-    ENV_TIMER_FD,
     ENV_WAKE_FD,
     ENV_WATCH_FD,
     STDERR,
@@ -56,21 +54,17 @@ class Kernel:
     tee: StderrTee  # copies and keeps the tail of its stderr
     cell_r: int  # read end of the pipe on which the agent says a cell started or ended
     watch_w: int  # write end of the pipe on which we wake the agent's watcher thread
-    timer_fd: int | None  # the agent's cell timer, which fires once a cell ran CELL_LOOK
 
 
 def spawn(launch: Launch) -> Kernel:
     cell_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     watch_r, watch_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    timer_fd = timer.create() if launch.agent else None
-    argv, env = _command(launch, wake_w, watch_r, timer_fd)
+    argv, env = _command(launch, wake_w, watch_r)
     read_fd, write_fd = os.pipe()
     supervisor_pid = os.getpid()
     load_libc()
     os.set_inheritable(wake_w, launch.agent)
     os.set_inheritable(watch_r, launch.agent)
-    if timer_fd is not None:
-        os.set_inheritable(timer_fd, True)  # the same timer: armed there, polled here
 
     def child_setup() -> None:
         # Runs in the kernel's process between fork and exec.
@@ -90,17 +84,13 @@ def spawn(launch: Launch) -> Kernel:
         os.close(write_fd)
         os.close(wake_w)
         os.close(watch_r)
-        if timer_fd is not None:
-            os.set_inheritable(timer_fd, False)  # not to the kernel's next incarnation
     output = _kernel_output()
     tee = StderrTee(read_fd, output, os.path.join(launch.session_dir, STDERR))
     tee.start()
-    return Kernel(process, tee, cell_r, watch_w, timer_fd)
+    return Kernel(process, tee, cell_r, watch_w)
 
 
-def _command(
-    launch: Launch, wake_w: int, watch_r: int, timer_fd: int | None = None
-) -> tuple[list[str], dict[str, str]]:
+def _command(launch: Launch, wake_w: int, watch_r: int) -> tuple[list[str], dict[str, str]]:
     argv = list(launch.argv)
     env = dict(os.environ)
     env.pop(ENV_KERNEL_OUTPUT, None)  # ours: a kernel's own `run` must not inherit it
@@ -112,8 +102,6 @@ def _command(
         env[ENV_DUMP_SIGNAL] = str(launch.dump_signal)
         env[ENV_WAKE_FD] = str(wake_w)
         env[ENV_WATCH_FD] = str(watch_r)
-        if timer_fd is not None:
-            env[ENV_TIMER_FD] = str(timer_fd)
         env[ENV_REPORTS] = launch.reports
         with contextlib.suppress(ImportError, OSError, ValueError):
             import resource
