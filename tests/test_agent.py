@@ -50,6 +50,7 @@ def shell_with_pipe(
     from IPython.core.interactiveshell import InteractiveShell
 
     r, w = os.pipe()
+    pipe = os.fstat(r).st_ino
     handed, kept = (r, w) if given == "read" else (w, r)
     monkeypatch.setenv(ENV_SESSION, str(tmp_path))
     monkeypatch.setenv(variable, str(handed))
@@ -61,8 +62,12 @@ def shell_with_pipe(
         ip.run_line_magic("unload_ext", "kernel_doctor")
         InteractiveShell.clear_instance()
         for fd in (r, w):
+            # Only if still this pipe's: a test may have closed an end itself, and its
+            # number may be another thread's file by now (IPython's history database
+            # was, in 3 of 6 runs: "disk I/O error", then a subprocess's EBADF).
             with contextlib.suppress(OSError):
-                os.close(fd)
+                if os.fstat(fd).st_ino == pipe:
+                    os.close(fd)
 
 
 def test_flight_record(shell: Any, tmp_path: Path) -> None:
@@ -85,6 +90,41 @@ def test_flight_record(shell: Any, tmp_path: Path) -> None:
     assert written[2].file in shell.compile._filename_map
     state = read_state(str(tmp_path))
     assert state is not None and state.busy is False
+
+
+def test_the_agent_wraps_shell_methods_and_gives_them_back(tmp_path: Path) -> None:
+    import ast
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from kernel_doctor.agent.cells import TreeKeeper
+
+    ip = InteractiveShell.instance()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(ENV_SESSION, str(tmp_path))
+            ip.run_line_magic("load_ext", "kernel_doctor")
+        assert "run_code" in vars(ip)  # each statement's line, as IPython runs it
+        # The checkpoints' tree keeper joins no AST transformers: with one there,
+        # IPython walks every cell's whole tree again (ast.fix_missing_locations).
+        keeper = TreeKeeper()
+        keeper.install(ip)
+        ip.run_cell("a = 1\nb = a + 1\nb", store_history=True)
+        assert ip.ast_transformers == []
+        tree = keeper.take()
+        assert isinstance(tree, ast.Module) and len(tree.body) == 3
+        keeper.uninstall()
+        assert "transform_ast" not in vars(ip)
+        ip.run_cell("c = 3", store_history=True)
+        assert keeper.take() is None
+        events = [r.event for r in records(tmp_path)]
+        assert events == ["ready", "start", "end", "start", "end"]
+        state = read_state(str(tmp_path))
+        assert state is not None and not state.busy and state.seq == 2
+    finally:
+        ip.run_line_magic("unload_ext", "kernel_doctor")
+        InteractiveShell.clear_instance()
+    assert "run_code" not in vars(ip)
 
 
 def test_identical_sources_share_a_file(shell: Any, tmp_path: Path) -> None:
@@ -449,6 +489,6 @@ def test_the_watcher_ticks_only_when_the_supervisor_asks(
         looker.join()
     before, after = seen
     assert before is not None and before.busy and before.frame is not None
-    assert before.frame[1:] == (4, "<module>")  # the statement, from the audit hook
+    assert before.frame[1:] == (4, "<module>")  # the statement, as IPython ran it
     assert after is not None and after.frame is not None
     assert after.frame[1:] == (3, "nap") and after.line == 4  # the watcher's tick

@@ -693,6 +693,81 @@ def write(state: StateFile, record: dict[str, object]) -> None:
     state.write_bytes(json.dumps(record).encode())
 
 
+def test_state_file_binary_part_overlays_the_json(tmp_path: Path) -> None:
+    # The agent writes a cell's start and end and each statement's line in binary, and
+    # the watcher's positions in the JSON part: a reader sees the newest, one State.
+    path = str(tmp_path / STATE)
+    writer = StateFile(path, writable=True)
+    reader = StateFile(path, writable=False)
+    try:
+        writer.write_bytes(b'{"pid":7,"main_thread":9}', t=10.0)
+        writer.write_cell(busy=False, seq=0, started=None, t=10.0)
+        assert reader.read() == State(pid=7, main_thread=9, seq=0, t=10.0)
+
+        writer.write_cell(busy=True, seq=1, started=11.0, t=11.0)
+        assert reader.read() == State(pid=7, main_thread=9, busy=True, seq=1, started=11.0, t=11.0)
+        name = "/tmp/ipykernel_1/é.py"
+        writer.write_statement(name.encode(), 3, 11.5)
+        at_statement = State(
+            pid=7, main_thread=9, busy=True, seq=1, started=11.0, t=11.5,
+            file=name, line=3, frame=(name, 3, "<module>"),
+        )  # fmt: skip
+        assert reader.read() == at_statement
+
+        # The watcher's deeper frame, then a phase written without a position: the
+        # frame stays the watcher's until the next statement.
+        watcher = b',"file":"c.py","line":4,"frame":["lib.py",80,"grow"]'
+        writer.write_bytes(b'{"pid":7,"main_thread":9' + watcher + b"}", position=True, t=12.0)
+        deeper = State(
+            pid=7, main_thread=9, busy=True, seq=1, started=11.0, t=12.0,
+            file="c.py", line=4, frame=("lib.py", 80, "grow"),
+        )  # fmt: skip
+        assert reader.read() == deeper
+        writer.write_bytes(b'{"pid":7,"main_thread":9,"phase":"traceback"' + watcher + b"}")
+        assert reader.read() == State(**{**vars(deeper), "phase": "traceback"})
+        writer.write_statement(name.encode(), 5, 12.5)
+        moved = {"t": 12.5, "line": 5, "frame": (name, 5, "<module>"), "phase": "traceback"}
+        assert reader.read() == State(**{**vars(at_statement), **moved})
+
+        # The cell's end: no position, whatever the JSON part still holds.
+        writer.write_cell(busy=False, seq=1, started=None, t=13.0)
+        assert reader.read() == State(pid=7, main_thread=9, seq=1, t=13.0, phase="traceback")
+        # A second cell's first statement in another file: the whole new name.
+        writer.write_cell(busy=True, seq=2, started=14.0, t=14.0)
+        writer.write_statement(b"/tmp/x.py", 1, 14.0)
+        state = reader.read()
+        assert state is not None and state.file == "/tmp/x.py" and state.seq == 2
+        assert reader.thread_starts() == 0  # the binary part leaves the count alone
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_cell_lines_match_the_records_they_stand_for() -> None:
+    from kernel_doctor.agent.protocol import CellRecord
+
+    lines = st.none() | st.integers(0, 99)
+
+    @given(
+        t=st.floats(allow_nan=False, allow_infinity=False),
+        seq=st.integers(0, 2**40),
+        count=st.none() | st.integers(0, 2**40),
+        cell_id=st.none() | st.text(max_size=40),
+        text=st.text(max_size=200),
+        file=st.none() | st.text(max_size=80),
+        error=st.none() | st.fixed_dictionaries({"type": st.text(max_size=20), "line": lines}),
+    )  # fmt: skip
+    @settings(max_examples=300, deadline=None)
+    def check(t: float, seq: int, count: int | None, cell_id: str | None, text: str,
+              file: str | None, error: Any) -> None:  # fmt: skip
+        start = CellRecord("start", t, seq, count, cell_id, text)
+        assert CellRecord.start_line(t, seq, count, cell_id, text) == start.to_line()
+        end = CellRecord("end", t, seq, file=file, error=error)
+        assert CellRecord.end_line(t, seq, file, error) == end.to_line()
+
+    check()
+
+
 def test_read_state_without_a_state_file(tmp_path: Path) -> None:
     assert read_state(str(tmp_path)) is None
     assert read_state(str(tmp_path / "missing")) is None

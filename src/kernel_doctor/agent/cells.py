@@ -10,7 +10,10 @@ import ast
 import hashlib
 import re
 import types
+from collections.abc import Callable
 from typing import Any
+
+from .hooks import wrap_shell
 
 HIDDEN = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
 _IDENTIFIER = re.compile(r"[^\W\d]\w*")
@@ -20,19 +23,34 @@ Source = tuple[int | None, str, "list[str] | None", "ast.Module | None"]
 
 
 class TreeKeeper:
-    """An IPython AST transformer that changes nothing: it keeps the tree IPython parsed
-    (in the main thread) of the cell that runs, so that the checkpoint thread never
-    parses. Before Python 3.12, ``ast.parse`` in two threads at once can fail the
-    cell's own compile: the AST constructor's recursion counter is the interpreter's
-    ("SystemError: AST constructor recursion depth mismatch", seen in the tests)."""
+    """Keeps the tree IPython parsed (in the main thread) of the cell that runs, so
+    that the checkpoint thread never parses. Before Python 3.12, ``ast.parse`` in two
+    threads at once can fail the cell's own compile: the AST constructor's recursion
+    counter is the interpreter's ("SystemError: AST constructor recursion depth
+    mismatch", seen in the tests).
+
+    It wraps the shell's ``transform_ast`` instead of joining its ``ast_transformers``:
+    with any transformer there, IPython walks each cell's whole tree again in Python
+    (``ast.fix_missing_locations``: 36 µs for a 4-line cell, 3 ms for 350 lines)."""
 
     def __init__(self) -> None:
         self.tree: ast.Module | None = None
+        self._undo: Callable[[], None] = lambda: None
 
-    def visit(self, node: Any) -> Any:
-        if isinstance(node, ast.Module):
-            self.tree = node
-        return node
+    def install(self, shell: Any) -> None:
+        def make(original: Any, active: Callable[[], bool]) -> Any:
+            def transform_ast(node: Any) -> Any:
+                node = original(node)
+                if isinstance(node, ast.Module) and active():
+                    self.tree = node
+                return node
+
+            return transform_ast
+
+        self._undo = wrap_shell(shell, "transform_ast", make)
+
+    def uninstall(self) -> None:
+        self._undo()
 
     def take(self) -> ast.Module | None:
         tree, self.tree = self.tree, None

@@ -122,7 +122,7 @@ class Checkpointer:
     def start(self) -> None:
         from .ceiling import start_unlifted
 
-        self.shell.ast_transformers.append(self.keeper)
+        self.keeper.install(self.shell)
         start_unlifted(self._thread)
 
     def after_cell(self, count: int | None, source: str) -> None:
@@ -140,8 +140,7 @@ class Checkpointer:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self.keeper in self.shell.ast_transformers:
-            self.shell.ast_transformers.remove(self.keeper)
+        self.keeper.uninstall()
 
     def adopt(self, name: str, obj: object, entry: dict[str, Any], directory: str) -> None:
         """A restored variable: its files serve the next generation as they are."""

@@ -1,18 +1,15 @@
-"""The agent's hooks into the interpreter: the exec audit hook (one per process) and
-the supervisor's wake-up pipe, taken from the environment."""
+"""The agent's hooks into IPython and the supervisor: a statement's start, and the
+supervisor's wake-up pipes, taken from the environment."""
 
 from __future__ import annotations
 
 import os
 import stat
-import sys
+from collections.abc import Callable
 from types import CodeType
 from typing import Any
 
 from .protocol import ENV_WAKE_FD, ENV_WATCH_FD
-
-_audit_target: Any = None
-_audit_installed = False
 
 
 def take_wake_fd() -> int | None:
@@ -43,24 +40,46 @@ def _take_pipe(variable: str) -> int | None:
     return fd
 
 
-def install_audit_hook(agent: Any) -> None:
-    """Route exec events to ``agent`` (None: to nobody)."""
-    # Audit hooks cannot be removed, so one hook serves every agent this process
-    # loads; it returns at once for every event but "exec".
-    global _audit_target, _audit_installed
-    _audit_target = agent
-    if _audit_installed or agent is None:
-        return
-    _audit_installed = True
+def wrap_shell(
+    shell: Any, name: str, make: Callable[[Any, Callable[[], bool]], Any]
+) -> Callable[[], None]:
+    """Replace the shell's method ``name`` for this shell alone with
+    ``make(original, active)``; returns the undoing. Once undone, ``active()`` is
+    False: another extension may have wrapped ours since, and its wrapper still calls
+    ours, which must then only pass the call on."""
+    original = getattr(shell, name)
+    active = [True]
+    wrapper = make(original, lambda: active[0])
+    setattr(shell, name, wrapper)
 
-    def hook(event: str, args: tuple[Any, ...]) -> None:
-        if event == "exec" and _audit_target is not None and type(args[0]) is CodeType:
-            try:
-                _audit_target.statement_started(args[0])
-            except Exception:
-                pass
+    def undo() -> None:
+        active[0] = False
+        if vars(shell).get(name) is wrapper:
+            delattr(shell, name)
 
-    sys.addaudithook(hook)
+    return undo
+
+
+def wrap_run_code(shell: Any, agent: Any) -> Callable[[], None]:
+    """Note each top-level statement of a cell as IPython starts it: ``run_code`` is
+    called once a statement, with its code. Returns the undoing.
+
+    It used to be an exec audit hook, which Python calls for every audited event of
+    the process (about 30 a trivial cell, ~0.3 µs each, hot, and every ``open`` or
+    ``sys._getframe`` of the user's code too) and which can never be removed."""
+
+    def make(original: Any, active: Callable[[], bool]) -> Any:
+        async def run_code(code_obj: Any, *args: Any, **kwargs: Any) -> Any:
+            if type(code_obj) is CodeType and active():
+                try:
+                    agent.statement_started(code_obj)
+                except Exception:
+                    pass
+            return await original(code_obj, *args, **kwargs)
+
+        return run_code
+
+    return wrap_shell(shell, "run_code", make)
 
 
 def ipython_major() -> int:

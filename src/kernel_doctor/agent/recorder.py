@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 import traceback
-from json.encoder import encode_basestring_ascii as _json_str
+from collections.abc import Callable
 from types import CodeType, FrameType, TracebackType
 from typing import IO, Any
 
@@ -21,7 +21,7 @@ from .checkpoint import Checkpointer, start_checkpoints
 from .children import await_child_death, broken_by
 from .errors import describe_error
 from .held import HELD, HeldLines
-from .hooks import install_audit_hook, ipython_major, take_wake_fd, take_watch_fd
+from .hooks import ipython_major, take_wake_fd, take_watch_fd, wrap_run_code
 from .naming import is_cell_file
 from .protocol import (
     CELLS,
@@ -55,8 +55,9 @@ POKE_GAP = 0.05
 # looks (10 ms after a cell starts, supervisor/sampler.py), and ticks until that cell
 # ends. Every wake-up of this thread costs the kernel a GIL hand-over: waking it at
 # each cell start, or polling every 20 ms, both measured ~3 % on a 3 ms trivial-cell
-# round trip. A cell's line is noted the moment each statement starts (the exec audit
-# hook), so the watcher only refines it, for cells that run longer than a look.
+# round trip. A cell's line is noted the moment each statement starts (a wrapper of
+# IPython's run_code), so the watcher only refines it, for cells that run longer than
+# a look.
 # Records wait in the shared mapping (held.py) this long at most for the log.
 FLUSH_AFTER = 1.0
 # How far up from the innermost frame a tick looks for the cell's frame before it
@@ -108,10 +109,11 @@ class Agent:
         self._cell: dict[str, Any] | None = None
         self._state_head = (
             f'{{"pid":{self._pid},"main_thread":{self.main_ident},'
-            f'"dump_signal":{"null" if dump_signal is None else dump_signal},'
+            f'"dump_signal":{"null" if dump_signal is None else dump_signal}'
         )
+        self._position_json = ""  # the watcher's last position, as JSON keys
         self._statement_file = ""  # the last cell file a statement ran from
-        self._statement_json = '""'  # and its name as JSON
+        self._statement_bytes = b""  # and its name, encoded
         # stop() wakes the watcher through this pipe, and so does a cell's start where
         # no supervisor does (an agent loaded by hand).
         self._nudge_r, self._nudge_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -130,6 +132,7 @@ class Agent:
         self.later_notes: list[str] = []
         self.child_hint: str | None = None  # what broke, while a cell's end waits
         self.checkpoints: Checkpointer | None = None  # the variables' (checkpoint.py)
+        self._unwrap: Callable[[], None] = lambda: None  # IPython's run_code again
 
     @classmethod
     def start(cls, shell: Any) -> Agent:
@@ -165,18 +168,19 @@ class Agent:
         from .magics import register
 
         register(self.shell)
-        install_audit_hook(self)
+        self._unwrap = wrap_run_code(self.shell, self)
         atexit.register(self._at_exit)
         start_unlifted(self._watcher)
         with self._lock:
-            self._write_state(busy=False)
+            self._write_json()
+            self._state.write_cell(busy=False, seq=0, started=None, t=time.time())
         # The supervisor checks SigCgt before it sends a dump signal; this record
         # says the handler is in place and which thread is the main one.
         self._append(CellRecord("ready", time.time(), pid=os.getpid()))
         self._poke(b"r")  # the supervisor sets the allocation layer's ceiling now
 
     def stop(self) -> None:
-        install_audit_hook(None)
+        self._unwrap()
         self._stopping = True
         if self.checkpoints is not None:
             self.checkpoints.stop()
@@ -237,15 +241,13 @@ class Agent:
             "cell_id": getattr(info, "cell_id", None),
             "source": info.raw_cell,
         }
-        data = CellRecord(
-            "start", cell["t"], self._seq, count, cell["cell_id"], info.raw_cell
-        ).to_line()
+        data = CellRecord.start_line(cell["t"], self._seq, count, cell["cell_id"], info.raw_cell)
         with self._lock:
             self._cell = cell
             # ipykernel 7 runs a subshell's cells in a thread of its own.
             self.cell_thread = threading.get_ident()
             self._cell_frame = None
-            self._write_state(busy=True)
+            self._state.write_cell(busy=True, seq=self._seq, started=cell["t"], t=cell["t"])
             self._record(data)
         now = time.monotonic()
         if now - self._poked_at >= POKE_GAP:
@@ -285,11 +287,11 @@ class Agent:
         broke = broken_by(error) if error is not None else None
         if broke and self.dump_signal is not None:
             await_child_death(self, broke)
+        now = time.time()
         with self._lock:
             self._cell = None
             self._cell_frame = None
-            self._write_state(busy=False)
-        now = time.time()
+            self._state.write_cell(busy=False, seq=self._seq, started=None, t=now)
         if now - cell["t"] >= SHORTEST_GROWTH:
             self._poke(b"e")
         filename = self._cell_filename(cell)
@@ -304,7 +306,7 @@ class Agent:
                 # another error replaces sys.last_value. The traceback itself stays.
                 free_frames(error.__traceback__)
                 give_back_memory()
-        self._append(CellRecord("end", now, cell["seq"], file=filename or None, error=described))
+        self._append(CellRecord.end_line(now, cell["seq"], filename or None, described))
         if self.checkpoints is not None:
             self.checkpoints.after_cell(cell["execution_count"], cell["source"])
 
@@ -322,33 +324,33 @@ class Agent:
             sys.stderr.write(refusal_note(guard))
 
     def statement_started(self, code: CodeType) -> None:
-        """IPython runs each top-level statement of a cell through exec(); note its line
-        the moment it starts, so even a death within microseconds names it."""
+        """IPython runs each top-level statement of a cell through run_code(); note its
+        line the moment it starts, so even a death within microseconds names it."""
         if self._cell is None or code.co_name != "<module>":
             return
         filename = code.co_filename
         if filename != self._statement_file:  # the cell's first statement
             if not is_cell_file(filename):  # exec() of other code
                 return
-            self._statement_file, self._statement_json = filename, _json_str(filename)
+            self._statement_file, self._statement_bytes = (
+                filename,
+                filename.encode(errors="backslashreplace"),
+            )
         line = next((ln for _, _, ln in code.co_lines() if ln), None)
         if line is None:
             return
         with self._lock:
             if self._cell is not None:
                 self._cell_frame = None  # each statement runs in a frame of its own
-                where = self._statement_json
-                # The innermost frame, for now: the watcher refines it.
-                self._write_state(
-                    busy=True,
-                    position=f'"file":{where},"line":{line},"frame":[{where},{line},"<module>"]',
-                )
+                # Readers take it as the innermost frame too, until the watcher's.
+                self._state.write_statement(self._statement_bytes, line, time.time())
 
     # -- records -----------------------------------------------------------------
 
-    def _append(self, record: CellRecord) -> None:
+    def _append(self, record: CellRecord | bytes) -> None:
+        data = record if isinstance(record, bytes) else record.to_line()
         with self._lock:
-            self._record(record.to_line())
+            self._record(data)
 
     def _record(self, data: bytes) -> None:
         """Into the flight record (the caller holds self._lock): held in the shared
@@ -376,25 +378,19 @@ class Agent:
         except OSError:
             pass  # a full disk must not break the user's cell
 
-    def _write_state(self, *, busy: bool, position: str = "") -> None:
-        """``position``: the running code's "file", "line" and "frame" keys, as JSON."""
-        # Callers hold self._lock: the watcher thread writes the same record. Built
-        # by hand, not json.dumps: this runs three times a cell (floats' repr is JSON).
-        cell = self._cell
-        text = (
-            f'{self._state_head}"busy":{"true" if busy else "false"},"seq":{self._seq},'
-            f'"started":{repr(cell["t"]) if cell else "null"},"t":{time.time()!r}'
-        )
-        if position:
-            text += "," + position
-        self._state.write_bytes((text + self._guard_json + self._phase_json + "}").encode())
+    def _write_json(self, *, position: bool = False) -> None:
+        """The state record's JSON part; ``position``: the watcher's is new. Callers
+        hold self._lock: the watcher thread writes the same record. A cell's start and
+        end and each statement write only the binary part (``StateFile``)."""
+        text = self._state_head + self._guard_json + self._phase_json + self._position_json
+        self._state.write_bytes((text + "}").encode(), position=position, t=time.time())
 
     def set_guard(self, setting: str) -> None:
         """The supervisor reads this from the next state record it samples."""
         self.guard_setting = setting
         self._guard_json = f',"guard":{json.dumps(setting)}'
         with self._lock:
-            self._write_state(busy=self._cell is not None)
+            self._write_json()
 
     def _cell_filename(self, cell: dict[str, Any]) -> str | None:
         # IPython's compile cache maps each cell's code file name to its execution
@@ -467,7 +463,8 @@ class Agent:
                 "line": _timed_line(frame) or cell_frame.f_lineno,
                 "frame": [code.co_filename, frame.f_lineno, code.co_name],
             }
-            self._write_state(busy=True, position=json.dumps(position)[1:-1])
+            self._position_json = "," + json.dumps(position)[1:-1]
+            self._write_json(position=True)
 
     def _find_cell_frame(self, frame: FrameType, limit: int) -> FrameType | None:
         # The cell's top-level statement runs in a '<module>' frame called straight

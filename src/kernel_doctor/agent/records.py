@@ -191,8 +191,8 @@ class Meta:
 
 @dataclass(frozen=True)
 class State:
-    """The agent's state record. Its one writer is ``Agent._write_state`` (built by
-    hand there: it runs twice a cell)."""
+    """The agent's state record, as ``StateFile.read`` puts it together from the JSON
+    the agent writes by hand and the binary part it writes at each cell and statement."""
 
     pid: int | None = None
     main_thread: int | None = None  # threading ident of the kernel's main thread
@@ -340,6 +340,29 @@ class CellRecord:
             _cell_error(obj.get("error")),
             _int(obj.get("pid")),
         )
+
+    @staticmethod
+    def start_line(
+        t: float, seq: int, execution_count: int | None, cell_id: str | None, source: str
+    ) -> bytes:
+        """``CellRecord("start", …).to_line()`` without making the record: every cell's
+        start writes one, and a frozen dataclass of nine fields costs microseconds."""
+        text = f'{{"event":"start","t":{t!r},"seq":{seq}'
+        if execution_count is not None:
+            text += f',"execution_count":{execution_count}'
+        if cell_id is not None:
+            text += f',"cell_id":{_json_str(cell_id)}'
+        return f'{text},"source":{_json_str(source)}}}\n'.encode()
+
+    @staticmethod
+    def end_line(t: float, seq: int, file: str | None, error: CellError | None) -> bytes:
+        """``CellRecord("end", …).to_line()``, as ``start_line``."""
+        text = f'{{"event":"end","t":{t!r},"seq":{seq}'
+        if file is not None:
+            text += f',"file":{_json_str(file)}'
+        if error is not None:
+            text += f',"error":{json.dumps(error)}'
+        return f"{text}}}\n".encode()
 
     def to_line(self) -> bytes:
         # Built by hand: a start and an end record are written for every cell, and

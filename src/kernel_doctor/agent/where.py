@@ -95,7 +95,7 @@ def note_tracebacks(agent: Any) -> None:
             }
             agent._phase_json = "," + json.dumps(phase)[1:-1]
             with agent._lock:
-                agent._write_state(busy=agent._cell is not None)
+                agent._write_json()
         except Exception:
             pass
         try:

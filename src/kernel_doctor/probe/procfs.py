@@ -10,11 +10,16 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def rss_bytes(pid: int, proc: str = "/proc") -> int | None:
-    text = read_text(f"{proc}/{pid}/statm")
-    if not text:
-        return None
+    sizes = statm_sizes(read_text(f"{proc}/{pid}/statm"))
+    return sizes[0] if sizes else None
+
+
+def statm_sizes(text: str | None) -> tuple[int, int] | None:
+    """A process's resident bytes and data bytes (its private writable mappings,
+    what RLIMIT_DATA counts) from the text of its ``statm``; None if unreadable."""
+    fields = text.split() if text else []
     try:
-        return int(text.split()[1]) * PAGE_SIZE
+        return int(fields[1]) * PAGE_SIZE, int(fields[5]) * PAGE_SIZE
     except (IndexError, ValueError):
         return None
 

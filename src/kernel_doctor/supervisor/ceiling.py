@@ -54,7 +54,7 @@ from collections.abc import Callable
 
 from ..agent.ceiling import thread_stack_size
 from ..probe.files import Reader
-from ..probe.procfs import PAGE_SIZE
+from ..probe.procfs import statm_sizes
 
 # Thread stacks the reserve leaves room for where glibc's stack cache is not ours.
 RESERVED_STACKS = 128
@@ -168,11 +168,8 @@ class Ceiling:
         return self._clamp(ceiling)
 
     def _data_now(self) -> int | None:
-        statm = self._statm.read()
-        try:
-            return int(statm.split()[5]) * PAGE_SIZE if statm else None
-        except (IndexError, ValueError):
-            return None
+        sizes = statm_sizes(self._statm.read())
+        return sizes[1] if sizes else None
 
     def release(self) -> None:
         """Give the kernel the user's limit back, unless the user has set one since."""

@@ -168,9 +168,7 @@ class Sampler:
                 # more than the rest of a trivial cell's looks together).
                 self.next_due = now + young
                 return
-        statm = self._statm.read()
-        fields = statm.split() if statm else []
-        own = int(fields[1]) * procfs.PAGE_SIZE if fields else None
+        own, data = procfs.statm_sizes(self._statm.read()) or (0, 0)
         if not own:
             # The kernel is exiting (a zombie's statm reads zeros) and its memory is
             # being freed: a sample now would end the timeline on a false low.
@@ -215,7 +213,6 @@ class Sampler:
                 # stack cache: before that, a tight ceiling refused the stacks of
                 # libzmq's threads as the kernel started (SIGABRT at a 64 MiB limit).
                 # No cell runs before it: IPython loads the agent before it replies.
-                data = int(fields[5]) * procfs.PAGE_SIZE
                 guard.follow(data, max(0, counted - self.source.active_file))
                 if guard.check(self.last_state, counted, self.kernel_pid, self.guard_signal):
                     self.session.event("guard", usage=counted, seq=self.last_state.seq)
