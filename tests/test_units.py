@@ -743,27 +743,39 @@ def test_state_file_binary_part_overlays_the_json(tmp_path: Path) -> None:
         writer.close()
 
 
-def test_cell_lines_match_the_records_they_stand_for() -> None:
+def test_cell_lines_are_the_records_json() -> None:
     from kernel_doctor.agent.protocol import CellRecord
 
     lines = st.none() | st.integers(0, 99)
+    texts = st.none() | st.text(max_size=80)
+    ints = st.none() | st.integers(0, 2**40)
 
     @given(
+        event=st.sampled_from(["start", "end", "ready", "exit"]),
         t=st.floats(allow_nan=False, allow_infinity=False),
-        seq=st.integers(0, 2**40),
-        count=st.none() | st.integers(0, 2**40),
-        cell_id=st.none() | st.text(max_size=40),
-        text=st.text(max_size=200),
-        file=st.none() | st.text(max_size=80),
+        seq=ints,
+        count=ints,
+        cell_id=texts,
+        source=texts,
+        file=texts,
         error=st.none() | st.fixed_dictionaries({"type": st.text(max_size=20), "line": lines}),
-    )  # fmt: skip
+        pid=ints,
+    )
     @settings(max_examples=300, deadline=None)
-    def check(t: float, seq: int, count: int | None, cell_id: str | None, text: str,
-              file: str | None, error: Any) -> None:  # fmt: skip
-        start = CellRecord("start", t, seq, count, cell_id, text)
-        assert CellRecord.start_line(t, seq, count, cell_id, text) == start.to_line()
-        end = CellRecord("end", t, seq, file=file, error=error)
-        assert CellRecord.end_line(t, seq, file, error) == end.to_line()
+    def check(
+        event: str, t: float, seq: int | None, count: int | None, cell_id: str | None,
+        source: str | None, file: str | None, error: Any, pid: int | None,
+    ) -> None:  # fmt: skip
+        record = CellRecord(event, t, seq, count, cell_id, source, file, error, pid)
+        line = record.to_line()
+        assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
+        fields = {
+            "event": event, "t": t, "seq": seq, "execution_count": count, "cell_id": cell_id,
+            "source": source, "file": file, "error": error, "pid": pid,
+        }  # fmt: skip
+        assert json.loads(line) == {k: v for k, v in fields.items() if v is not None}
+        if error is None:  # (a record's error gains defaults as it is read)
+            assert CellRecord.from_json(json.loads(line)) == record
 
     check()
 

@@ -241,7 +241,7 @@ class Agent:
             "cell_id": getattr(info, "cell_id", None),
             "source": info.raw_cell,
         }
-        data = CellRecord.start_line(cell["t"], self._seq, count, cell["cell_id"], info.raw_cell)
+        data = CellRecord.line("start", cell["t"], self._seq, count, cell["cell_id"], info.raw_cell)
         with self._lock:
             self._cell = cell
             # ipykernel 7 runs a subshell's cells in a thread of its own.
@@ -306,7 +306,9 @@ class Agent:
                 # another error replaces sys.last_value. The traceback itself stays.
                 free_frames(error.__traceback__)
                 give_back_memory()
-        self._append(CellRecord.end_line(now, cell["seq"], filename or None, described))
+        self._append(
+            CellRecord.line("end", now, cell["seq"], file=filename or None, error=described)
+        )
         if self.checkpoints is not None:
             self.checkpoints.after_cell(cell["execution_count"], cell["source"])
 
