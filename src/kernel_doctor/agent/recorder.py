@@ -133,6 +133,7 @@ class Agent:
         self.child_hint: str | None = None  # what broke, while a cell's end waits
         self.checkpoints: Checkpointer | None = None  # the variables' (checkpoint.py)
         self._unwrap: Callable[[], None] = lambda: None  # IPython's run_code again
+        self._untraced: Callable[[], None] = lambda: None  # and its showtraceback
 
     @classmethod
     def start(cls, shell: Any) -> Agent:
@@ -162,7 +163,7 @@ class Agent:
             guard.install(self)  # a supervisor is there to trip it
             children.install(self)  # and to see the kernel's workers die
             self.checkpoints = start_checkpoints(self)  # and to leave them for the next kernel
-        note_tracebacks(self)
+        self._untraced = note_tracebacks(self)
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
         self.shell.events.register("post_run_cell", self.post_run_cell)
         from .magics import register
@@ -176,7 +177,7 @@ class Agent:
             self._state.write_cell(busy=False, seq=0, started=None, t=time.time())
         # The supervisor checks SigCgt before it sends a dump signal; this record
         # says the handler is in place and which thread is the main one.
-        self._append(CellRecord("ready", time.time(), pid=os.getpid()))
+        self._append(CellRecord.line("ready", time.time(), pid=os.getpid()))
         self._poke(b"r")  # the supervisor sets the allocation layer's ceiling now
 
     def stop(self) -> None:
@@ -187,8 +188,7 @@ class Agent:
         poke(self._nudge_w, b"s")
         self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
         self.shell.events.unregister("post_run_cell", self.post_run_cell)
-        if "showtraceback" in vars(self.shell):
-            del self.shell.showtraceback  # IPython's own method again
+        self._untraced()  # IPython's own showtraceback again
         atexit.unregister(self._at_exit)
         self._watcher.join(timeout=1)
         self._flush()
@@ -349,8 +349,7 @@ class Agent:
 
     # -- records -----------------------------------------------------------------
 
-    def _append(self, record: CellRecord | bytes) -> None:
-        data = record if isinstance(record, bytes) else record.to_line()
+    def _append(self, data: bytes) -> None:
         with self._lock:
             self._record(data)
 
@@ -414,7 +413,7 @@ class Agent:
     def _at_exit(self) -> None:
         # Runs on a normal interpreter exit (shutdown_request) and not on os._exit
         # or a signal, which is how the supervisor tells them apart.
-        self._append(CellRecord("exit", time.time()))
+        self._append(CellRecord.line("exit", time.time()))
 
     # -- the watcher thread ------------------------------------------------------
 

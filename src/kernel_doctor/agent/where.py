@@ -15,9 +15,11 @@ import linecache
 import os
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from .hooks import wrap_shell
 from .protocol import REQUEST, AgentAnswer, Frame, PyThread, read_request, write_answer
 
 MAX_FRAMES = 60  # innermost frames listed per thread; deeper ones are counted
@@ -76,31 +78,39 @@ def answer(session_dir: str, main_ident: int | None) -> bool:
     return True
 
 
-def note_tracebacks(agent: Any) -> None:
+def note_tracebacks(agent: Any) -> Callable[[], None]:
     """Mark the state record while IPython formats a cell's traceback, which can take
-    minutes (a RecursionError a million frames deep) and looks like a hang."""
-    original = agent.shell.showtraceback
+    minutes (a RecursionError a million frames deep) and looks like a hang. Returns
+    the undoing."""
 
-    def showtraceback(*args: Any, **kwargs: Any) -> Any:
-        try:
-            error = sys.exc_info()[1]
-            depth = 0
-            tb = error.__traceback__ if error is not None else None
-            while tb is not None and depth < 10_000_000:
-                depth, tb = depth + 1, tb.tb_next
-            phase = {
-                "phase": "traceback",
-                "error": type(error).__name__ if error is not None else None,
-                "depth": depth,
-            }
-            agent._phase_json = "," + json.dumps(phase)[1:-1]
-            with agent._lock:
-                agent._write_json()
-        except Exception:
-            pass
-        try:
-            return original(*args, **kwargs)
-        finally:
-            agent._phase_json = ""
+    def make(original: Any, active: Callable[[], bool]) -> Any:
+        def showtraceback(*args: Any, **kwargs: Any) -> Any:
+            if active():
+                note_phase(agent)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                agent._phase_json = ""
 
-    agent.shell.showtraceback = showtraceback
+        return showtraceback
+
+    return wrap_shell(agent.shell, "showtraceback", make)
+
+
+def note_phase(agent: Any) -> None:
+    try:
+        error = sys.exc_info()[1]
+        depth = 0
+        tb = error.__traceback__ if error is not None else None
+        while tb is not None and depth < 10_000_000:
+            depth, tb = depth + 1, tb.tb_next
+        phase = {
+            "phase": "traceback",
+            "error": type(error).__name__ if error is not None else None,
+            "depth": depth,
+        }
+        agent._phase_json = "," + json.dumps(phase)[1:-1]
+        with agent._lock:
+            agent._write_json()
+    except Exception:
+        pass
